@@ -1,0 +1,288 @@
+"""Command line: ``mount.s3fuse SOURCE MOUNTPOINT [-o opts] [-f] [-d]`` and ``s3fuse ...``.
+
+The mount daemonizes by default and exits 0 only once the mount is live: the child checks
+the bucket, mounts, and reports "ready" (or one readable error line) through a pipe.  A
+mount that cannot work exits non-zero within seconds and leaves no mount behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import threading
+import time
+
+from . import __version__, errors
+from .config import MountConfig, apply_option, options_help, parse_source, split_options
+from .errors import ConfigError
+
+log = logging.getLogger("s3fuse")
+
+USAGE = """usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]
+       s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)
+       s3fuse demo                                  (local S3 server + demo bucket mount)
+
+Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from
+-o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...
+environment variables, ~/.aws files, instance role).
+
+  -f            stay in the foreground (log to stderr)
+  -d            debug: foreground, verbose logs, libfuse debug output
+  -o OPTIONS    comma-separated mount options:
+"""
+
+READY = b"READY\n"
+
+
+def usage() -> str:
+    return USAGE + options_help() + "\n"
+
+
+def parse_mount_args(argv) -> MountConfig:
+    cfg = MountConfig()
+    positional, options = [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            sys.stdout.write(usage())
+            raise SystemExit(0)
+        if arg == "--version":
+            print(f"s3fuse {__version__}")
+            raise SystemExit(0)
+        if arg == "-o":
+            if not args:
+                raise ConfigError("-o needs an option list")
+            options.extend(split_options(args.pop(0)))
+        elif arg.startswith("-o") and len(arg) > 2:
+            options.extend(split_options(arg[2:]))
+        elif arg == "-f":
+            cfg.foreground = True
+        elif arg == "-d":
+            cfg.foreground = cfg.debug = True
+        elif arg in ("-s", "-n", "-v", "--"):
+            pass    # mount(8) helper flags: sloppy, no mtab, verbose
+        elif arg.startswith("-") and len(arg) > 1:
+            raise ConfigError(f"unknown argument {arg!r} (see --help)")
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise ConfigError("expected BUCKET[:/PREFIX] and MOUNTPOINT (see --help)")
+    cfg.bucket, cfg.prefix = parse_source(positional[0])
+    cfg.mountpoint = os.path.abspath(positional[1])
+    for option in options:
+        apply_option(cfg, option)
+    if cfg.allow_other:
+        cfg.default_permissions = True
+    return cfg
+
+
+def _is_mounted(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 1 and fields[1].replace("\\040", " ") == path:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def check_local(cfg: MountConfig):
+    """Checks that need no network: mountpoint, cache dir, credentials file."""
+    mp = cfg.mountpoint
+    if _is_mounted(mp):
+        raise ConfigError(f"{mp} is already mounted")
+    try:
+        if not os.path.isdir(mp):
+            raise ConfigError(f"mountpoint {mp} does not exist" if not os.path.exists(mp)
+                              else f"mountpoint {mp} is not a directory")
+    except OSError as exc:   # e.g. a dead FUSE mount (ENOTCONN)
+        raise ConfigError(f"mountpoint {mp}: {exc.strerror}") from None
+    try:
+        os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
+        os.chmod(cfg.cache_dir, 0o700)
+        probe = os.path.join(cfg.cache_dir, f".probe-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cache_dir {cfg.cache_dir} is not writable: {exc.strerror}") from None
+    if cfg.log_file:
+        try:
+            with open(cfg.log_file, "a"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"log_file {cfg.log_file}: {exc.strerror}") from None
+
+
+def build_client(cfg: MountConfig, max_connections: int = 64):
+    from .credentials import read_passwd_file
+    from .s3 import ObjectClient
+    access = secret = None
+    if cfg.passwd_file:
+        access, secret = read_passwd_file(cfg.passwd_file, cfg.bucket)
+    return ObjectClient(cfg.bucket, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile,
+                        access_key=access, secret_key=secret, path_style=cfg.addressing_path_style,
+                        max_connections=max_connections, max_attempts=cfg.retries,
+                        connect_timeout=min(10.0, cfg.request_timeout), read_timeout=cfg.request_timeout)
+
+
+def describe_error(exc: Exception, cfg: MountConfig) -> str:
+    if isinstance(exc, errors.NoSuchBucket):
+        return f"bucket {cfg.bucket!r} does not exist"
+    if isinstance(exc, errors.AccessDenied):
+        return f"access to bucket {cfg.bucket!r} denied: check the credentials ({exc})"
+    if isinstance(exc, errors.Unreachable):
+        return f"cannot reach the S3 endpoint {cfg.endpoint or '(AWS)'}: {exc}"
+    if isinstance(exc, errors.NoCredentials):
+        return "no credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, -o profile= or -o passwd_file="
+    if "profile" in exc.__class__.__name__.lower():
+        return f"profile {cfg.profile!r}: {exc}"
+    return str(exc) or exc.__class__.__name__
+
+
+def _tune_readahead(mountpoint: str, kib: int = 1024):
+    """Raise the kernel read-ahead of the FUSE bdi so sequential reads arrive in large
+    requests (root only; harmless when it fails)."""
+    try:
+        st = os.stat(mountpoint)
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kib))
+    except OSError:
+        pass
+
+
+def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
+    """Check the bucket, mount, serve until unmounted.  Returns the exit code."""
+    from . import logs
+    from .fuse_binding import FUSE
+    from .fuse_ops import S3FuseOperations
+    from .fs import Filesystem
+
+    os.umask(0o077)
+    logs.setup(cfg.log_file, cfg.log_level, foreground=cfg.foreground, debug=cfg.debug)
+
+    def fail(message: str) -> int:
+        log.error("mount failed: %s", message)
+        if ready_fd is not None:
+            os.write(ready_fd, f"s3fuse: {message}\n".encode())
+        else:
+            sys.stderr.write(f"s3fuse: {message}\n")
+        return 1
+
+    try:
+        client = build_client(cfg)
+        client.probe()
+        fs = Filesystem(cfg, client)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except Exception as exc:  # one readable line, never a traceback to the user
+        log.debug("mount check failed", exc_info=True)
+        return fail(describe_error(exc, cfg))
+
+    def on_init():
+        threading.Thread(target=_tune_readahead, args=(cfg.mountpoint,), daemon=True).start()
+        if ready_fd is not None:
+            os.write(ready_fd, READY)
+            os.close(ready_fd)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+
+    fuse_config = dict(attr_timeout=max(1.0, min(cfg.attr_ttl, 10.0)) if cfg.attr_ttl else 0.0,
+                       entry_timeout=max(1.0, min(cfg.attr_ttl, 10.0)) if cfg.attr_ttl else 0.0,
+                       negative_timeout=min(cfg.negative_ttl, 10.0), hard_remove=1)
+    ops = S3FuseOperations(fs, fuse_config, on_init=on_init)
+    fsname = cfg.bucket + (f":/{cfg.prefix}" if cfg.prefix else "")
+    kwargs = dict(foreground=True, raw_fi=True, fsname=fsname, subtype="s3fuse", debug=cfg.debug)
+    for flag in ("allow_other", "default_permissions", "ro"):
+        if getattr(cfg, flag):
+            kwargs[flag] = True
+    log.warning("mounting %s on %s", fsname, cfg.mountpoint)
+    try:
+        FUSE(ops, cfg.mountpoint, **kwargs)
+    except Exception as exc:
+        return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}")
+    finally:
+        log.warning("unmounted %s", cfg.mountpoint)
+    return 0
+
+
+def mount_main(argv) -> int:
+    try:
+        cfg = parse_mount_args(argv)
+        check_local(cfg)
+        if cfg.passwd_file:
+            from .credentials import read_passwd_file
+            read_passwd_file(cfg.passwd_file, cfg.bucket)
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        return 2
+    if cfg.foreground:
+        return run_daemon(cfg)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the daemon
+        os.close(read_fd)
+        os.setsid()
+        code = 1
+        try:
+            code = run_daemon(cfg, write_fd)
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    return _wait_ready(read_fd, pid, cfg)
+
+
+def _wait_ready(read_fd: int, pid: int, cfg: MountConfig, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    received = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([read_fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            received += chunk
+            if received.startswith(READY):
+                return 0
+    os.close(read_fd)
+    message = received.decode(errors="replace").strip()
+    if not message:
+        message = f"s3fuse: the mount daemon for {cfg.mountpoint} exited before the mount was live"
+        if time.monotonic() >= deadline:
+            message = f"s3fuse: mount of {cfg.mountpoint} not live after {timeout:.0f}s; giving up"
+            try:
+                os.kill(pid, 15)
+            except OSError:
+                pass
+    sys.stderr.write(message.splitlines()[-1] + "\n")
+    try:
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+    return 1
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    return mount_main(argv)
+
+
+def _demo(argv) -> int:
+    from .demo import main as demo_main
+    return demo_main(argv)
+
+
+SUBCOMMANDS = {"demo": _demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Mount options: one table, parsed and validated into a MountConfig.
+
+Every option can be given as ``-o name=value`` (or ``-o flag``); the table below is the
+single source for parsing, validation and ``--help``.  A value that cannot work raises
+ConfigError with a one-line message naming the option.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512K, 8M, 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_octal(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o7777:
+        raise ValueError(f"not a mode: {text!r}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on", ""):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_url(text: str) -> str:
+    u = urlparse(text)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    try:
+        u.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in URL {text!r}") from exc
+    return text.rstrip("/")
+
+
+def _choice(*choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _positive(conv):
+    def parse(text):
+        value = conv(text)
+        if value <= 0:
+            raise ValueError(f"must be positive: {text!r}")
+        return value
+    return parse
+
+
+def _nonneg_float(text):
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must not be negative: {text!r}")
+    return value
+
+
+# name: (field, parser or None for a flag, help)
+OPTIONS = {
+    "endpoint": ("endpoint", parse_url, "S3 endpoint URL (default: AWS). Implies path-style addressing."),
+    "url": ("endpoint", parse_url, "alias of endpoint (s3fs-fuse spelling)"),
+    "region": ("region", str, "AWS region (default: from profile/env, else us-east-1)"),
+    "profile": ("profile", str, "profile in ~/.aws/credentials and ~/.aws/config"),
+    "passwd_file": ("passwd_file", str, "file with ACCESS:SECRET or BUCKET:ACCESS:SECRET lines (mode 0600)"),
+    "path_style": ("path_style", None, "path-style requests (bucket in the path)"),
+    "use_path_request_style": ("path_style", None, "alias of path_style (s3fs-fuse spelling)"),
+    "virtual_host": ("virtual_host", None, "virtual-host-style requests (bucket in the host name)"),
+    "uid": ("uid", int, "owner of objects without POSIX metadata (default: mounting user)"),
+    "gid": ("gid", int, "group of objects without POSIX metadata (default: mounting group)"),
+    "umask": ("umask", parse_octal, "umask applied to default modes (default 022)"),
+    "file_mode": ("file_mode", parse_octal, "mode of files without POSIX metadata (default 0666 & ~umask)"),
+    "dir_mode": ("dir_mode", parse_octal, "mode of directories without POSIX metadata (default 0777 & ~umask)"),
+    "allow_other": ("allow_other", None, "let other users use the mount (implies default_permissions)"),
+    "default_permissions": ("default_permissions", None, "kernel checks permissions against mode/uid/gid"),
+    "ro": ("ro", None, "read-only mount"),
+    "cache_dir": ("cache_dir", str, "directory for block cache, metadata store, staging and journal"),
+    "cache_size": ("cache_size", _positive(parse_size), "block cache size limit (default 10G)"),
+    "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
+    "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
+    "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
+    "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
+    "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
+    "meta": ("meta", _choice("exact", "list"),
+             "exact: POSIX metadata from object headers (HEAD where not known); list: listing only"),
+    "part_size": ("part_size", _positive(parse_size), "multipart part size (default 8M; grows for huge files)"),
+    "upload_threads": ("upload_threads", _positive(int), "parallel part uploads (default 8)"),
+    "multipart_threshold": ("multipart_threshold", _positive(parse_size),
+                            "files from this size upload in parts (default = part_size)"),
+    "request_timeout": ("request_timeout", _positive(float), "seconds before a stalled request is retried (default 30)"),
+    "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
+    "hardlinks": ("hardlinks", _choice("copy", "off"), "copy: link() makes a server-side copy; off: EPERM"),
+    "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
+    "log_level": ("log_level", _choice("debug", "info", "warning", "error"), "default warning"),
+}
+
+# Options meant for mount(8), systemd or the kernel that s3fuse accepts and ignores.
+IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "defaults", "rw", "dev", "nodev",
+           "suid", "nosuid", "exec", "noexec", "async", "atime", "noatime", "relatime", "nodiratime", "owner",
+           "group", "noexec", "sync", "comment", "bg", "fg"}
+IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
+
+
+def _default_cache_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/cache/s3fuse"
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "s3fuse")
+
+
+@dataclass
+class MountConfig:
+    bucket: str = ""
+    prefix: str = ""
+    mountpoint: str = ""
+    foreground: bool = False
+    debug: bool = False
+    endpoint: Optional[str] = None
+    region: Optional[str] = None
+    profile: Optional[str] = None
+    passwd_file: Optional[str] = None
+    path_style: bool = False
+    virtual_host: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    file_mode: Optional[int] = None
+    dir_mode: Optional[int] = None
+    allow_other: bool = False
+    default_permissions: bool = False
+    ro: bool = False
+    cache_dir: str = field(default_factory=_default_cache_dir)
+    cache_size: int = 10 << 30
+    block_size: int = 1 << 20
+    readahead: int = 64 << 20
+    read_threads: int = 8
+    attr_ttl: float = 60.0
+    dir_ttl: float = 60.0
+    negative_ttl: float = 5.0
+    meta: str = "exact"
+    part_size: int = 8 << 20
+    upload_threads: int = 8
+    multipart_threshold: Optional[int] = None
+    request_timeout: float = 30.0
+    retries: int = 5
+    hardlinks: str = "copy"
+    log_file: Optional[str] = None
+    log_level: str = "warning"
+    ignored: list = field(default_factory=list)
+
+    @property
+    def modes(self):
+        file_mode = self.file_mode if self.file_mode is not None else 0o666 & ~self.umask
+        dir_mode = self.dir_mode if self.dir_mode is not None else 0o777 & ~self.umask
+        return file_mode, dir_mode
+
+    @property
+    def addressing_path_style(self) -> Optional[bool]:
+        if self.virtual_host:
+            return False
+        if self.path_style:
+            return True
+        return None   # default: path-style for custom endpoints, auto for AWS
+
+
+def split_options(text: str) -> list:
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
+def apply_option(cfg: MountConfig, option: str):
+    name, eq, value = option.partition("=")
+    name = name.strip()
+    if name in IGNORED or option.startswith(IGNORED_PREFIXES) or name.startswith(IGNORED_PREFIXES):
+        cfg.ignored.append(option)
+        return
+    spec = OPTIONS.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown option {name!r} (see s3fuse --help)")
+    attr, parser, _ = spec
+    if parser is None:
+        try:
+            setattr(cfg, attr, parse_bool(value) if eq else True)
+        except ValueError as exc:
+            raise ConfigError(f"option {name}: {exc}") from None
+        return
+    if not eq or value == "":
+        raise ConfigError(f"option {name} needs a value ({name}=...)")
+    try:
+        setattr(cfg, attr, parser(value))
+    except ValueError as exc:
+        raise ConfigError(f"option {name}: {exc}") from None
+
+
+def parse_source(source: str):
+    """'bucket', 'bucket:/prefix', 's3://bucket/prefix' -> (bucket, prefix)."""
+    if source.startswith("s3://"):
+        bucket, _, prefix = source[5:].partition("/")
+    else:
+        bucket, _, prefix = source.partition(":")
+    bucket = bucket.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket or "-"):
+        raise ConfigError(f"bad bucket name {bucket!r}")
+    return bucket, prefix.strip("/")
+
+
+def options_help() -> str:
+    width = max(len(n) for n in OPTIONS) + 8
+    lines = []
+    for name, (_, parser, text) in OPTIONS.items():
+        lhs = name if parser is None else f"{name}=..."
+        lines.append(f"  -o {lhs:<{width}} {text}")
+    lines.append("  Ignored (for mount(8)/systemd): " + ", ".join(sorted(IGNORED)) + ", x-systemd.*, comment=")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Data path: disk block cache and read-ahead (see docs/design/reads.md)."""

@@ -1,0 +1,174 @@
+"""Reads of one pinned object version through the block cache, with read-ahead.
+
+``BlockFetcher`` (shared by the mount) turns missing blocks into ranged GETs of whole
+spans of blocks in a bounded thread pool; a block is fetched once however many readers
+want it (in-flight futures).  ``Reader`` (one per open handle) detects sequential access
+and grows a read-ahead window of blocks fetched in parallel; a random read fetches only
+the blocks it touches.  Memory: a reader keeps one block; the fetcher holds at most
+``threads`` spans in flight.  Nothing else is kept in memory, whatever the object size.
+
+Lock order: Reader._lock -> BlockFetcher._lock (both held only around bookkeeping,
+never while waiting for S3).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PinnedObject:
+    key: str
+    etag: str
+    size: int
+
+
+class BlockFetcher:
+    def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8):
+        self.client = client
+        self.cache = cache
+        self.block_size = block_size
+        self.span_blocks = span_blocks
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch")
+        self._lock = threading.Lock()
+        self._inflight: dict = {}
+        self.bytes_fetched = 0
+
+    def close(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def block(self, obj: PinnedObject, index: int) -> bytes:
+        """Block ``index`` of ``obj``: from a fetch in flight, the disk cache, or a GET now."""
+        with self._lock:
+            future = self._inflight.get((obj.key, obj.etag, index))
+        if future is None:
+            data = self.cache.get(obj.key, obj.etag, index)
+            if data is not None:
+                return data
+            future = self._schedule(obj, [index])[index]
+        return future.result()
+
+    def prefetch(self, obj: PinnedObject, first: int, last: int):
+        """Start fetching blocks first..last (inclusive) that are neither cached nor in flight."""
+        last = min(last, self.last_index(obj))
+        wanted = [i for i in range(first, last + 1) if not self.cache.contains(obj.key, obj.etag, i)]
+        if wanted:
+            self._schedule(obj, wanted)
+
+    def last_index(self, obj: PinnedObject) -> int:
+        return max(0, (obj.size - 1) // self.block_size)
+
+    def _schedule(self, obj: PinnedObject, indexes) -> dict:
+        """Create futures for ``indexes`` not yet in flight, grouped into contiguous spans."""
+        futures, new = {}, []
+        with self._lock:
+            for i in indexes:
+                f = self._inflight.get((obj.key, obj.etag, i))
+                if f is None:
+                    f = Future()
+                    self._inflight[(obj.key, obj.etag, i)] = f
+                    new.append(i)
+                futures[i] = f
+        span: list = []
+        for i in new:
+            if span and (i != span[-1] + 1 or len(span) >= self.span_blocks):
+                self._submit(obj, span, futures)
+                span = []
+            span.append(i)
+        if span:
+            self._submit(obj, span, futures)
+        return futures
+
+    def _submit(self, obj, span, futures):
+        self._pool.submit(self._fetch_span, obj, span[0], span[-1], {i: futures[i] for i in span})
+
+    def _fetch_span(self, obj: PinnedObject, first: int, last: int, futures: dict):
+        bs = self.block_size
+
+        def sink(offset: int, chunk: bytes):
+            index = offset // bs
+            try:
+                self.cache.put(obj.key, obj.etag, index, chunk)
+            except Exception:   # a full or broken cache disk must not fail the read
+                log.warning("block cache write failed for %r block %d", obj.key, index, exc_info=True)
+            self._resolve(obj, index, futures, result=chunk)
+
+        try:
+            self.client.get_range(obj.key, first * bs, min(obj.size, (last + 1) * bs), etag=obj.etag,
+                                  chunk_size=bs, sink=sink)
+            with self._lock:
+                self.bytes_fetched += min(obj.size, (last + 1) * bs) - first * bs
+        except BaseException as exc:
+            for index in list(futures):
+                self._resolve(obj, index, futures, error=exc)
+        else:
+            for index in list(futures):   # a short body: never leave a waiter hanging
+                self._resolve(obj, index, futures, error=EOFError(f"{obj.key!r}: block {index} missing"))
+
+    def _resolve(self, obj, index, futures, result=None, error=None):
+        future = futures.pop(index, None)
+        if future is None:
+            return
+        with self._lock:
+            self._inflight.pop((obj.key, obj.etag, index), None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+class Reader:
+    """Sequential-aware reads of one pinned object for one open handle."""
+
+    def __init__(self, fetcher: BlockFetcher, obj: PinnedObject, max_readahead_blocks: int = 64):
+        self.fetcher = fetcher
+        self.obj = obj
+        self.max_window = max(1, max_readahead_blocks)
+        self._lock = threading.Lock()
+        self._last_block = -2
+        self._window = 0
+        self._ahead_upto = -1      # highest block index already handed to prefetch
+        self._current = (-1, b"")  # the last block served, kept for the next small read
+
+    def read(self, offset: int, size: int) -> bytes:
+        obj = self.obj
+        if offset >= obj.size or size <= 0:
+            return b""
+        end = min(offset + size, obj.size)
+        bs = self.fetcher.block_size
+        first, last = offset // bs, (end - 1) // bs
+        with self._lock:
+            sequential = (offset == 0) or (self._last_block - 1 <= first <= self._last_block + 1)
+            self._last_block = last
+            if sequential:
+                self._window = min(self.max_window, max(2, self._window * 2))
+                ahead_from = max(last + 1, self._ahead_upto + 1)
+                ahead_to = last + self._window
+                if ahead_to >= ahead_from:
+                    self._ahead_upto = ahead_to
+            else:
+                self._window = 0
+                self._ahead_upto = last
+                ahead_from, ahead_to = 1, 0
+        if ahead_to >= ahead_from:
+            # The blocks this read needs go first, then the read-ahead window.
+            self.fetcher.prefetch(obj, first, ahead_to)
+        pieces = []
+        for index in range(first, last + 1):
+            data = self._block(index)
+            lo = max(offset, index * bs) - index * bs
+            hi = min(end, (index + 1) * bs) - index * bs
+            pieces.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _block(self, index: int) -> bytes:
+        cur_index, cur_data = self._current
+        if cur_index == index:
+            return cur_data
+        data = self.fetcher.block(self.obj, index)
+        self._current = (index, data)
+        return data

@@ -1,0 +1,117 @@
+"""Thin fusepy Operations adapter over ``s3fuse.fs.Filesystem``.
+
+THE one place where exceptions become errno: every callback runs inside
+``_errno_boundary``.  A typed ``FsError`` becomes its errno (logged with a traceback
+unless it is an everyday answer such as ENOENT); any other exception is a bug or an
+unexpected failure: logged with its traceback and reported as EIO - never fusepy's
+accidental EINVAL.  Runs with ``raw_fi`` so open can set keep_cache.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+
+from . import errors
+from .fuse_binding import FuseOSError, Operations
+
+log = logging.getLogger(__name__)
+
+# errno values that are ordinary answers, not failures worth a traceback.
+_QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EISDIR,
+          errno.ENOTDIR, errno.EROFS, errno.EPERM, errno.EACCES, errno.ENAMETOOLONG, errno.EXDEV,
+          errno.ERANGE, errno.EINVAL}
+
+
+def _errno_boundary(method):
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except FuseOSError:
+            raise
+        except errors.FsError as exc:
+            if exc.errno in _QUIET:
+                log.debug("%s%r: %s", name, args[:1], exc)
+            else:
+                log.error("%s%r failed: %s", name, args[:1], exc, exc_info=True)
+            raise FuseOSError(exc.errno) from None
+        except OSError as exc:
+            code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else errno.EIO
+            log.error("%s%r failed: %s", name, args[:1], exc, exc_info=True)
+            raise FuseOSError(code) from None
+        except Exception:
+            log.exception("%s%r failed unexpectedly; returning EIO", name, args[:1])
+            raise FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+def _wrap_callbacks(cls):
+    for attr, value in list(vars(cls).items()):
+        if callable(value) and not attr.startswith("_"):
+            setattr(cls, attr, _errno_boundary(value))
+    return cls
+
+
+def _fh(fi):
+    return None if fi is None else fi.fh
+
+
+@_wrap_callbacks
+class S3FuseOperations(Operations):
+    use_ns = True
+
+    def __init__(self, fs, fuse_config: dict, on_init=None):
+        self.fs = fs
+        self._fuse_config = fuse_config
+        self._on_init = on_init
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def init_with_config(self, conn_info, config):
+        if config is not None:
+            for key, value in self._fuse_config.items():
+                if hasattr(config, key):
+                    setattr(config, key, value)
+        if self._on_init:
+            self._on_init()
+
+    def init(self, path):   # fusepy / libfuse 2
+        if self._on_init:
+            self._on_init()
+
+    def destroy(self, path):
+        self.fs.close()
+
+    # -- metadata ----------------------------------------------------------------------------
+    def getattr(self, path, fi=None):
+        return self.fs.getattr(path, _fh(fi))
+
+    def readdir(self, path, fh):
+        return [(name, {"st_mode": mode}, 0) for name, mode in self.fs.readdir(path)]
+
+    def readlink(self, path):
+        return self.fs.readlink(path)
+
+    def statfs(self, path):
+        return self.fs.statfs()
+
+    def access(self, path, amode):
+        self.fs.access(path, amode)
+        return 0
+
+    # -- data ----------------------------------------------------------------------------------
+    def open(self, path, fi):
+        fh, keep_cache = self.fs.open(path, fi.flags)
+        fi.fh = fh
+        fi.keep_cache = 1 if keep_cache else 0
+        return 0
+
+    def read(self, path, size, offset, fi):
+        return self.fs.read(fi.fh, size, offset)
+
+    def release(self, path, fi):
+        self.fs.release(fi.fh)
+        return 0

@@ -1,0 +1,1 @@
+"""Metadata: attributes, TTL caches, directory listings (see docs/design/metadata.md)."""

@@ -1,0 +1,133 @@
+"""File attributes and the POSIX metadata headers that carry them.
+
+Header format, interoperable with s3fs-fuse and rclone (all values decimal strings):
+``x-amz-meta-mode`` (st_mode including the type bits), ``-uid``, ``-gid``, ``-mtime``,
+``-atime``, ``-ctime`` (seconds since the epoch; a fractional part is accepted and written
+when the time has sub-second precision).  boto3 hands user metadata without the
+``x-amz-meta-`` prefix, so the dict keys here are ``mode``, ``uid``, ...
+"""
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from dataclasses import dataclass, replace
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+MD5_HEADER = "s3fuse-md5"     # whole-object MD5 (hex) stored with objects s3fuse uploads
+
+
+@dataclass
+class Defaults:
+    """What objects without POSIX metadata look like (mount options uid/gid/umask)."""
+
+    uid: int = 0
+    gid: int = 0
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+
+
+@dataclass
+class Attr:
+    mode: int                 # st_mode with type bits
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    etag: Optional[str] = None
+    exact: bool = False       # True once the object's own metadata (HEAD or our upload) is applied
+    nlink: int = 1
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def to_stat(self) -> dict:
+        return {
+            "st_mode": self.mode, "st_uid": self.uid, "st_gid": self.gid, "st_size": self.size,
+            "st_nlink": 2 if self.is_dir else self.nlink,
+            "st_mtime": self.mtime_ns, "st_atime": self.atime_ns or self.mtime_ns,
+            "st_ctime": self.ctime_ns or self.mtime_ns,
+            "st_blksize": 1 << 20, "st_blocks": (self.size + 511) // 512,
+        }
+
+    def copy(self, **changes) -> "Attr":
+        return replace(self, **changes)
+
+
+def parse_time_ns(value: str) -> int:
+    """'1700000000', '1700000000.5', '1700000000.123456789' -> nanoseconds.  Raises ValueError."""
+    value = value.strip()
+    sec, _, frac = value.partition(".")
+    if not sec.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+        raise ValueError(value)
+    return int(sec) * NS + (int(frac[:9].ljust(9, "0")) if frac else 0) * (-1 if sec.startswith("-") else 1)
+
+
+def format_time_ns(ns: int) -> str:
+    sec, frac = divmod(int(ns), NS)
+    return str(sec) if frac == 0 else f"{sec}.{frac:09d}"
+
+
+def default_attr(is_dir: bool, size: int, mtime: float, defaults: Defaults, etag: Optional[str] = None) -> Attr:
+    mode = (stat.S_IFDIR | defaults.dir_mode) if is_dir else (stat.S_IFREG | defaults.file_mode)
+    ns = int(mtime * NS)
+    return Attr(mode=mode, uid=defaults.uid, gid=defaults.gid, size=size, mtime_ns=ns, atime_ns=ns,
+                ctime_ns=ns, etag=etag)
+
+
+def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
+    """Return ``attr`` with the POSIX headers of ``meta`` applied (bad values are logged and
+    ignored, never fatal).  The result is marked exact: it reflects the object's own headers."""
+    out = attr.copy(exact=True)
+    if not meta:
+        return out
+    try:
+        if "mode" in meta:
+            mode = int(meta["mode"])
+            perm = stat.S_IMODE(mode)
+            kind = stat.S_IFMT(mode)
+            if is_dir:
+                kind = stat.S_IFDIR
+            elif kind not in (stat.S_IFREG, stat.S_IFLNK):
+                kind = stat.S_IFREG
+            out.mode = kind | perm
+        if "uid" in meta:
+            out.uid = int(meta["uid"])
+        if "gid" in meta:
+            out.gid = int(meta["gid"])
+        for name in ("mtime", "atime", "ctime"):
+            if name in meta:
+                setattr(out, name + "_ns", parse_time_ns(meta[name]))
+        if "mtime" in meta and "atime" not in meta:
+            out.atime_ns = out.mtime_ns
+        if "mtime" in meta and "ctime" not in meta:
+            out.ctime_ns = out.mtime_ns
+    except (ValueError, TypeError):
+        log.warning("ignoring malformed POSIX metadata %r", meta)
+    return out
+
+
+def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
+    meta = {
+        "mode": str(attr.mode), "uid": str(attr.uid), "gid": str(attr.gid),
+        "mtime": format_time_ns(attr.mtime_ns),
+        "atime": format_time_ns(attr.atime_ns or attr.mtime_ns),
+        "ctime": format_time_ns(attr.ctime_ns or attr.mtime_ns),
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,131 @@
+"""In-memory TTL caches of attributes, missing names and directory listings, plus the
+persistent store of object metadata keyed by (key, ETag).
+
+Invariants
+- ``attrs[path]`` is what ``stat`` shows until its TTL runs out; ``missing`` holds paths
+  known absent (negative cache); ``dirs[path]`` is a complete listing {name: is_dir}.
+- Every namespace change made through the mount updates all three (see ``forget``/``add``).
+- The persistent ``known`` store maps (bucket, key, etag) to the object's user metadata;
+  an ETag changes with every write, so an entry can never describe a newer object.
+
+Locking: one ``threading.Lock`` guards the three cachetools caches (which are not
+thread-safe).  It is a leaf lock: never call out (S3, disk) while holding it.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import cachetools
+import diskcache
+
+from .attrs import Attr
+
+
+class DirListing:
+    __slots__ = ("entries", "marker")
+
+    def __init__(self):
+        self.entries: dict = {}    # name -> is_dir
+        self.marker = False         # a "dir/" marker object exists
+
+
+class MetaCache:
+    def __init__(self, attr_ttl: float, dir_ttl: float, negative_ttl: float, maxsize: int = 200_000):
+        self._lock = threading.Lock()
+        # cachetools rejects ttl=0; a tiny TTL makes "0" mean "ask S3 every time".
+        self.attrs = cachetools.TTLCache(maxsize, max(attr_ttl, 1e-9))
+        self.missing = cachetools.TTLCache(maxsize, max(negative_ttl, 1e-9))
+        self.dirs = cachetools.TTLCache(max(1000, maxsize // 100), max(dir_ttl, 1e-9))
+
+    # -- attributes ---------------------------------------------------------------------
+    def get_attr(self, path: str) -> Optional[Attr]:
+        with self._lock:
+            return self.attrs.get(path)
+
+    def put_attr(self, path: str, attr: Attr):
+        with self._lock:
+            self.attrs[path] = attr
+            self.missing.pop(path, None)
+
+    def is_missing(self, path: str) -> bool:
+        with self._lock:
+            return path in self.missing
+
+    def put_missing(self, path: str):
+        with self._lock:
+            self.missing[path] = True
+            self.attrs.pop(path, None)
+
+    # -- listings -------------------------------------------------------------------------
+    def get_dir(self, path: str) -> Optional[DirListing]:
+        with self._lock:
+            return self.dirs.get(path)
+
+    def put_dir(self, path: str, listing: DirListing):
+        with self._lock:
+            self.dirs[path] = listing
+
+    def listed_absent(self, parent: str, name: str) -> bool:
+        """True if a fresh complete listing of ``parent`` does not hold ``name``."""
+        with self._lock:
+            listing = self.dirs.get(parent)
+            return listing is not None and name not in listing.entries
+
+    # -- namespace changes made through the mount -------------------------------------
+    def add(self, parent: str, name: str, path: str, attr: Attr):
+        with self._lock:
+            self.attrs[path] = attr
+            self.missing.pop(path, None)
+            listing = self.dirs.get(parent)
+            if listing is not None:
+                listing.entries[name] = attr.is_dir
+
+    def forget(self, parent: str, name: str, path: str, negative: bool = True):
+        with self._lock:
+            self.attrs.pop(path, None)
+            self.dirs.pop(path, None)
+            if negative:
+                self.missing[path] = True
+            listing = self.dirs.get(parent)
+            if listing is not None:
+                listing.entries.pop(name, None)
+
+    def invalidate(self, path: str):
+        with self._lock:
+            self.attrs.pop(path, None)
+            self.missing.pop(path, None)
+            self.dirs.pop(path, None)
+
+    def invalidate_tree(self, path: str):
+        """Drop everything at or below ``path`` (after a directory rename or delete)."""
+        below = path.rstrip("/") + "/"
+        with self._lock:
+            for cache in (self.attrs, self.missing, self.dirs):
+                for p in [p for p in list(cache.keys()) if p == path or p.startswith(below)]:
+                    cache.pop(p, None)
+
+
+class KnownMetadata:
+    """Persistent (bucket, key, etag) -> user metadata dict, in cache_dir.  Lets a later
+    mount show exact POSIX attributes from a listing without one HEAD per entry."""
+
+    def __init__(self, directory: str, bucket: str, size_limit: int = 256 << 20):
+        self._bucket = bucket
+        self._store = diskcache.Cache(directory, size_limit=size_limit,
+                                      eviction_policy="least-recently-stored")
+
+    def _k(self, key: str, etag: str) -> str:
+        return f"{self._bucket}\0{key}\0{etag}"
+
+    def get(self, key: str, etag: str) -> Optional[dict]:
+        if not etag:
+            return None
+        return self._store.get(self._k(key, etag))
+
+    def put(self, key: str, etag: str, metadata: dict):
+        if etag:
+            self._store.set(self._k(key, etag), dict(metadata or {}))
+
+    def close(self):
+        self._store.close()

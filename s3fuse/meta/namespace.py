@@ -1,0 +1,224 @@
+"""Lookups and directory listings: turns keys into files and directories.
+
+Rules (docs/SEMANTICS.md): ``a/b/c`` makes ``a`` and ``a/b`` directories (implied);
+a ``dir/`` marker object makes ``dir`` a directory and carries its metadata; when a key
+``x`` and keys below ``x/`` both exist, the directory wins and the object ``x`` is hidden.
+
+Cost of ``ls -l`` on a cold directory of N objects: ceil(N/1000) ListObjectsV2 requests.
+With ``meta=exact`` (default) each object whose (key, ETag) is not yet in the persistent
+metadata store also costs one HEAD, issued in parallel right after its listing page
+arrives, so ``stat`` calls that follow mostly find the answer ready; objects s3fuse
+uploaded itself and objects seen by an earlier mount cost nothing.  With ``meta=list``
+no HEAD is made: attributes come from the listing and the mount defaults.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Optional
+
+from .. import errors
+from ..paths import KeyMapper, join, split, valid_name
+from .attrs import Attr, Defaults, apply_metadata, default_attr
+from .cache import DirListing, KnownMetadata, MetaCache
+
+log = logging.getLogger(__name__)
+
+
+class Namespace:
+    def __init__(self, client, mapper: KeyMapper, cache: MetaCache, known: KnownMetadata,
+                 defaults: Defaults, exact: bool = True, head_threads: int = 16):
+        self.client = client
+        self.mapper = mapper
+        self.cache = cache
+        self.known = known
+        self.defaults = defaults
+        self.exact = exact
+        self.mount_time = time.time()
+        self._heads = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="head")
+        self._pending_lock = threading.Lock()   # leaf lock, guards _pending
+        self._pending: dict = {}                 # path -> Future[Attr] of a HEAD in flight
+        self._warned: set = set()
+
+    def close(self):
+        self._heads.shutdown(wait=False, cancel_futures=True)
+
+    # -- attributes ---------------------------------------------------------------------
+    def root_attr(self) -> Attr:
+        attr = self.cache.get_attr("/")
+        if attr is None:
+            attr = default_attr(True, 0, self.mount_time, self.defaults)
+            marker = self.mapper.prefix
+            if marker and self.exact:
+                try:
+                    info = self.client.head(marker)
+                    attr = apply_metadata(attr, info.metadata, True)
+                except errors.NotFound:
+                    pass
+            self.cache.put_attr("/", attr)
+        return attr
+
+    def lookup(self, path: str) -> Attr:
+        """Attributes of ``path``; raises NotFound."""
+        if path == "/":
+            return self.root_attr()
+        attr = self.cache.get_attr(path)
+        if attr is not None:
+            if self.exact and not attr.exact:
+                return self._exact(path, attr)
+            return attr
+        if self.cache.is_missing(path):
+            raise errors.NotFound(path)
+        parent, name = split(path)
+        if not valid_name(name):
+            raise errors.NotFound(path)
+        if self.cache.listed_absent(parent, name):
+            raise errors.NotFound(path)
+        return self._lookup_remote(path)
+
+    def _lookup_remote(self, path: str) -> Attr:
+        key = self.mapper.key(path)
+        # The directory probe and the file HEAD go out together; the directory wins.
+        dir_future = self._heads.submit(self.client.list_page, key + "/", None, "/", 2)
+        try:
+            info = self.client.head(key)
+        except errors.NotFound:
+            info = None
+        page = dir_future.result()
+        if page.objects or page.prefixes:
+            attr = default_attr(True, 0, self.mount_time, self.defaults)
+            if page.objects and page.objects[0].key == key + "/":
+                attr = self._dir_marker_attr(key + "/", page.objects[0].etag, attr)
+            self.cache.put_attr(path, attr)
+            return attr
+        if info is None:
+            self.cache.put_missing(path)
+            raise errors.NotFound(path)
+        attr = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
+        self.cache.put_attr(path, attr)
+        return attr
+
+    def _file_attr(self, key, size, mtime, etag, metadata) -> Attr:
+        attr = default_attr(False, size, mtime, self.defaults, etag)
+        if metadata is not None:
+            self.known.put(key, etag, metadata)
+            return apply_metadata(attr, metadata, False)
+        known = self.known.get(key, etag)
+        if known is not None:
+            return apply_metadata(attr, known, False)
+        return attr if self.exact else attr.copy(exact=True)
+
+    def _dir_marker_attr(self, marker_key: str, etag: str, attr: Attr) -> Attr:
+        known = self.known.get(marker_key, etag)
+        if known is not None or not self.exact:
+            return apply_metadata(attr, known, True)
+        try:
+            info = self.client.head(marker_key)
+        except errors.NotFound:
+            return attr.copy(exact=True)
+        self.known.put(marker_key, info.etag, info.metadata)
+        return apply_metadata(attr, info.metadata, True)
+
+    def _exact(self, path: str, attr: Attr) -> Attr:
+        """Wait for (or make) the HEAD that gives ``path`` its exact POSIX attributes."""
+        future = self._prefetch(path, attr)
+        try:
+            return future.result()
+        except errors.NotFound:
+            self.cache.put_missing(path)
+            raise
+
+    def _prefetch(self, path: str, attr: Attr) -> Future:
+        with self._pending_lock:
+            future = self._pending.get(path)
+            if future is None:
+                future = self._heads.submit(self._head_entry, path, attr)
+                self._pending[path] = future
+        return future
+
+    def _head_entry(self, path: str, listed: Attr) -> Attr:
+        try:
+            if listed.is_dir:
+                exact = self._dir_marker_attr(self.mapper.dir_prefix(path), listed.etag or "", listed)
+            else:
+                info = self.client.head(self.mapper.key(path))
+                exact = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
+            if self.cache.get_attr(path) is listed:
+                self.cache.put_attr(path, exact)
+            return exact
+        finally:
+            with self._pending_lock:
+                self._pending.pop(path, None)
+
+    # -- listings -------------------------------------------------------------------------
+    def list_dir(self, path: str) -> DirListing:
+        listing = self.cache.get_dir(path)
+        if listing is not None:
+            return listing
+        prefix = self.mapper.dir_prefix(path)
+        listing = DirListing()
+        files: dict = {}
+        for page in self.client.list_all(prefix):
+            for name in self._names(prefix, page.prefixes, is_dir=True):
+                listing.entries[name] = True
+                child = join(path, name)
+                cached = self.cache.get_attr(child)
+                if cached is None or not cached.is_dir:
+                    attr = default_attr(True, 0, self.mount_time, self.defaults)
+                    if not self.exact:
+                        attr = attr.copy(exact=True)
+                    self.cache.put_attr(child, attr)
+                    if self.exact:
+                        self._prefetch(child, attr)
+            for obj in page.objects:
+                if obj.key == prefix:
+                    listing.marker = True
+                    continue
+                for name in self._names(prefix, [obj.key], is_dir=False):
+                    files[name] = obj
+            self._fill_files(path, listing, files)
+            files = {}
+        if not listing.entries and not listing.marker and path != "/":
+            # Nothing under the prefix: the directory exists only if lookup says so.
+            attr = self.lookup(path)
+            if not attr.is_dir:
+                raise errors.FsError(path, errno.ENOTDIR)
+        self.cache.put_dir(path, listing)
+        return listing
+
+    def _fill_files(self, path: str, listing: DirListing, files: dict):
+        for name, obj in files.items():
+            if listing.entries.get(name):
+                self._warn_once(f"{obj.key!r} is hidden by the directory of the same name")
+                continue
+            listing.entries[name] = False
+            child = join(path, name)
+            cached = self.cache.get_attr(child)
+            if cached is not None and cached.etag == obj.etag and cached.exact:
+                continue
+            attr = self._file_attr(obj.key, obj.size, obj.mtime, obj.etag, None)
+            self.cache.put_attr(child, attr)
+            if self.exact and not attr.exact:
+                self._prefetch(child, attr)
+
+    def _names(self, prefix: str, keys, is_dir: bool):
+        for key in keys:
+            name = key[len(prefix):]
+            if is_dir:
+                name = name[:-1]
+            if valid_name(name):
+                yield name
+            else:
+                self._warn_once(f"skipping key {key!r}: {name!r} cannot be a file name")
+
+    def _warn_once(self, message: str):
+        if message not in self._warned and len(self._warned) < 10_000:
+            self._warned.add(message)
+            log.warning(message)
+
+    def is_dir(self, path: str) -> bool:
+        return stat.S_ISDIR(self.lookup(path).mode)

@@ -1,0 +1,1 @@
+"""Write path: staging files, upload journal, multipart uploads (see docs/design/writes.md)."""
