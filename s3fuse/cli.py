@@ -184,7 +184,12 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         log.debug("mount check failed", exc_info=True)
         return fail(describe_error(exc, cfg))
 
+    from .status import StatusWriter
+    status = StatusWriter(cfg.mountpoint, fs.stats)
+
     def on_init():
+        status.start()
+        fs.start_background()
         threading.Thread(target=_tune_readahead, args=(cfg.mountpoint,), daemon=True).start()
         if ready_fd is not None:
             os.write(ready_fd, READY)
@@ -209,6 +214,7 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     except Exception as exc:
         return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}")
     finally:
+        status.stop()
         log.warning("unmounted %s", cfg.mountpoint)
     return 0
 
@@ -281,7 +287,26 @@ def _demo(argv) -> int:
     return demo_main(argv)
 
 
-SUBCOMMANDS = {"demo": _demo}
+def _status(argv) -> int:
+    import json
+    from . import status
+    as_json = "--json" in argv
+    targets = [a for a in argv if not a.startswith("-")]
+    entries = [status.read(os.path.abspath(t)) for t in targets] if targets else status.read_all()
+    entries = [e for e in entries if e]
+    if targets and not entries:
+        sys.stderr.write(f"s3fuse: no s3fuse mount at {targets[0]}\n")
+        return 1
+    if as_json:
+        print(json.dumps(entries if not targets else entries[0], indent=1, sort_keys=True))
+        return 0
+    from .progress import render_status
+    for entry in entries:
+        print(render_status(entry))
+    return 0
+
+
+SUBCOMMANDS = {"demo": _demo, "status": _status}
 
 
 if __name__ == "__main__":

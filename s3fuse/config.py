@@ -217,7 +217,9 @@ def parse_source(source: str):
     else:
         bucket, _, prefix = source.partition(":")
     bucket = bucket.strip()
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket or "-"):
+    if not bucket:
+        raise ConfigError(f"no bucket name in {source!r} (expected BUCKET[:/PREFIX])")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket):
         raise ConfigError(f"bad bucket name {bucket!r}")
     return bucket, prefix.strip("/")
 

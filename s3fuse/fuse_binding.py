@@ -10,6 +10,7 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
 FUSE = _fuse.FUSE
 FuseOSError = _fuse.FuseOSError
 Operations = _fuse.Operations
+fuse_get_context = _fuse.fuse_get_context
 fuse_exit = getattr(_fuse, "fuse_exit", None)
 LIBFUSE_MAJOR = getattr(_fuse, "fuse_version_major", 2)
 LIBFUSE_MINOR = getattr(_fuse, "fuse_version_minor", 9)

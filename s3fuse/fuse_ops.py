@@ -13,7 +13,7 @@ import functools
 import logging
 
 from . import errors
-from .fuse_binding import FuseOSError, Operations
+from .fuse_binding import FuseOSError, Operations, fuse_get_context
 
 log = logging.getLogger(__name__)
 
@@ -114,4 +114,24 @@ class S3FuseOperations(Operations):
 
     def release(self, path, fi):
         self.fs.release(fi.fh)
+        return 0
+
+    def create(self, path, mode, fi):
+        uid, gid, _ = fuse_get_context()
+        fi.fh = self.fs.create(path, mode, uid, gid, fi.flags)
+        return 0
+
+    def write(self, path, data, offset, fi):
+        return self.fs.write(fi.fh, data, offset)
+
+    def truncate(self, path, length, fi=None):
+        self.fs.truncate(path, length, _fh(fi))
+        return 0
+
+    def flush(self, path, fi):
+        self.fs.flush(fi.fh)
+        return 0
+
+    def fsync(self, path, datasync, fi):
+        self.fs.fsync(fi.fh)
         return 0

@@ -148,9 +148,10 @@ class ObjectClient:
         try:
             return getattr(self._client, op)(Bucket=self.bucket, **kwargs)
         except Exception as exc:  # translated here, the one place that knows botocore
-            with self.stats_lock:
-                self.error_count += 1
             translated = _translate(exc, what)
+            if not isinstance(translated, errors.NotFound):   # a 404 is an answer, not a failure
+                with self.stats_lock:
+                    self.error_count += 1
             if translated is exc:
                 raise
             raise translated from exc

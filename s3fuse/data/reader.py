@@ -73,8 +73,18 @@ class BlockFetcher:
                     self._inflight[(obj.key, obj.etag, i)] = f
                     new.append(i)
                 futures[i] = f
-        span: list = []
+        # A span that finished between the caller's cache check and the claim above has put
+        # its blocks in the cache before leaving _inflight: serve those from the cache
+        # instead of fetching them a second time.
+        missing = []
         for i in new:
+            data = self.cache.get(obj.key, obj.etag, i) if self.cache.contains(obj.key, obj.etag, i) else None
+            if data is None:
+                missing.append(i)
+            else:
+                self._resolve(obj, i, {i: futures[i]}, result=data)
+        span: list = []
+        for i in missing:
             if span and (i != span[-1] + 1 or len(span) >= self.span_blocks):
                 self._submit(obj, span, futures)
                 span = []

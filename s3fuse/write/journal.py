@@ -1,0 +1,97 @@
+"""The upload journal: one crash-safe JSON record per upload in ``cache_dir/journal``.
+
+A record is written (tmp file, fsync, rename, fsync of the directory) when an upload
+starts and after every finished part, so after a crash the next mount (or
+``s3fuse resume``) knows: the key, the staging file, the object size and MD5, the
+metadata, the multipart upload id, the part size and the MD5 of every finished part.
+
+States
+- ``writing``: a multipart upload was started while the file was still being written
+  (sequential writer); close() has NOT been reached.  After a crash such a record is
+  never completed: its upload is aborted and its staging file moved to ``recovery/``.
+- ``closed``: close()/fsync() handed the file over; the data is final and must reach
+  the bucket.  Resumed after a crash: ListParts, keep parts whose ETag equals the local
+  MD5, upload the rest, complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+WRITING = "writing"
+CLOSED = "closed"
+
+
+@dataclass
+class Entry:
+    id: str
+    key: str
+    staging: str
+    state: str = WRITING
+    size: int = 0
+    md5: Optional[str] = None
+    metadata: dict = field(default_factory=dict)
+    content_type: Optional[str] = None
+    upload_id: Optional[str] = None
+    part_size: int = 0
+    parts: dict = field(default_factory=dict)      # str(part number) -> md5 hex of that part
+    uploaded_metadata: Optional[dict] = None        # what CreateMultipartUpload was given
+    created: float = 0.0
+
+
+def fsync_dir(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    def __init__(self, directory: str):
+        self.dir = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def _path(self, entry_id: str) -> str:
+        return os.path.join(self.dir, entry_id + ".json")
+
+    def save(self, entry: Entry):
+        path = self._path(entry.id)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(entry), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.dir)
+
+    def remove(self, entry_id: str):
+        try:
+            os.unlink(self._path(entry_id))
+            fsync_dir(self.dir)
+        except FileNotFoundError:
+            pass
+
+    def load(self, entry_id: str) -> Optional[Entry]:
+        try:
+            with open(self._path(entry_id)) as f:
+                return Entry(**json.load(f))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def entries(self) -> list:
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            if name.endswith(".json"):
+                entry = self.load(name[:-5])
+                if entry is not None:
+                    out.append(entry)
+        return out

@@ -1,0 +1,274 @@
+"""One path open for writing: its staging file, its attributes and its upload.
+
+Invariants
+- The staging file (cache_dir/staging, 0600) holds the file's bytes wherever ``present``
+  says so; bytes of the original object not yet needed are fetched lazily (read, or
+  all of them before upload).  ``size`` is the logical size.
+- ``commit()`` (flush/fsync) makes the bucket hold exactly the staged content, or raises
+  and leaves a CLOSED journal record so the upload is finished later: nothing accepted
+  is dropped.  A failed write (ENOSPC...) poisons the file: it is never uploaded
+  truncated; commit raises instead.
+- A file written sequentially from offset 0 streams: each full part is uploaded as soon
+  as it is written (journal state WRITING), so close() waits for little more than the
+  last part.  A later write into a streamed part marks it for re-upload; a truncate
+  aborts the stream.
+
+Lock order: OpenFile.lock -> Uploader._lock.  OpenFile.lock is held across a commit
+(network); getattr reads ``attr`` without it.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Optional
+
+from .. import errors
+from ..meta.attrs import Attr, to_metadata
+from .journal import CLOSED, WRITING, Entry, Journal
+from .parts import PartPlan
+from .ranges import RangeSet
+
+log = logging.getLogger(__name__)
+
+
+class OpenFile:
+    def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
+                 fetcher=None, base=None, truncate: bool = False, new: bool = False):
+        self.path = path
+        self.key = key
+        self.attr = attr
+        self.uploader = uploader
+        self.journal = journal
+        self.fetcher = fetcher
+        self.base = None if (truncate or new) else base      # PinnedObject of the original version
+        self._base_end = 0 if self.base is None else self.base.size   # original bytes still wanted
+        self.lock = threading.RLock()
+        self.refs = 0
+        self.staging = os.path.join(staging_dir, journal.new_id())
+        self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.present = RangeSet()
+        self.size = 0 if (truncate or new) else attr.size
+        if truncate or new:
+            self.attr = attr.copy(size=0)
+        self.dirty = truncate or new
+        self.meta_dirty = False
+        self.failed: Optional[BaseException] = None
+        self.unlinked = False
+        # incremental whole-file MD5 while writes are sequential appends
+        self._hasher = hashlib.md5() if (truncate or new) else None
+        self._hashed = 0
+        # streaming multipart upload of a sequential writer
+        self._plan = PartPlan(uploader.part_size)
+        self._streamable = truncate or new
+        self._stream: Optional[Entry] = None
+        self._stream_begin: Optional[Future] = None
+        self._stream_next = 1
+        self._stream_futures: dict = {}
+        self._redo_parts: set = set()
+        self._pending: Optional[Entry] = None   # CLOSED record whose upload failed
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            end = min(self.size, offset + size)
+            if end <= offset:
+                return b""
+            self._fill(offset, end)
+            return os.pread(self._fd, end - offset, offset)
+
+    def _fill(self, start: int, end: int):
+        """Fetch bytes of the original object that are not staged yet."""
+        if self.base is None:
+            return
+        for lo, hi in self.present.missing(start, min(end, self._base_end)):
+            bs = self.fetcher.block_size
+            for index in range(lo // bs, (hi - 1) // bs + 1):
+                block = self.fetcher.block(self.base, index)
+                b_lo, b_hi = max(lo, index * bs), min(hi, index * bs + len(block))
+                os.pwrite(self._fd, block[b_lo - index * bs:b_hi - index * bs], b_lo)
+            self.present.add(lo, hi)
+
+    # -- writing -----------------------------------------------------------------------------
+    def write(self, offset: int, data: bytes) -> int:
+        with self.lock:
+            if self.failed is not None:
+                raise errors.FsError(f"{self.path}: earlier write failed", errno.EIO)
+            end = offset + len(data)
+            try:
+                written = os.pwrite(self._fd, data, offset)
+            except OSError as exc:
+                self.failed = exc
+                log.error("%s: staging write failed (%s); the file will not be uploaded", self.path, exc)
+                raise
+            self.present.add(offset, end)
+            if offset > self.size:
+                self.present.add(self.size, offset)    # the hole reads as zeros
+            self.size = max(self.size, end)
+            self.dirty = True
+            now = time.time_ns()
+            self.attr = self.attr.copy(size=self.size, mtime_ns=now, ctime_ns=now)
+            if self._hasher is not None:
+                if offset == self._hashed:
+                    self._hasher.update(data)
+                    self._hashed = end
+                else:
+                    self._hasher = None
+            self._after_write(offset, end)
+            return written
+
+    def truncate(self, length: int):
+        with self.lock:
+            if length < self.size:
+                self.present.clip(length)
+                self._base_end = min(self._base_end, length)
+            else:
+                self.present.add(self.size, length)    # the new tail reads as zeros
+            os.ftruncate(self._fd, length)
+            self.size = length
+            self.dirty = True
+            now = time.time_ns()
+            self.attr = self.attr.copy(size=length, mtime_ns=now, ctime_ns=now)
+            if self._hasher is not None and length != self._hashed:
+                self._hasher = None
+            self._stop_stream()
+            self._streamable = False
+
+    def set_attr(self, attr: Attr):
+        """chmod/chown/utimens while open: the new values go with the upload."""
+        with self.lock:
+            self.attr = attr.copy(size=self.size)
+            self.meta_dirty = True
+
+    # -- streaming while writing ----------------------------------------------------------
+    def _after_write(self, start: int, end: int):
+        if self._stream is not None:
+            for n in range(self._plan.number_at(start), min(self._stream_next, self._plan.number_at(end - 1) + 1)):
+                self._redo_parts.add(n)
+        if not self._streamable:
+            return
+        contiguous = self.present.contiguous_from_zero()
+        if contiguous != self.size:
+            return
+        while True:
+            p_start, p_end = self._plan.range_of(self._stream_next)
+            if contiguous < p_end or p_end < self.uploader.threshold:
+                return
+            if self._stream is None:
+                self._stream = Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=WRITING,
+                                     metadata=to_metadata(self.attr), part_size=self._plan.base,
+                                     created=time.time())
+                self._stream_begin = self.uploader.pool.submit(self.uploader.begin_multipart, self._stream)
+            n = self._stream_next
+            self._stream_futures[n] = self.uploader.pool.submit(self._stream_part, n, p_start, p_end)
+            self._stream_next += 1
+
+    def _stream_part(self, number: int, start: int, end: int):
+        self._stream_begin.result()
+        return self.uploader.send_part(self._stream, number, start, end)
+
+    def _wait_stream(self):
+        for n, f in list(self._stream_futures.items()):
+            try:
+                f.result()
+            except Exception as exc:
+                log.warning("%s: streamed part %d failed (%s); it will be sent again", self.path, n, exc)
+                self._redo_parts.add(n)
+        self._stream_futures.clear()
+
+    def _stop_stream(self):
+        if self._stream is None:
+            return
+        self._wait_stream()
+        entry, self._stream = self._stream, None
+        try:
+            if self._stream_begin is not None and self._stream_begin.exception() is None:
+                self.uploader.client.abort_multipart(entry.key, entry.upload_id)
+        except Exception:
+            log.warning("%s: could not abort streamed upload", self.path, exc_info=True)
+        self.journal.remove(entry.id)
+        self._stream_begin = None
+        self._stream_next = 1
+        self._redo_parts.clear()
+
+    # -- commit --------------------------------------------------------------------------------
+    def commit(self):
+        """Make the bucket hold this file.  Returns (etag, metadata), or None if nothing changed."""
+        with self.lock:
+            if self.failed is not None:
+                code = getattr(self.failed, "errno", None) or errno.EIO
+                raise errors.FsError(f"{self.path}: not uploaded after a failed write", code)
+            if self.unlinked or not (self.dirty or self.meta_dirty):
+                return None
+            self._fill(0, self.size)
+            os.fsync(self._fd)
+            entry = self._closed_entry()
+            self.journal.save(entry)
+            self._pending = entry
+            etag = self.uploader.upload(entry, verify_server_parts=False)
+            self.journal.remove(entry.id)
+            self._pending = None
+            self.dirty = self.meta_dirty = False
+            self._streamable = False
+            self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
+            return etag, entry.metadata
+
+    def _closed_entry(self) -> Entry:
+        metadata = to_metadata(self.attr)
+        md5 = None
+        if self._hasher is not None and self._hashed == self.size:
+            md5 = self._hasher.hexdigest()
+        if self._stream is not None:
+            self._wait_stream()
+            entry, self._stream = self._stream, None
+            if self._stream_begin.exception() is not None:
+                entry.upload_id, entry.parts = None, {}
+            for n in self._redo_parts:
+                entry.parts.pop(str(n), None)
+            self._redo_parts.clear()
+            last = self._plan.number_at(self.size - 1) if self.size else 1
+            for n in [int(k) for k in entry.parts if int(k) > last]:
+                entry.parts.pop(str(n))
+            if self._plan.range_of(last)[1] != self.size or self.size == 0:
+                entry.parts.pop(str(last), None)    # the last part changed size
+            entry.state, entry.size, entry.md5, entry.metadata = CLOSED, self.size, md5, metadata
+            return entry
+        if self._pending is not None:
+            old = self._pending
+            if old.upload_id:
+                try:
+                    self.uploader.client.abort_multipart(old.key, old.upload_id)
+                except Exception:
+                    pass
+            self.journal.remove(old.id)
+        return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
+                     md5=md5, metadata=metadata, part_size=self._plan.base, created=time.time())
+
+    # -- end of life ---------------------------------------------------------------------------
+    def discard(self) -> bool:
+        """Close the staging file and delete it, unless a failed upload still needs it
+        (then the journal keeps it and True is returned)."""
+        with self.lock:
+            self._stop_stream()        # a stream never handed to close(): abort it
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            if self._pending is not None and not self.unlinked and self.failed is None:
+                return True
+            if self._pending is not None:
+                if self._pending.upload_id:
+                    try:
+                        self.uploader.client.abort_multipart(self._pending.key, self._pending.upload_id)
+                    except Exception:
+                        log.warning("%s: could not abort upload", self.path, exc_info=True)
+                self.journal.remove(self._pending.id)
+            try:
+                os.unlink(self.staging)
+            except FileNotFoundError:
+                pass
+            return False

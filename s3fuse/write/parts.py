@@ -1,0 +1,51 @@
+"""Multipart part plan: which byte range each part number covers.
+
+S3 allows 5 MiB..5 GiB per part (the last may be smaller) and at most 10,000 parts.
+Parts 1..1000 have the base size, parts 1001..2000 twice that, and so on (capped at
+5 GiB), so the plan is fixed by the base size alone - a sequential writer can upload
+parts before the final size is known - and 10,000 parts of an 8 MiB base reach ~8 TiB,
+beyond S3's 5 TiB object limit.  Parts need not be equal in S3, only >= 5 MiB.
+"""
+from __future__ import annotations
+
+import bisect
+
+MIN_PART = 5 << 20
+MAX_PART = 5 << 30
+MAX_PARTS = 10_000
+GROUP = 1000
+
+
+class PartPlan:
+    def __init__(self, base: int):
+        self.base = max(MIN_PART, min(base, MAX_PART))
+        self._ends = []          # _ends[i] = end offset of part i+1
+        total = 0
+        for n in range(1, MAX_PARTS + 1):
+            total += self.size_of(n)
+            self._ends.append(total)
+        self.capacity = total
+
+    def size_of(self, number: int) -> int:
+        return min(MAX_PART, self.base << ((number - 1) // GROUP))
+
+    def range_of(self, number: int):
+        end = self._ends[number - 1]
+        return end - self.size_of(number), end
+
+    def number_at(self, offset: int) -> int:
+        """Part number holding byte ``offset``."""
+        return bisect.bisect_right(self._ends, offset) + 1
+
+    def parts(self, size: int) -> list:
+        """[(number, start, end)] covering ``size`` bytes (one empty part for size 0)."""
+        if size > self.capacity:
+            raise ValueError(f"{size} bytes exceed {MAX_PARTS} parts")
+        if size == 0:
+            return [(1, 0, 0)]
+        last = self.number_at(size - 1)
+        out = []
+        for n in range(1, last + 1):
+            start, end = self.range_of(n)
+            out.append((n, start, min(end, size)))
+        return out

@@ -1,0 +1,79 @@
+"""After a crash: decide what each leftover journal record and staging file becomes.
+
+- CLOSED record: close()/fsync() accepted the data -> resume the upload (ListParts, keep
+  parts whose ETag equals the local MD5, send the rest, complete).
+- WRITING record: the writer never reached close() -> never uploaded over the existing
+  object; its multipart upload is aborted and its staging file moved to ``recovery/``.
+- staging file no record points to (crash before any upload began) -> ``recovery/``.
+Recovered files are named ``<time>-<key with / as %2F>`` and logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.parse
+
+from .journal import CLOSED, WRITING, Journal
+
+log = logging.getLogger(__name__)
+
+
+def _recover_file(staging: str, key: str, recovery_dir: str) -> str:
+    os.makedirs(recovery_dir, mode=0o700, exist_ok=True)
+    name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key, safe="")[:200]
+    target = os.path.join(recovery_dir, name)
+    n = 1
+    while os.path.exists(target):
+        target = f"{os.path.join(recovery_dir, name)}.{n}"
+        n += 1
+    os.replace(staging, target)
+    log.warning("unfinished write of %r (writer never closed it) kept in %s", key, target)
+    return target
+
+
+def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
+    """Local part of recovery (no network).  Returns (closed_entries, writing_entries);
+    the staging files of WRITING entries and orphans are already moved to recovery."""
+    entries = journal.entries()
+    closed = [e for e in entries if e.state == CLOSED and os.path.exists(e.staging)]
+    writing = [e for e in entries if e.state == WRITING]
+    for e in entries:
+        if e.state == CLOSED and not os.path.exists(e.staging):
+            log.error("journal record %s for %r lost its staging file; dropping it", e.id, e.key)
+            journal.remove(e.id)
+    referenced = {os.path.basename(e.staging) for e in closed}
+    for e in writing:
+        if os.path.exists(e.staging) and os.path.basename(e.staging) not in referenced:
+            _recover_file(e.staging, e.key, recovery_dir)
+            referenced.add(os.path.basename(e.staging))
+    for name in os.listdir(staging_dir):
+        if name not in referenced:
+            path = os.path.join(staging_dir, name)
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+            else:
+                _recover_file(path, f"unknown/{name}", recovery_dir)
+    return closed, writing
+
+
+def abort_writing(client, journal: Journal, entry):
+    if entry.upload_id:
+        try:
+            client.abort_multipart(entry.key, entry.upload_id)
+        except Exception:
+            log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
+            return
+    journal.remove(entry.id)
+
+
+def resume(uploader, journal: Journal, entry) -> str:
+    """Finish one CLOSED upload; on success the record and staging file are removed."""
+    etag = uploader.upload(entry, verify_server_parts=True)
+    journal.remove(entry.id)
+    try:
+        os.unlink(entry.staging)
+    except FileNotFoundError:
+        pass
+    log.warning("resumed upload of %r completed", entry.key)
+    return etag
