@@ -209,10 +209,22 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         if getattr(cfg, flag):
             kwargs[flag] = True
     log.warning("mounting %s on %s", fsname, cfg.mountpoint)
+    stderr_copy = None
+    if ready_fd is not None:
+        # libfuse reports mount errors on stderr: keep them to pass on if the mount fails.
+        stderr_copy = os.path.join(cfg.cache_dir, ".fuse-stderr")
+        fd = os.open(stderr_copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
     try:
         FUSE(ops, cfg.mountpoint, **kwargs)
     except Exception as exc:
-        return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}")
+        detail = ""
+        if stderr_copy:
+            with open(stderr_copy, errors="replace") as f:
+                lines = [ln.strip() for ln in f if ln.strip() and "max threads" not in ln]
+            detail = f" ({lines[-1]})" if lines else ""
+        return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}{detail}")
     finally:
         status.stop()
         log.warning("unmounted %s", cfg.mountpoint)

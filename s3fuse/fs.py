@@ -22,9 +22,11 @@ from .data.reader import BlockFetcher, PinnedObject, Reader
 from .meta.attrs import Defaults
 from .meta.cache import KnownMetadata, MetaCache
 from .meta.namespace import Namespace
-from .meta.attrs import Attr, apply_metadata, now_ns
+from .meta.attrs import NS, Attr, default_attr, now_ns, to_metadata
+from .meta.cache import DirListing
 from .paths import KEY_MAX, KeyMapper, split, valid_name
 from .write import recovery
+from .write.copy import TreeMover, copy_object
 from .write.journal import Journal
 from .write.openfile import OpenFile
 from .write.uploader import Uploader
@@ -70,6 +72,8 @@ class Filesystem:
         self._kernel_cached: dict = {}          # path -> etag the kernel page cache holds
         self._retry: dict = {}                  # journal id -> Entry waiting for a retry
         self._stop = threading.Event()
+        self._deferred_deletes: dict = {}      # path -> key: unlinked while open for reading
+        self.mover = TreeMover(client, self.journal.dir)
         closed, writing = recovery.sort_out(self.journal, self.staging_dir, self.recovery_dir)
         self._writing_leftovers = writing
         for entry in closed:
@@ -80,6 +84,7 @@ class Filesystem:
         threading.Thread(target=self._retry_loop, args=(retry_interval,), name="resume", daemon=True).start()
 
     def _retry_loop(self, interval: float):
+        self.mover.recover()
         for entry in self._writing_leftovers:
             recovery.abort_writing(self.client, self.journal, entry)
         self._writing_leftovers = []
@@ -122,6 +127,7 @@ class Filesystem:
     def close(self):
         self.shutdown()
         self.uploader.close()
+        self.mover.close()
         self.fetcher.close()
         self.ns.close()
         self.blocks.close()
@@ -129,21 +135,29 @@ class Filesystem:
 
     # -- attributes and listings ---------------------------------------------------------
     def getattr(self, path: str, fh: Optional[int] = None) -> dict:
-        f = self._files.get(path)
-        if f is not None and not f.unlinked:
-            return f.attr.to_stat()
-        if fh is not None and path is None:
+        if path is None and fh is not None:
             handle = self._handle(fh)
             if handle.file is not None:
                 return handle.file.attr.to_stat()
-        return self.ns.lookup(path).to_stat()
+            return self.ns.lookup(handle.path).to_stat()
+        return self.getattr_attr(path).to_stat()
 
     def readdir(self, path: str):
         listing = self.ns.list_dir(path)
         yield ".", stat.S_IFDIR
         yield "..", stat.S_IFDIR
+        hidden = {p for p in self._deferred_deletes}
         for name, is_dir in list(listing.entries.items()):
+            if hidden and (path.rstrip("/") + "/" + name) in hidden:
+                continue
             yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            fresh = [p[len(prefix):] for p, f in self._files.items()
+                     if p.startswith(prefix) and "/" not in p[len(prefix):] and not f.unlinked]
+        for name in fresh:
+            if name not in listing.entries:
+                yield name, stat.S_IFREG
 
     def readlink(self, path: str) -> str:
         attr = self.ns.lookup(path)
@@ -219,6 +233,8 @@ class Filesystem:
         f = self._files.get(path)
         if f is not None and not f.unlinked:
             return f.attr
+        if path in self._deferred_deletes:
+            raise errors.NotFound(path)
         return self.ns.lookup(path)
 
     def create(self, path: str, mode: int, uid: int, gid: int, flags: int = 0) -> int:
@@ -311,6 +327,12 @@ class Filesystem:
     def release(self, fh: int):
         with self._lock:
             handle = self._handles.pop(fh, None)
+            key = None
+            if handle is not None and handle.path in self._deferred_deletes and not any(
+                    h.path == handle.path for h in self._handles.values()):
+                key = self._deferred_deletes.pop(handle.path)
+        if key is not None:
+            self.client.delete(key)
         if handle is not None and handle.file is not None:
             self._release_file(handle.file)
 
@@ -333,6 +355,317 @@ class Filesystem:
                 self._retry[pending.id] = pending
         if not f.unlinked:
             self.cache.invalidate(f.path) if f.dirty else None
+
+    # -- namespace ------------------------------------------------------------------------------
+    def _check_new_name(self, path: str):
+        parent, name = split(path)
+        if len(name.encode("utf-8", "surrogateescape")) > 255 or \
+                len(self.mapper.key(path).encode("utf-8", "surrogateescape")) + 1 > KEY_MAX:
+            raise errors.FsError(path, errno.ENAMETOOLONG)
+        if not valid_name(name):
+            raise errors.FsError(path, errno.EINVAL)
+        if not self.ns.lookup(parent).is_dir:
+            raise errors.FsError(parent, errno.ENOTDIR)
+        return parent, name
+
+    def _exists(self, path: str) -> Optional[Attr]:
+        try:
+            return self.getattr_attr(path)
+        except errors.NotFound:
+            return None
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int):
+        self._check_writable(path)
+        parent, name = self._check_new_name(path)
+        if self._exists(path) is not None:
+            raise errors.FsError(path, errno.EEXIST)
+        now = now_ns()
+        attr = Attr(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True)
+        marker = self.mapper.dir_prefix(path)
+        etag = self.client.put(marker, b"", to_metadata(attr))
+        self.known.put(marker, etag, to_metadata(attr))
+        self.cache.add(parent, name, path, attr.copy(etag=etag))
+        empty = DirListing()
+        empty.marker = True
+        self.cache.put_dir(path, empty)
+
+    def rmdir(self, path: str):
+        self._check_writable(path)
+        if path == "/":
+            raise errors.FsError(path, errno.EBUSY)
+        attr = self.getattr_attr(path)
+        if not attr.is_dir:
+            raise errors.FsError(path, errno.ENOTDIR)
+        prefix = self.mapper.dir_prefix(path)
+        page = self.client.list_page(prefix, None, delimiter="", max_keys=2)
+        if any(o.key != prefix for o in page.objects) or self._open_below(path):
+            raise errors.FsError(path, errno.ENOTEMPTY)
+        self.client.delete(prefix)
+        parent, name = split(path)
+        self.cache.forget(parent, name, path)
+
+    def _open_below(self, path: str) -> list:
+        below = path.rstrip("/") + "/"
+        with self._lock:
+            return [f for p, f in self._files.items() if p.startswith(below) and not f.unlinked]
+
+    def unlink(self, path: str):
+        self._check_writable(path)
+        attr = self.getattr_attr(path)
+        if attr.is_dir:
+            raise errors.FsError(path, errno.EISDIR)
+        key = self.mapper.key(path)
+        with self._lock:
+            f = self._files.pop(path, None)
+            if f is not None:
+                f.unlinked = True
+            readers = any(h.path == path and h.file is None for h in self._handles.values())
+            if readers:
+                self._deferred_deletes[path] = key
+        if not readers:
+            self.client.delete(key)
+        parent, name = split(path)
+        self.cache.forget(parent, name, path)
+        with self._lock:
+            self._kernel_cached.pop(path, None)
+
+    def symlink(self, path: str, target: str, uid: int, gid: int):
+        self._check_writable(path)
+        parent, name = self._check_new_name(path)
+        if self._exists(path) is not None:
+            raise errors.FsError(path, errno.EEXIST)
+        body = target.encode("utf-8", "surrogateescape")
+        now = now_ns()
+        attr = Attr(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(body), mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True)
+        key = self.mapper.key(path)
+        etag = self.client.put(key, body, to_metadata(attr))
+        self.known.put(key, etag, to_metadata(attr))
+        self.cache.add(parent, name, path, attr.copy(etag=etag))
+
+    def link(self, path: str, existing: str):
+        """Hard link emulated as a server-side copy (hardlinks=copy) - they do not share
+        later writes.  hardlinks=off -> EPERM."""
+        self._check_writable(path)
+        if self.cfg.hardlinks == "off":
+            raise errors.FsError(path, errno.EPERM)
+        src = self.getattr_attr(existing)
+        if src.is_dir:
+            raise errors.FsError(existing, errno.EPERM)
+        parent, name = self._check_new_name(path)
+        if self._exists(path) is not None:
+            raise errors.FsError(path, errno.EEXIST)
+        f = self._files.get(existing)
+        if f is not None:
+            self._commit(f)
+            src = f.attr
+        dst_key = self.mapper.key(path)
+        metadata = to_metadata(src)
+        etag = copy_object(self.client, self.mapper.key(existing), dst_key, src.size, metadata,
+                           pool=self.mover.pool)
+        self.known.put(dst_key, etag, metadata)
+        self.cache.add(parent, name, path, src.copy(etag=etag))
+
+    def rename(self, old: str, new: str, flags: int = 0):
+        self._check_writable(old)
+        RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+        if flags & ~RENAME_NOREPLACE:
+            raise errors.FsError(f"rename flags {flags:#x} not supported on S3", errno.EINVAL)
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/"):
+            raise errors.FsError(new, errno.EINVAL)
+        src = self.getattr_attr(old)
+        new_parent, new_name = self._check_new_name(new)
+        dst = self._exists(new)
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise errors.FsError(new, errno.EEXIST)
+            if dst.is_dir and not src.is_dir:
+                raise errors.FsError(new, errno.EISDIR)
+            if src.is_dir and not dst.is_dir:
+                raise errors.FsError(new, errno.ENOTDIR)
+            if dst.is_dir:
+                self.rmdir(new)          # raises ENOTEMPTY if it is not empty
+        if src.is_dir:
+            self._rename_dir(old, new, src)
+        else:
+            self._rename_file(old, new, src)
+        old_parent, old_name = split(old)
+        self.cache.forget(old_parent, old_name, old)
+        self.cache.invalidate_tree(old)
+        with self._lock:
+            self._kernel_cached.pop(old, None)
+            self._kernel_cached.pop(new, None)
+
+    def _rename_file(self, old: str, new: str, src: Attr):
+        new_parent, new_name = split(new)
+        old_key, new_key = self.mapper.key(old), self.mapper.key(new)
+        with self._lock:
+            f = self._files.get(old)
+        if f is not None and not f.unlinked and f.dirty:
+            # Open for writing with unsent data: the upload lands under the new name.
+            with f.lock:
+                f._fill(0, f.size)
+                f._stop_stream()
+                f.base = None
+                with self._lock:
+                    self._files.pop(old, None)
+                    replaced = self._files.pop(new, None)
+                    if replaced is not None:
+                        replaced.unlinked = True
+                    f.path, f.key = new, new_key
+                    self._files[new] = f
+                    for h in self._handles.values():
+                        if h.file is f:
+                            h.path = new
+            if src.etag:
+                self.client.delete(old_key)
+            self.cache.add(new_parent, new_name, new, f.attr)
+            return
+        if f is not None and not f.unlinked:
+            with self._lock:
+                self._files.pop(old, None)
+                f.path, f.key = new, new_key
+                self._files[new] = f
+                for h in self._handles.values():
+                    if h.file is f:
+                        h.path = new
+        metadata = to_metadata(src)
+        known = self.known.get(old_key, src.etag or "")
+        etag = copy_object(self.client, old_key, new_key, src.size, None if known is not None else metadata,
+                           etag=src.etag, pool=self.mover.pool)
+        self.known.put(new_key, etag, known if known is not None else metadata)
+        self.client.delete(old_key)
+        self.cache.add(new_parent, new_name, new, src.copy(etag=etag))
+
+    def _rename_dir(self, old: str, new: str, src: Attr):
+        if self._open_below(old):
+            for f in self._open_below(old):
+                self._commit(f)
+        old_prefix, new_prefix = self.mapper.dir_prefix(old), self.mapper.dir_prefix(new)
+        if old == "/":
+            raise errors.FsError(old, errno.EBUSY)
+        self.mover.move_tree(old_prefix, new_prefix)
+        with self._lock:
+            for p, f in list(self._files.items()):
+                if p.startswith(old.rstrip("/") + "/"):
+                    del self._files[p]
+                    f.path = new + p[len(old):]
+                    f.key = self.mapper.key(f.path)
+                    self._files[f.path] = f
+            for h in self._handles.values():
+                if h.path.startswith(old.rstrip("/") + "/"):
+                    h.path = new + h.path[len(old):]
+        new_parent, new_name = split(new)
+        self.cache.invalidate_tree(new)
+        self.cache.add(new_parent, new_name, new, src)
+
+    # -- attributes ------------------------------------------------------------------------------
+    UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+    def chmod(self, path: str, mode: int):
+        self._setattr(path, lambda a: a.copy(mode=stat.S_IFMT(a.mode) | (mode & 0o7777)))
+
+    def chown(self, path: str, uid: int, gid: int):
+        self._setattr(path, lambda a: a.copy(uid=a.uid if uid in (-1, None) else uid,
+                                             gid=a.gid if gid in (-1, None) else gid))
+
+    def utimens(self, path: str, times):
+        now = now_ns()
+
+        def resolve(value, current):
+            if value is None or value == self.UTIME_NOW:
+                return now
+            if value == self.UTIME_OMIT:
+                return current
+            return int(value)
+
+        if times is None:
+            self._setattr(path, lambda a: a.copy(atime_ns=now, mtime_ns=now, ctime_ns=now))
+        else:
+            atime, mtime = times
+            self._setattr(path, lambda a: a.copy(atime_ns=resolve(atime, a.atime_ns),
+                                                 mtime_ns=resolve(mtime, a.mtime_ns), ctime_ns=now))
+
+    def _setattr(self, path: str, change):
+        """Apply ``change`` to the attributes: with a file's pending upload if it has one,
+        else by a metadata-only copy (directories: on the marker, created if implied)."""
+        self._check_writable(path)
+        f = self._files.get(path)
+        if f is not None and not f.unlinked and f.dirty:
+            f.set_attr(change(f.attr))
+            return
+        attr = self.getattr_attr(path)
+        if attr.is_dir and not attr.exact:
+            attr = self.ns.lookup(path)
+        new = change(attr)
+        if path == "/":
+            self.cache.put_attr("/", new)    # the bucket root has no object to carry it
+            return
+        metadata = to_metadata(new)
+        if new.is_dir:
+            marker = self.mapper.dir_prefix(path)
+            etag = self.client.put(marker, b"", metadata)
+            self.known.put(marker, etag, metadata)
+        else:
+            key = self.mapper.key(path)
+            extra = self.known.get(key, attr.etag or "") or {}
+            if "s3fuse-md5" in extra:
+                metadata["s3fuse-md5"] = extra["s3fuse-md5"]
+            etag = copy_object(self.client, key, key, attr.size, metadata, etag=attr.etag, pool=self.mover.pool)
+            self.known.put(key, etag, metadata)
+            new = new.copy(etag=etag)
+            if f is not None and not f.unlinked:
+                f.attr = new
+        parent, name = split(path)
+        self.cache.add(parent, name, path, new.copy(exact=True))
+
+    # -- extended attributes -------------------------------------------------------------------
+    def _xattr_namespace_ok(self, name: str) -> bool:
+        return name.startswith("user.")
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        if not self._xattr_namespace_ok(name):
+            raise errors.FsError(name, errno.ENODATA)
+        attr = self._attr_with_xattrs(path)
+        value = (attr.xattrs or {}).get(name)
+        if value is None:
+            raise errors.FsError(name, errno.ENODATA)
+        return value
+
+    def listxattr(self, path: str) -> list:
+        return sorted((self._attr_with_xattrs(path).xattrs or {}).keys())
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int):
+        if not self._xattr_namespace_ok(name):
+            raise errors.FsError(name, errno.ENOTSUP)
+        attr = self._attr_with_xattrs(path)
+        current = dict(attr.xattrs or {})
+        XATTR_CREATE, XATTR_REPLACE = 1, 2
+        if options & XATTR_CREATE and name in current:
+            raise errors.FsError(name, errno.EEXIST)
+        if options & XATTR_REPLACE and name not in current:
+            raise errors.FsError(name, errno.ENODATA)
+        current[name] = bytes(value)
+        self._setattr(path, lambda a: a.copy(xattrs=current))
+
+    def removexattr(self, path: str, name: str):
+        if not self._xattr_namespace_ok(name):
+            raise errors.FsError(name, errno.ENODATA)
+        current = dict(self._attr_with_xattrs(path).xattrs or {})
+        if name not in current:
+            raise errors.FsError(name, errno.ENODATA)
+        del current[name]
+        self._setattr(path, lambda a: a.copy(xattrs=current))
+
+    def _attr_with_xattrs(self, path: str) -> Attr:
+        attr = self.getattr_attr(path)
+        if attr.exact or path == "/":
+            return attr
+        self.cache.invalidate(path)
+        return self.ns.lookup(path)
 
     def stats(self) -> dict:
         hits, misses = self.blocks.hits, self.blocks.misses

@@ -1,5 +1,12 @@
 """The FUSE binding: mfusepy (maintained fork, libfuse 3) when installed, else fusepy
 (libfuse 2).  Both expose fusepy's Operations API; this module hides which one it is."""
+import os
+from ctypes.util import find_library
+
+# mfusepy looks for libfuse 2 first; prefer libfuse 3 (1 MiB requests, partial utimens).
+if not os.environ.get("FUSE_LIBRARY_PATH") and not os.environ.get("FUSE_LIBRARY_NAME") and find_library("fuse3"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
 try:
     import mfusepy as _fuse
     BINDING = "mfusepy"
@@ -7,7 +14,17 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
     import fuse as _fuse
     BINDING = "fusepy"
 
-FUSE = _fuse.FUSE
+
+
+class FUSE(_fuse.FUSE):
+    """mfusepy drops the flags of libfuse 3's rename; pass them on so that flags S3 cannot
+    honour (RENAME_EXCHANGE...) fail with a clear errno instead of being ignored."""
+
+    if getattr(_fuse, "fuse_version_major", 2) == 3:
+        def rename_fuse_3(self, old, new, flags):
+            return self.operations.rename(old.decode(self.encoding, self.errors),
+                                          new.decode(self.encoding, self.errors), flags)
+
 FuseOSError = _fuse.FuseOSError
 Operations = _fuse.Operations
 fuse_get_context = _fuse.fuse_get_context

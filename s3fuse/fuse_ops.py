@@ -63,6 +63,7 @@ def _fh(fi):
 @_wrap_callbacks
 class S3FuseOperations(Operations):
     use_ns = True
+    flag_utime_omit_ok = True     # libfuse 2: pass UTIME_OMIT through (tar sets only mtime)
 
     def __init__(self, fs, fuse_config: dict, on_init=None):
         self.fs = fs
@@ -134,4 +135,60 @@ class S3FuseOperations(Operations):
 
     def fsync(self, path, datasync, fi):
         self.fs.fsync(fi.fh)
+        return 0
+
+    # -- namespace ------------------------------------------------------------------------------
+    def mkdir(self, path, mode):
+        uid, gid, _ = fuse_get_context()
+        self.fs.mkdir(path, mode, uid, gid)
+        return 0
+
+    def rmdir(self, path):
+        self.fs.rmdir(path)
+        return 0
+
+    def unlink(self, path):
+        self.fs.unlink(path)
+        return 0
+
+    def rename(self, old, new, flags=0):
+        self.fs.rename(old, new, flags)
+        return 0
+
+    def symlink(self, target, source):
+        """``ln -s source target``: create ``target`` pointing at ``source``."""
+        uid, gid, _ = fuse_get_context()
+        self.fs.symlink(target, source, uid, gid)
+        return 0
+
+    def link(self, target, source):
+        """``ln source target``."""
+        self.fs.link(target, source)
+        return 0
+
+    # -- attributes ----------------------------------------------------------------------------
+    def chmod(self, path, mode):
+        self.fs.chmod(path, mode)
+        return 0
+
+    def chown(self, path, uid, gid):
+        self.fs.chown(path, uid, gid)
+        return 0
+
+    def utimens(self, path, times=None):
+        self.fs.utimens(path, times)
+        return 0
+
+    def getxattr(self, path, name, position=0):
+        return self.fs.getxattr(path, name)
+
+    def listxattr(self, path):
+        return self.fs.listxattr(path)
+
+    def setxattr(self, path, name, value, options, position=0):
+        self.fs.setxattr(path, name, value, options)
+        return 0
+
+    def removexattr(self, path, name):
+        self.fs.removexattr(path, name)
         return 0

@@ -158,6 +158,10 @@ class Reader:
                 self._window = min(self.max_window, max(2, self._window * 2))
                 ahead_from = max(last + 1, self._ahead_upto + 1)
                 ahead_to = last + self._window
+                if self._ahead_upto - last > self._window // 2:
+                    # Top the window up in batches of at least half a window: topping a full
+                    # window up by one block per read would make every GET a single block.
+                    ahead_to = ahead_from - 1
                 if ahead_to >= ahead_from:
                     self._ahead_upto = ahead_to
             else:

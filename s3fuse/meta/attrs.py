@@ -8,8 +8,11 @@ when the time has sub-second precision).  boto3 hands user metadata without the
 """
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import stat
+import urllib.parse
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -42,6 +45,7 @@ class Attr:
     etag: Optional[str] = None
     exact: bool = False       # True once the object's own metadata (HEAD or our upload) is applied
     nlink: int = 1
+    xattrs: Optional[dict] = None   # user xattrs {name: bytes}, s3fs-fuse format in 'xattr' header
 
     @property
     def is_dir(self) -> bool:
@@ -53,7 +57,8 @@ class Attr:
 
     def to_stat(self) -> dict:
         return {
-            "st_mode": self.mode, "st_uid": self.uid, "st_gid": self.gid, "st_size": self.size,
+            "st_mode": self.mode, "st_uid": self.uid, "st_gid": self.gid,
+            "st_size": 4096 if self.is_dir else self.size,
             "st_nlink": 2 if self.is_dir else self.nlink,
             "st_mtime": self.mtime_ns, "st_atime": self.atime_ns or self.mtime_ns,
             "st_ctime": self.ctime_ns or self.mtime_ns,
@@ -75,7 +80,7 @@ def parse_time_ns(value: str) -> int:
 
 def format_time_ns(ns: int) -> str:
     sec, frac = divmod(int(ns), NS)
-    return str(sec) if frac == 0 else f"{sec}.{frac:09d}"
+    return str(sec) if frac == 0 else f"{sec}.{frac:09d}".rstrip("0")
 
 
 def default_attr(is_dir: bool, size: int, mtime: float, defaults: Defaults, etag: Optional[str] = None) -> Attr:
@@ -108,6 +113,8 @@ def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
         for name in ("mtime", "atime", "ctime"):
             if name in meta:
                 setattr(out, name + "_ns", parse_time_ns(meta[name]))
+        if "xattr" in meta:
+            out.xattrs = decode_xattrs(meta["xattr"])
         if "mtime" in meta and "atime" not in meta:
             out.atime_ns = out.mtime_ns
         if "mtime" in meta and "ctime" not in meta:
@@ -124,9 +131,26 @@ def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
         "atime": format_time_ns(attr.atime_ns or attr.mtime_ns),
         "ctime": format_time_ns(attr.ctime_ns or attr.mtime_ns),
     }
+    if attr.xattrs:
+        meta["xattr"] = encode_xattrs(attr.xattrs)
     if extra:
         meta.update(extra)
     return meta
+
+
+def encode_xattrs(xattrs: dict) -> str:
+    """s3fs-fuse format: URL-encoded JSON object of name -> base64(value)."""
+    doc = {name: base64.b64encode(value).decode() for name, value in sorted(xattrs.items())}
+    return urllib.parse.quote(json.dumps(doc, separators=(",", ":")), safe="")
+
+
+def decode_xattrs(text: str) -> dict:
+    try:
+        doc = json.loads(urllib.parse.unquote(text))
+        return {str(k): base64.b64decode(v) for k, v in doc.items()}
+    except (ValueError, TypeError, AttributeError):
+        log.warning("ignoring malformed xattr header %r", text[:200])
+        return {}
 
 
 def now_ns() -> int:

@@ -93,6 +93,10 @@ class Namespace:
             attr = default_attr(True, 0, self.mount_time, self.defaults)
             if page.objects and page.objects[0].key == key + "/":
                 attr = self._dir_marker_attr(key + "/", page.objects[0].etag, attr)
+            else:
+                # The probe lists a "dir/" marker first if there is one: without it the
+                # defaults are the directory's exact attributes (no HEAD of "dir/" later).
+                attr = attr.copy(exact=True)
             self.cache.put_attr(path, attr)
             return attr
         if info is None:

@@ -90,7 +90,7 @@ class Journal:
     def entries(self) -> list:
         out = []
         for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json"):
+            if name.endswith(".json") and not name.startswith("rename-"):
                 entry = self.load(name[:-5])
                 if entry is not None:
                     out.append(entry)
