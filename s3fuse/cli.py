@@ -21,7 +21,11 @@ log = logging.getLogger("s3fuse")
 
 USAGE = """usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]
        s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)
-       s3fuse demo                                  (local S3 server + demo bucket mount)
+       s3fuse status [MOUNTPOINT] [--json]          (live uploads, cache, requests)
+       s3fuse resume BUCKET[:/PREFIX] -o ...        (finish a crashed mount's uploads)
+       s3fuse uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS]
+                                                    (list/abort stale multipart uploads)
+       s3fuse demo [MOUNTPOINT]                     (local S3 server + demo bucket mount)
 
 Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from
 -o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...
@@ -318,7 +322,124 @@ def _status(argv) -> int:
     return 0
 
 
-SUBCOMMANDS = {"demo": _demo, "status": _status}
+def _offline_config(argv, name: str):
+    """Parse 'BUCKET[:/PREFIX] [-o opts]' for commands that do not mount."""
+    flags = [a for a in argv if a.startswith("--")]
+    rest = [a for a in argv if not a.startswith("--")]
+    if not rest or rest[0].startswith("-"):
+        raise ConfigError(f"usage: s3fuse {name} BUCKET[:/PREFIX] [-o OPTIONS] {USAGE_FLAGS.get(name, '')}")
+    cfg = parse_mount_args([rest[0], "/"] + rest[1:])
+    return cfg, flags
+
+
+USAGE_FLAGS = {"resume": "", "uploads": "[--abort] [--older-than=SECONDS] [--force]"}
+
+
+def _resume(argv) -> int:
+    """Finish the uploads a crashed mount left in the journal, without mounting."""
+    from .fs import lock_cache_dir
+    from .progress import ProgressBar
+    from .write import recovery
+    from .write.copy import TreeMover
+    from .write.journal import Journal
+    from .write.uploader import Uploader
+    try:
+        cfg, _ = _offline_config(argv, "resume")
+        lock = lock_cache_dir(cfg.cache_dir)
+        client = build_client(cfg)
+        client.probe()
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        return 2
+    except Exception as exc:
+        sys.stderr.write(f"s3fuse: {describe_error(exc, cfg)}\n")
+        return 1
+    from . import logs
+    logs.setup(cfg.log_file, cfg.log_level, foreground=True)
+    journal = Journal(os.path.join(cfg.cache_dir, "journal"))
+    staging = os.path.join(cfg.cache_dir, "staging")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    closed, writing = recovery.sort_out(journal, staging, os.path.join(cfg.cache_dir, "recovery"))
+    for entry in writing:
+        recovery.abort_writing(client, journal, entry)
+    TreeMover(client, journal.dir).recover()
+    uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
+                        threshold=cfg.multipart_threshold)
+    failed = 0
+    for entry in closed:
+        bar = ProgressBar(entry.key, entry.size)
+        stop = threading.Event()
+
+        def watch():
+            last = 0
+            while not stop.wait(0.2):
+                live = [u for u in uploader.live() if u["key"] == entry.key]
+                if live:
+                    bar.update(live[0]["bytes_done"] - last)
+                    last = live[0]["bytes_done"]
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        try:
+            recovery.resume(uploader, journal, entry)
+            bar.done = 0
+            bar.update(entry.size)
+        except Exception as exc:
+            failed += 1
+            sys.stderr.write(f"\ns3fuse: {entry.key}: {describe_error(exc, cfg)}\n")
+        finally:
+            stop.set()
+            t.join()
+            bar.close()
+    uploader.close()
+    lock.close()
+    print(f"resumed {len(closed) - failed} upload(s), {failed} failed, {len(writing)} unfinished write(s) "
+          f"moved to {os.path.join(cfg.cache_dir, 'recovery')}")
+    return 1 if failed else 0
+
+
+def _uploads(argv) -> int:
+    """List (and with --abort, abort) multipart uploads in progress under the prefix."""
+    from .progress import ProgressBar
+    from .write.journal import Journal
+    try:
+        cfg, flags = _offline_config(argv, "uploads")
+        client = build_client(cfg)
+        client.probe()
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        return 2
+    except Exception as exc:
+        sys.stderr.write(f"s3fuse: {describe_error(exc, cfg)}\n")
+        return 1
+    older = 0.0
+    for f in flags:
+        if f.startswith("--older-than="):
+            older = float(f.split("=", 1)[1])
+    prefix = (cfg.prefix + "/") if cfg.prefix else ""
+    ours = set()
+    jdir = os.path.join(cfg.cache_dir, "journal")
+    if os.path.isdir(jdir):
+        ours = {e.upload_id for e in Journal(jdir).entries() if e.upload_id}
+    now = time.time()
+    uploads = [u for u in client.list_uploads(prefix) if now - u[2] >= older]
+    for key, upload_id, started in uploads:
+        mark = " (in this cache_dir's journal: resumable)" if upload_id in ours else ""
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))}  {key}  {upload_id}{mark}")
+    if "--abort" not in flags:
+        print(f"{len(uploads)} upload(s) in progress" + ("; --abort to abort them" if uploads else ""))
+        return 0
+    victims = [u for u in uploads if u[1] not in ours or "--force" in flags]
+    bar = ProgressBar("aborting", len(victims))
+    for key, upload_id, _ in victims:
+        client.abort_multipart(key, upload_id)
+        bar.update(1)
+    bar.close()
+    print(f"aborted {len(victims)} upload(s)" + (f", kept {len(uploads) - len(victims)} resumable (--force aborts them)"
+                                                 if len(victims) < len(uploads) else ""))
+    return 0
+
+
+SUBCOMMANDS = {"demo": _demo, "status": _status, "resume": _resume, "uploads": _uploads}
 
 
 if __name__ == "__main__":

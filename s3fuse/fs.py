@@ -17,6 +17,7 @@ from typing import Optional
 
 from . import errors
 from .config import MountConfig
+from .errors import ConfigError
 from .data.blockcache import BlockCache
 from .data.reader import BlockFetcher, PinnedObject, Reader
 from .meta.attrs import Defaults
@@ -32,6 +33,18 @@ from .write.openfile import OpenFile
 from .write.uploader import Uploader
 
 log = logging.getLogger(__name__)
+
+
+def lock_cache_dir(cache_dir: str):
+    """One process per cache_dir (its journal and staging files are not shared)."""
+    import fcntl
+    f = open(os.path.join(cache_dir, "lock"), "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process") from None
+    return f
 
 
 @dataclass
@@ -51,6 +64,7 @@ class Filesystem:
         file_mode, dir_mode = cfg.modes
         self.defaults = Defaults(uid=cfg.uid, gid=cfg.gid, file_mode=file_mode, dir_mode=dir_mode)
         os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
+        self._lockfile = lock_cache_dir(cfg.cache_dir)
         self.cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl)
         self.known = KnownMetadata(os.path.join(cfg.cache_dir, "meta"), client.bucket)
         self.ns = Namespace(client, self.mapper, self.cache, self.known, self.defaults,

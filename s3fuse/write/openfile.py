@@ -164,21 +164,25 @@ class OpenFile:
                                      created=time.time())
                 self._stream_begin = self.uploader.pool.submit(self.uploader.begin_multipart, self._stream)
             n = self._stream_next
-            self._stream_futures[n] = self.uploader.pool.submit(self._stream_part, n, p_start, p_end)
+            self._stream_futures[n] = self.uploader.pool.submit(self._stream_part, self._stream, self._stream_begin,
+                                                                n, p_start, p_end)
             self._stream_next += 1
 
-    def _stream_part(self, number: int, start: int, end: int):
-        self._stream_begin.result()
-        return self.uploader.send_part(self._stream, number, start, end)
+    def _stream_part(self, entry: Entry, begin: Future, number: int, start: int, end: int):
+        begin.result()
+        return self.uploader.send_part(entry, number, start, end)
 
-    def _wait_stream(self):
+    def _wait_stream(self, only=None):
+        """Wait for the streamed parts (those numbered in ``only``, if given)."""
         for n, f in list(self._stream_futures.items()):
+            if only is not None and n not in only:
+                continue
             try:
                 f.result()
             except Exception as exc:
                 log.warning("%s: streamed part %d failed (%s); it will be sent again", self.path, n, exc)
                 self._redo_parts.add(n)
-        self._stream_futures.clear()
+            del self._stream_futures[n]
 
     def _stop_stream(self):
         if self._stream is None:
@@ -223,19 +227,31 @@ class OpenFile:
         if self._hasher is not None and self._hashed == self.size:
             md5 = self._hasher.hexdigest()
         if self._stream is not None:
-            self._wait_stream()
+            # close() is reached and self.lock is held: the staging file is final, so the
+            # record turns CLOSED now, before waiting for the streamed parts - a crash while
+            # they upload must resume them, not treat the file as never closed.  Parts
+            # rewritten after they were streamed are waited for first: no MD5 of their old
+            # content may reach a CLOSED record.
             entry, self._stream = self._stream, None
-            if self._stream_begin.exception() is not None:
-                entry.upload_id, entry.parts = None, {}
-            for n in self._redo_parts:
-                entry.parts.pop(str(n), None)
-            self._redo_parts.clear()
+            begin_failed = self._stream_begin.exception() is not None
+            self._wait_stream(only=set(self._redo_parts))
             last = self._plan.number_at(self.size - 1) if self.size else 1
-            for n in [int(k) for k in entry.parts if int(k) > last]:
-                entry.parts.pop(str(n))
-            if self._plan.range_of(last)[1] != self.size or self.size == 0:
-                entry.parts.pop(str(last), None)    # the last part changed size
-            entry.state, entry.size, entry.md5, entry.metadata = CLOSED, self.size, md5, metadata
+            with self.uploader.lock:            # send_part updates entry.parts under it
+                if begin_failed:
+                    entry.upload_id, entry.parts = None, {}
+                for n in self._redo_parts:
+                    entry.parts.pop(str(n), None)
+                for n in [int(k) for k in entry.parts if int(k) > last]:
+                    entry.parts.pop(str(n))
+                if self._plan.range_of(last)[1] != self.size or self.size == 0:
+                    entry.parts.pop(str(last), None)    # the last part changed size
+                entry.state, entry.size, entry.md5, entry.metadata = CLOSED, self.size, md5, metadata
+                self.journal.save(entry)
+            self._wait_stream()
+            with self.uploader.lock:
+                for n in self._redo_parts:          # streamed parts that failed
+                    entry.parts.pop(str(n), None)
+            self._redo_parts.clear()
             return entry
         if self._pending is not None:
             old = self._pending

@@ -3,8 +3,10 @@
 S3 allows 5 MiB..5 GiB per part (the last may be smaller) and at most 10,000 parts.
 Parts 1..1000 have the base size, parts 1001..2000 twice that, and so on (capped at
 5 GiB), so the plan is fixed by the base size alone - a sequential writer can upload
-parts before the final size is known - and 10,000 parts of an 8 MiB base reach ~8 TiB,
-beyond S3's 5 TiB object limit.  Parts need not be equal in S3, only >= 5 MiB.
+parts before the final size is known.  The last thousand parts (9001..10000) double
+twice: with plain doubling a 5 MiB base reaches only 1023 x 5000 MiB = 4.88 TiB, short
+of S3's 5 TiB object limit; with the extra doubling it reaches 7.3 TiB (an 8 MiB base
+~9 TiB).  Parts need not be equal in S3, only >= 5 MiB.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ class PartPlan:
         self.capacity = total
 
     def size_of(self, number: int) -> int:
-        return min(MAX_PART, self.base << ((number - 1) // GROUP))
+        shift = (number - 1) // GROUP
+        if shift == MAX_PARTS // GROUP - 1:
+            shift += 1      # the last group: see the module docstring
+        return min(MAX_PART, self.base << shift)
 
     def range_of(self, number: int):
         end = self._ends[number - 1]

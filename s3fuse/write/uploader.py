@@ -87,6 +87,7 @@ class Uploader:
         self.retry_delays = retry_delays
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
         self._lock = threading.Lock()
+        self.lock = self._lock          # for OpenFile: entry.parts changes under it
         self.progress: dict = {}        # entry id -> Progress
         self.parts_sent = 0
         self.parts_reused = 0

@@ -1,0 +1,80 @@
+"""``s3fuse demo [MOUNTPOINT]``: start a local S3 server (moto), create a demo bucket with a
+few objects, mount it, and keep it mounted until Ctrl-C (then unmount and stop)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv) -> int:
+    mountpoint = os.path.abspath(argv[0] if argv else "/tmp/s3fuse-demo")
+    exe = shutil.which("moto_server")
+    if not exe:
+        sys.stderr.write("s3fuse demo: moto server not installed (pip install 'moto[server]')\n")
+        return 1
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    workdir = tempfile.mkdtemp(prefix="s3fuse-demo-")
+    server = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        os.environ.update(env)
+        from .s3 import ObjectClient
+        import boto3
+        from botocore.config import Config
+        s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+        s3.create_bucket(Bucket="demo-bucket")
+        s3.put_object(Bucket="demo-bucket", Key="README.txt", Body=b"Hello from s3fuse: this bucket lives in a local S3 server.\n")
+        s3.put_object(Bucket="demo-bucket", Key="photos/2024/cat.txt", Body=b"meow\n")
+        s3.put_object(Bucket="demo-bucket", Key="docs/", Body=b"", Metadata={"mode": str(0o40750)})
+        s3.put_object(Bucket="demo-bucket", Key="docs/notes.txt", Body=b"notes\n" * 100,
+                      Metadata={"mode": str(0o100640), "mtime": "1700000000"})
+        del ObjectClient
+        os.makedirs(mountpoint, exist_ok=True)
+        helper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mount.s3fuse")
+        cmd = [sys.executable, helper] if os.path.exists(helper) else [sys.executable, "-m", "s3fuse.cli"]
+        opts = f"endpoint={endpoint},cache_dir={os.path.join(workdir, 'cache')},log_file={os.path.join(workdir, 's3fuse.log')}"
+        proc = subprocess.run(cmd + ["demo-bucket", mountpoint, "-o", opts], env=env)
+        if proc.returncode != 0:
+            return proc.returncode
+        print(f"Bucket 'demo-bucket' on {endpoint} is mounted at {mountpoint}.")
+        print(f"Try: ls -lR {mountpoint}; cp /etc/hostname {mountpoint}/; s3fuse status {mountpoint}")
+        print(f"Log: {os.path.join(workdir, 's3fuse.log')}.  Press Ctrl-C to unmount and stop.")
+        sys.stdout.flush()
+        try:
+            signal.pause() if sys.stdin is None or not sys.stdin.isatty() else input()
+        except (KeyboardInterrupt, EOFError):
+            pass
+        return 0
+    finally:
+        for cmd in (["fusermount3", "-u", mountpoint], ["fusermount", "-u", mountpoint], ["umount", mountpoint]):
+            try:
+                if subprocess.run(cmd, capture_output=True).returncode == 0:
+                    break
+            except FileNotFoundError:
+                continue
+        server.terminate()
+        server.wait()
+        print("demo stopped")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install s3fuse and what it needs on Debian/Ubuntu (run as root):
+#   scripts/install.sh            libfuse 3 + s3fuse (pip, editable) + mount helpers
+#   scripts/install.sh --test     + test tools (pytest, moto server, hypothesis, s3fs-fuse, rsync)
+#   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone) and matplotlib
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0; want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --bench) want_bench=1 ;;
+    *) echo "unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+pkgs="fuse3 libfuse3-3 ca-certificates"
+[ $want_test = 1 ] && pkgs="$pkgs libfuse2 s3fs rsync procps psmisc attr"
+[ $want_bench = 1 ] && pkgs="$pkgs libfuse2 s3fs procps"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends $missing
+fi
+extras=""
+[ $want_test = 1 ] && extras="test"
+[ $want_bench = 1 ] && extras="${extras:+$extras,}bench"
+python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+# mount(8) finds helpers named mount.TYPE in /sbin (fstab type "s3fuse" or "fuse.s3fuse")
+install -m 0755 mount.s3fuse /sbin/mount.s3fuse 2>/dev/null || true
+ln -sf /sbin/mount.s3fuse /sbin/mount.fuse.s3fuse 2>/dev/null || true
+echo "s3fuse installed: $(command -v s3fuse)"
