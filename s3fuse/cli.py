@@ -160,6 +160,22 @@ def _tune_readahead(mountpoint: str, kib: int = 1024):
         pass
 
 
+def _reopen_log_on_sighup(logs):
+    """SIGHUP reopens the log (logrotate).  The signal is blocked in every thread (set
+    before any thread exists, inherited by libfuse's workers) and taken by sigwait here,
+    so libfuse's own SIGHUP handler (which would unmount) never runs."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+    def loop():
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            logs.reopen()
+            log.warning("SIGHUP: log file reopened")
+
+    threading.Thread(target=loop, name="sighup", daemon=True).start()
+
+
 def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     """Check the bucket, mount, serve until unmounted.  Returns the exit code."""
     from . import logs
@@ -169,6 +185,7 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
 
     os.umask(0o077)
     logs.setup(cfg.log_file, cfg.log_level, foreground=cfg.foreground, debug=cfg.debug)
+    _reopen_log_on_sighup(logs)
 
     def fail(message: str) -> int:
         log.error("mount failed: %s", message)

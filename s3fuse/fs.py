@@ -86,6 +86,8 @@ class Filesystem:
         self._kernel_cached: dict = {}          # path -> etag the kernel page cache holds
         self._retry: dict = {}                  # journal id -> Entry waiting for a retry
         self._stop = threading.Event()
+        self._busy = threading.Condition()     # counts commits in progress (leaf)
+        self._commits = 0
         self._deferred_deletes: dict = {}      # path -> key: unlinked while open for reading
         self.mover = TreeMover(client, self.journal.dir)
         closed, writing = recovery.sort_out(self.journal, self.staging_dir, self.recovery_dir)
@@ -138,7 +140,14 @@ class Filesystem:
             except Exception:
                 log.error("%s: upload at unmount failed; kept in the journal", f.path, exc_info=True)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no upload started by close/fsync is running (unmount, SIGTERM)."""
+        with self._busy:
+            return self._busy.wait_for(lambda: self._commits == 0, timeout)
+
     def close(self):
+        if not self.wait_idle(300):
+            log.warning("unmount: uploads still running after 300 s; they stay in the journal")
         self.shutdown()
         self.uploader.close()
         self.mover.close()
@@ -321,7 +330,14 @@ class Filesystem:
             self._release_file(f)
 
     def _commit(self, f: OpenFile):
-        result = f.commit()
+        with self._busy:
+            self._commits += 1
+        try:
+            result = f.commit()
+        finally:
+            with self._busy:
+                self._commits -= 1
+                self._busy.notify_all()
         if result is None:
             return
         etag, metadata = result
