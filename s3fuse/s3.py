@@ -122,7 +122,9 @@ class ObjectClient:
             path_style = bool(endpoint)
         cfg = dict(
             max_pool_connections=max_connections,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            # total_max_attempts counts the first try; botocore's "max_attempts" key would
+            # count retries only (one attempt more than asked for).
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             s3={"addressing_style": "path" if path_style else "auto"},
@@ -134,9 +136,17 @@ class ObjectClient:
         self._client_kwargs = dict(endpoint_url=endpoint or None,
                                    region_name=region or session.region_name or "us-east-1")
         self._client = session.client("s3", config=Config(**cfg), **self._client_kwargs)
-        self._probe_config = Config(**dict(cfg, retries={"mode": "standard", "max_attempts": 2},
+        self._fast = None
+        credentials = session.get_credentials()
+        if endpoint and path_style and credentials is not None:
+            from .fasthead import FastHead
+            self._fast = FastHead(endpoint, bucket, self._client_kwargs["region_name"], credentials,
+                                  timeout=read_timeout)
+        # The mount-time probe must fail within seconds even against a server that accepts
+        # connections and never answers: 2 attempts of at most 3 s each, plus backoff.
+        self._probe_config = Config(**dict(cfg, retries={"mode": "standard", "total_max_attempts": 2},
                                            connect_timeout=min(connect_timeout, 3.0),
-                                           read_timeout=min(read_timeout, 5.0)))
+                                           read_timeout=min(read_timeout, 3.0)))
 
     # -- bookkeeping -------------------------------------------------------------------
     def _count(self, op: str):
@@ -198,6 +208,19 @@ class ObjectClient:
                 return
 
     def head(self, key: str) -> ObjectInfo:
+        if self._fast is not None:
+            answer = self._fast.head(key)
+            if answer is not None and answer[0] in (200, 404):
+                self._count("head_object")
+                status, h = answer
+                if status == 404:
+                    raise errors.NotFound(f"head {key!r}: 404")
+                from .fasthead import parse_http_date
+                return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=_etag(h.get("etag")),
+                                  mtime=parse_http_date(h.get("last-modified")),
+                                  metadata={k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")},
+                                  content_type=h.get("content-type"))
+        # other answers (403, 5xx, redirects, connection trouble): botocore decides and retries
         resp = self._call("head_object", f"head {key!r}", Key=key)
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=_etag(resp.get("ETag")),
                           mtime=_timestamp(resp.get("LastModified")),
