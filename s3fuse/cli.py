@@ -272,6 +272,11 @@ def mount_main(argv) -> int:
         code = 1
         try:
             code = run_daemon(cfg, write_fd)
+        except BaseException as exc:   # a bug: say what it was in one line, not silently
+            try:
+                os.write(write_fd, f"s3fuse: internal error: {exc.__class__.__name__}: {exc}\n".encode())
+            except OSError:
+                pass
         finally:
             os._exit(code)
     os.close(write_fd)

@@ -27,7 +27,10 @@ extras=""
 [ $want_test = 1 ] && extras="test"
 [ $want_bench = 1 ] && extras="${extras:+$extras,}bench"
 python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
-# mount(8) finds helpers named mount.TYPE in /sbin (fstab type "s3fuse" or "fuse.s3fuse")
-install -m 0755 mount.s3fuse /sbin/mount.s3fuse 2>/dev/null || true
-ln -sf /sbin/mount.s3fuse /sbin/mount.fuse.s3fuse 2>/dev/null || true
+# mount(8) finds helpers named mount.TYPE in /sbin (fstab type "s3fuse" or "fuse.s3fuse").
+# It runs them with an empty environment (no PATH), so the helper names its interpreter.
+python=$(python3 -c 'import sys; print(sys.executable)')
+{ echo "#!$python"; tail -n +2 mount.s3fuse; } > /sbin/mount.s3fuse.new
+chmod 0755 /sbin/mount.s3fuse.new && mv /sbin/mount.s3fuse.new /sbin/mount.s3fuse
+ln -sf /sbin/mount.s3fuse /sbin/mount.fuse.s3fuse
 echo "s3fuse installed: $(command -v s3fuse)"

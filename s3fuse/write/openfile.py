@@ -71,6 +71,7 @@ class OpenFile:
         self._stream_futures: dict = {}
         self._redo_parts: set = set()
         self._pending: Optional[Entry] = None   # CLOSED record whose upload failed
+        self._stream_progress = None
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:
@@ -119,6 +120,8 @@ class OpenFile:
                 else:
                     self._hasher = None
             self._after_write(offset, end)
+            if self._stream is not None and self._stream_progress is not None:
+                self._stream_progress.total = self.size
             return written
 
     def truncate(self, length: int):
@@ -163,6 +166,7 @@ class OpenFile:
                                      metadata=to_metadata(self.attr), part_size=self._plan.base,
                                      created=time.time())
                 self._stream_begin = self.uploader.pool.submit(self.uploader.begin_multipart, self._stream)
+                self._stream_progress = self.uploader.track(self._stream.id, self.key, self.size)
             n = self._stream_next
             self._stream_futures[n] = self.uploader.pool.submit(self._stream_part, self._stream, self._stream_begin,
                                                                 n, p_start, p_end)
@@ -189,6 +193,7 @@ class OpenFile:
             return
         self._wait_stream()
         entry, self._stream = self._stream, None
+        self.uploader.untrack(entry.id)
         try:
             if self._stream_begin is not None and self._stream_begin.exception() is None:
                 self.uploader.client.abort_multipart(entry.key, entry.upload_id)
@@ -212,6 +217,7 @@ class OpenFile:
             os.fsync(self._fd)
             entry = self._closed_entry()
             self.journal.save(entry)
+            self._drop_pending()        # the new record replaces the one of a failed commit
             self._pending = entry
             etag = self.uploader.upload(entry, verify_server_parts=False)
             self.journal.remove(entry.id)
@@ -253,16 +259,19 @@ class OpenFile:
                     entry.parts.pop(str(n), None)
             self._redo_parts.clear()
             return entry
-        if self._pending is not None:
-            old = self._pending
-            if old.upload_id:
-                try:
-                    self.uploader.client.abort_multipart(old.key, old.upload_id)
-                except Exception:
-                    pass
-            self.journal.remove(old.id)
         return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
                      md5=md5, metadata=metadata, part_size=self._plan.base, created=time.time())
+
+    def _drop_pending(self):
+        old, self._pending = self._pending, None
+        if old is None:
+            return
+        if old.upload_id:
+            try:
+                self.uploader.client.abort_multipart(old.key, old.upload_id)
+            except Exception:
+                log.warning("%s: could not abort upload %s", self.path, old.upload_id)
+        self.journal.remove(old.id)
 
     # -- end of life ---------------------------------------------------------------------------
     def discard(self) -> bool:

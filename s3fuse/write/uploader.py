@@ -95,6 +95,16 @@ class Uploader:
     def close(self):
         self.pool.shutdown(wait=True)
 
+    def track(self, entry_id: str, key: str, total: int) -> "Progress":
+        """Progress of an upload that is still being written (streamed parts)."""
+        with self._lock:
+            progress = self.progress[entry_id] = Progress(key, total)
+            return progress
+
+    def untrack(self, entry_id: str):
+        with self._lock:
+            self.progress.pop(entry_id, None)
+
     def live(self) -> list:
         with self._lock:
             return [p.as_dict() for p in self.progress.values()]

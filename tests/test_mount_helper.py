@@ -1,0 +1,179 @@
+"""mount.s3fuse as a mount helper: mount(8) with fstab entries, umount, signals, status."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import MOUNT_HELPER, REPO, is_mounted, unmount
+
+HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
+
+
+@pytest.fixture(scope="module")
+def mount_helpers():
+    """Make sure mount(8) finds our helpers (scripts/install.sh installs them)."""
+    created = []
+    with open(MOUNT_HELPER) as f:
+        body = f.read().split("\n", 1)[1]
+    for path in HELPERS:
+        if not os.path.exists(path):
+            with open(path, "w") as f:     # as scripts/install.sh does: mount(8) gives no PATH
+                f.write(f"#!{sys.executable}\n{body}")
+            os.chmod(path, 0o755)
+            created.append(path)
+    yield
+    for path in created:
+        os.unlink(path)
+
+
+def _passwd_file(tmp_path, server) -> str:
+    path = tmp_path / "passwd-s3fuse"
+    path.write_text(f"{server.access_key}:{server.secret_key}\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["fuse.s3fuse", "s3fuse"])
+def test_fstab_mount_write_umount(form, mount_helpers, s3_server, s3, bucket, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    s3.put_object(Bucket=bucket, Key="sub/hello.txt", Body=b"from the bucket\n")
+    opts = ",".join(["_netdev", "nofail", "x-systemd.automount", "comment=test", "defaults", "user",
+                     f"endpoint={s3_server.endpoint}", f"passwd_file={_passwd_file(tmp_path, s3_server)}",
+                     f"cache_dir={tmp_path / 'cache'}", f"log_file={tmp_path / 'log'}"])
+    source = f"{bucket}:/sub" if form == "s3fuse" else bucket
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"# test fstab\n{source} {mnt} {form} {opts} 0 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    try:
+        proc = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert is_mounted(str(mnt))
+        prefix = "" if form == "s3fuse" else "sub/"
+        with open(mnt / prefix / "hello.txt", "rb") as f:
+            assert f.read() == b"from the bucket\n"
+        with open(mnt / prefix / "written.txt", "wb") as f:
+            f.write(b"written through fstab mount\n")
+        proc = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert not is_mounted(str(mnt))
+        body = s3.get_object(Bucket=bucket, Key="sub/written.txt")["Body"].read()
+        assert body == b"written through fstab mount\n"
+    finally:
+        unmount(str(mnt))
+
+
+def test_busy_unmount_reports_ebusy(mounter, bucket):
+    m = mounter(bucket)
+    with open(m.p("busy.txt"), "wb") as f:
+        f.write(b"x")
+        proc = subprocess.run(["umount", m.path], capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert "busy" in proc.stderr.lower()
+    assert is_mounted(m.path)
+
+
+def _write_big(path: str, size: int, seed: int = 1) -> str:
+    h = hashlib.md5()
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            piece = chunk[: min(len(chunk), size - written)]
+            f.write(piece)
+            h.update(piece)
+            written += len(piece)
+    return h.hexdigest()
+
+
+def _status(mountpoint: str):
+    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", mountpoint, "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=30)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def test_status_json_shows_upload_progress(mounter, s3, bucket, tmp_path):
+    m = mounter(bucket, options=["part_size=5M", "upload_threads=1"])
+    src = str(tmp_path / "big.bin")
+    digest = _write_big(src, 150 << 20)
+    cp = subprocess.Popen(["cp", src, m.p("big.bin")])
+    seen = None
+    deadline = time.monotonic() + 120
+    while cp.poll() is None and time.monotonic() < deadline:
+        st = _status(m.path)
+        if st and st.get("uploads"):
+            up = st["uploads"][0]
+            if 0 < up["bytes_done"] < up["bytes_total"]:
+                seen = up
+                break
+        time.sleep(0.1)
+    assert cp.wait(180) == 0
+    assert seen is not None, "status never showed the upload in progress"
+    assert seen["key"] == "big.bin" and 0 < seen["bytes_total"] <= 150 << 20
+    text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path], capture_output=True,
+                          text=True, cwd=REPO).stdout
+    assert "requests:" in text and "cache:" in text
+    body = s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
+    assert hashlib.md5(body).hexdigest() == digest
+
+
+def test_sigterm_during_upload_loses_nothing(mounter, s3, bucket, tmp_path):
+    m = mounter(bucket, options=["part_size=5M", "upload_threads=1"])
+    src = str(tmp_path / "big.bin")
+    digest = _write_big(src, 60 << 20)
+    pid = m.daemon_pid()
+    assert pid
+    cp = subprocess.Popen(["cp", src, m.p("big.bin")], stderr=subprocess.PIPE)
+    # wait until close() handed the file over (a closed journal record) and parts are moving
+    jdir = os.path.join(m.cache_dir, "journal")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        records = [json.load(open(os.path.join(jdir, n))) for n in os.listdir(jdir) if n.endswith(".json")]
+        if any(r["state"] == "closed" for r in records):
+            break
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    cp.wait(60)
+    unmount(m.path)
+
+    def complete():
+        try:
+            body = s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return False
+        return hashlib.md5(body).hexdigest() == digest
+
+    if not complete():     # left in the journal: the next mount finishes it
+        m.mount()
+        deadline = time.monotonic() + 120
+        while not complete() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert complete()
+
+
+def test_sighup_reopens_log(mounter, bucket):
+    m = mounter(bucket)
+    pid = m.daemon_pid()
+    os.rename(m.log_file, m.log_file + ".1")
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(m.log_file) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.path.exists(m.log_file), "log not reopened after SIGHUP"
+    assert is_mounted(m.path), "SIGHUP must not unmount"
+    assert "reopened" in open(m.log_file).read()
