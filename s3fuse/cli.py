@@ -220,9 +220,9 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
                 os.dup2(devnull, fd)
             os.close(devnull)
 
-    fuse_config = dict(attr_timeout=max(1.0, min(cfg.attr_ttl, 10.0)) if cfg.attr_ttl else 0.0,
-                       entry_timeout=max(1.0, min(cfg.attr_ttl, 10.0)) if cfg.attr_ttl else 0.0,
-                       negative_timeout=min(cfg.negative_ttl, 10.0), hard_remove=1)
+    # The kernel may trust attributes and names as long as s3fuse itself would.
+    fuse_config = dict(attr_timeout=cfg.attr_ttl, entry_timeout=cfg.attr_ttl,
+                       negative_timeout=cfg.negative_ttl, hard_remove=1)
     ops = S3FuseOperations(fs, fuse_config, on_init=on_init)
     fsname = cfg.bucket + (f":/{cfg.prefix}" if cfg.prefix else "")
     kwargs = dict(foreground=True, raw_fi=True, fsname=fsname, subtype="s3fuse", debug=cfg.debug)

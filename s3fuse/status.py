@@ -47,6 +47,7 @@ class StatusWriter:
 
     def start(self):
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        self.write_now()
         self._thread.start()
         return self
 

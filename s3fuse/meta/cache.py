@@ -108,12 +108,24 @@ class MetaCache:
 
 class KnownMetadata:
     """Persistent (bucket, key, etag) -> user metadata dict, in cache_dir.  Lets a later
-    mount show exact POSIX attributes from a listing without one HEAD per entry."""
+    mount show exact POSIX attributes from a listing without one HEAD per entry.
+
+    Writes are buffered in memory and flushed in one sqlite transaction per batch (a
+    transaction per entry would cost more than the HEAD it saves); ``get`` sees the
+    buffer first.  ``_lock`` is a leaf lock guarding the buffer only."""
+
+    FLUSH_EVERY = 1.0
 
     def __init__(self, directory: str, bucket: str, size_limit: int = 256 << 20):
         self._bucket = bucket
         self._store = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored")
+        self._lock = threading.Lock()
+        self._buffer: dict = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._flusher = threading.Thread(target=self._run, name="meta-flush", daemon=True)
+        self._flusher.start()
 
     def _k(self, key: str, etag: str) -> str:
         return f"{self._bucket}\0{key}\0{etag}"
@@ -121,11 +133,41 @@ class KnownMetadata:
     def get(self, key: str, etag: str) -> Optional[dict]:
         if not etag:
             return None
-        return self._store.get(self._k(key, etag))
+        k = self._k(key, etag)
+        with self._lock:
+            if k in self._buffer:
+                return self._buffer[k]
+        return self._store.get(k)
 
     def put(self, key: str, etag: str, metadata: dict):
         if etag:
-            self._store.set(self._k(key, etag), dict(metadata or {}))
+            with self._lock:
+                self._buffer[self._k(key, etag)] = dict(metadata or {})
+                big = len(self._buffer) >= 1000
+            if big:
+                self._wake.set()
+
+    def flush(self):
+        with self._lock:
+            batch, self._buffer = self._buffer, {}
+        if batch:
+            with self._store.transact():
+                for k, v in batch.items():
+                    self._store.set(k, v)
+
+    def _run(self):
+        while not self._closed:
+            self._wake.wait(self.FLUSH_EVERY)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:   # the store is an optimisation: never fatal
+                import logging
+                logging.getLogger(__name__).warning("metadata store flush failed", exc_info=True)
 
     def close(self):
+        self._closed = True
+        self._wake.set()
+        self._flusher.join(5)
+        self.flush()
         self._store.close()
