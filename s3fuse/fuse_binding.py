@@ -1,5 +1,6 @@
 """The FUSE binding: mfusepy (maintained fork, libfuse 3) when installed, else fusepy
 (libfuse 2).  Both expose fusepy's Operations API; this module hides which one it is."""
+import errno as _errno
 import os
 from ctypes.util import find_library
 
@@ -18,7 +19,16 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
 
 class FUSE(_fuse.FUSE):
     """mfusepy drops the flags of libfuse 3's rename; pass them on so that flags S3 cannot
-    honour (RENAME_EXCHANGE...) fail with a clear errno instead of being ignored."""
+    honour (RENAME_EXCHANGE...) fail with a clear errno instead of being ignored.
+
+    ``ls -l`` asks for security.selinux and system.posix_acl_access on every entry:
+    those (and every non-``user.`` name) are answered ENODATA right here, before any
+    decoding, exception or logging, as they are never stored."""
+
+    def getxattr(self, path, name, value, size, *args):
+        if not name.startswith(b"user."):
+            return -_errno.ENODATA
+        return super().getxattr(path, name, value, size, *args)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:
         def rename_fuse_3(self, old, new, flags):
