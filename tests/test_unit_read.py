@@ -599,7 +599,7 @@ class TestReader:
         assert len(c.gets()) > n
         assert blocks.get("k", old_etag, 0) == old[:BS] and blocks.get("k", new_etag, 0) == new[:BS]
         # A reader pinned to the old version, asking for an uncached block, gets ObjectChanged.
-        blocks._cache.clear()
+        blocks.clear()
         with pytest.raises(errors.ObjectChanged):
             Reader(fetcher, PinnedObject("k", old_etag, len(old))).read(BS, 10)
         fetcher.close()

@@ -4,30 +4,53 @@ Key = (bucket, key, ETag, block index): a new version of an object has a new ETa
 stale blocks can never be served; they just age out.  Size-bounded (diskcache culls the
 least recently stored blocks), survives remounts.  Blocks over 32 KiB are stored as
 plain files by diskcache, so a hit is a sqlite lookup plus a file read from page cache.
+
+Writes are behind: ``put`` keeps the block in a small in-memory LRU (``memory`` bytes)
+and queues it for a writer thread, so a GET streaming blocks never waits for the disk.
+When the queue is full a block is simply not stored (it is a cache).  ``_lock`` is a
+leaf lock over the LRU, the pending set and the counters.
 """
 from __future__ import annotations
 
+import logging
+import queue
 import threading
+import time
 from typing import Optional
 
+import cachetools
 import diskcache
+
+log = logging.getLogger(__name__)
 
 
 class BlockCache:
-    def __init__(self, directory: str, size_limit: int, bucket: str):
+    def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 32 << 20,
+                 max_pending: int = 32):
         self._bucket = bucket
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
                                       cull_limit=16)
-        self._lock = threading.Lock()  # leaf lock: counters only
+        self._lock = threading.Lock()
+        self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
+        self._pending: dict = {}
+        self._max_pending = max_pending
+        self._queue: queue.Queue = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
+        self._writer.start()
         self.hits = 0
         self.misses = 0
+        self.dropped = 0
 
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"
 
     def get(self, key: str, etag: str, index: int) -> Optional[bytes]:
-        data = self._cache.get(self._k(key, etag, index))
+        k = self._k(key, etag, index)
+        with self._lock:
+            data = self._pending.get(k) or self._recent.get(k)
+        if data is None:
+            data = self._cache.get(k)
         with self._lock:
             if data is None:
                 self.misses += 1
@@ -36,13 +59,62 @@ class BlockCache:
         return data
 
     def contains(self, key: str, etag: str, index: int) -> bool:
-        return self._k(key, etag, index) in self._cache
+        k = self._k(key, etag, index)
+        with self._lock:
+            if k in self._pending or k in self._recent:
+                return True
+        return k in self._cache
 
     def put(self, key: str, etag: str, index: int, data: bytes):
-        self._cache.set(self._k(key, etag, index), data)
+        k = self._k(key, etag, index)
+        with self._lock:
+            if len(data) <= self._recent.maxsize:
+                self._recent[k] = data
+            if len(self._pending) >= self._max_pending:
+                self.dropped += 1
+                return
+            self._pending[k] = data
+        self._queue.put(k)
+
+    def _write_loop(self):
+        while True:
+            k = self._queue.get()
+            if k is None:
+                return
+            with self._lock:
+                data = self._pending.get(k)
+            try:
+                if data is not None:
+                    self._cache.set(k, data)
+            except Exception:   # a full or broken cache disk must not fail reads
+                log.warning("block cache write failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._pending.pop(k, None)
+
+    def flush(self, timeout: float = 30.0):
+        """Wait until queued blocks are on disk (tests, unmount)."""
+        done = threading.Event()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    done.set()
+                    break
+            time.sleep(0.01)
+        return done.is_set()
+
+    def clear(self):
+        self.flush()
+        with self._lock:
+            self._recent.clear()
+        self._cache.clear()
 
     def volume(self) -> int:
         return self._cache.volume()
 
     def close(self):
+        self.flush()
+        self._queue.put(None)
+        self._writer.join(5)
         self._cache.close()

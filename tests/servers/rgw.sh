@@ -16,19 +16,24 @@
 #   S3FUSE_RGW_DIR            run directory            (default /tmp/s3fuse-rgw)
 #   S3FUSE_RGW_PORT           S3 port if not given     (default 7480)
 #   S3FUSE_RGW_MON_PORT       mon port                 (default: a free port)
-#   S3FUSE_RGW_MEMSTORE_BYTES memstore capacity        (default 8 GiB; RAM is
-#                             only used for data actually stored)
+#   S3FUSE_RGW_MEMSTORE_BYTES memstore capacity        (default 6 GiB). RAM is
+#                             used only for data actually stored, but the OSD's
+#                             RSS is about 2x the bytes stored. When the store
+#                             is full, writes HANG (OSD failsafe), not fail.
 #   S3FUSE_RGW_TIMEOUT        start timeout in seconds (default 90)
+#   S3FUSE_RGW_EXTRA_CONF     extra ceph.conf text appended as is at the end,
+#                             i.e. inside [client.rgw.s3fuse] unless it starts
+#                             with its own header, e.g. $'[osd]\ndebug osd = 20'
 #
 # Only stdout carries the export lines; all progress/diagnostics go to stderr.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RUN_DIR="${S3FUSE_RGW_DIR:-/tmp/s3fuse-rgw}"
-RUN_DIR="${RUN_DIR%/}"
+RUN_DIR="$(realpath -m -- "$RUN_DIR")"
 CONF="$RUN_DIR/ceph.conf"
 TIMEOUT="${S3FUSE_RGW_TIMEOUT:-90}"
-MEMSTORE_BYTES="${S3FUSE_RGW_MEMSTORE_BYTES:-8589934592}"
+MEMSTORE_BYTES="${S3FUSE_RGW_MEMSTORE_BYTES:-6442450944}"
 
 ACCESS_KEY="s3fuseaccess"
 SECRET_KEY="s3fusesecret"
@@ -45,6 +50,12 @@ die() {
             echo "----- tail of $f -----" >&2
             tail -n 25 "$f" >&2 || true
         done
+    fi
+    if [ "${STARTING:-0}" = 1 ]; then
+        # Do not leave half a cluster running; keep the logs for inspection.
+        STARTING=0
+        kill_all || true
+        log "daemons stopped; logs kept in $RUN_DIR/log (removed by the next start/stop)"
     fi
     exit 1
 }
@@ -81,7 +92,7 @@ our_pids() {
     done
 }
 
-do_stop() {
+kill_all() {
     local pids pid i
     pids="$(our_pids | tr '\n' ' ')"
     if [ -n "${pids// /}" ]; then
@@ -102,6 +113,10 @@ do_stop() {
     # A second sweep for anything spawned meanwhile.
     pids="$(our_pids | tr '\n' ' ')"
     for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+
+do_stop() {
+    kill_all
     if [ -d "$RUN_DIR" ]; then
         case "$RUN_DIR" in
             ""|"/"|"/tmp"|"/root"|"/home"|"$HOME") die "refusing to remove run dir '$RUN_DIR'" ;;
@@ -179,6 +194,7 @@ do_start() {
         die "port 127.0.0.1:$port is already in use by something else"
     fi
 
+    STARTING=1
     mon_port="${S3FUSE_RGW_MON_PORT:-$(free_port)}"
     fsid="$(cat /proc/sys/kernel/random/uuid)"
     osd_uuid="$(cat /proc/sys/kernel/random/uuid)"
@@ -192,6 +208,7 @@ fsid = $fsid
 mon initial members = a
 mon host = v1:127.0.0.1:$mon_port
 public addr = 127.0.0.1
+cluster addr = 127.0.0.1
 ms bind msgr2 = false
 
 # No cephx: nothing here needs keys, and it keeps clients trivial.
@@ -226,6 +243,12 @@ osd crush chooseleaf type = 0
 mon data avail crit = 1
 mon data avail warn = 2
 
+# Each mon change (pool create, application enable, ...) waits for the next
+# paxos proposal, 1 s by default; RGW does ~20 of them sequentially on first
+# use. Proposing quickly cuts start-up and first-bucket latency by seconds.
+paxos propose interval = 0.05
+paxos min wait = 0.01
+
 # Quiet logs.
 debug ms = 0
 debug mon = 1
@@ -239,15 +262,19 @@ log to stderr = false
 err to stderr = true
 
 [osd]
-# Objects live in RAM; capacity is only a cap (RAM used = data stored).
+# Objects live in RAM. The default capacity (1 GiB) is too small: past it the
+# OSD engages its full failsafe and S3 writes hang. Memory is only used for
+# what is stored (about 2x the data in OSD RSS), so a big cap costs nothing.
 osd objectstore = memstore
 memstore device bytes = $MEMSTORE_BYTES
-osd crush update on start = true
-osd max object name len = 460
-osd max object namespace len = 64
+# The OSD's own start-up mon commands (crush create-or-move, set-device-class)
+# race with its first monmap and can fail with 'wrong fsid', killing the OSD.
+# The script places osd.0 in the crush map itself instead.
+osd crush update on start = false
+osd class update on start = false
 
 [$RGW_NAME]
-rgw frontends = beast endpoint=127.0.0.1:$port
+rgw frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
 rgw dns name = 127.0.0.1
 rgw thread pool size = 128
 # Reclaim deleted objects' data quickly so repeated benchmarks do not pile up in RAM.
@@ -255,6 +282,9 @@ rgw gc obj min wait = 60
 rgw gc processor period = 60
 rgw lc debug interval = 10
 EOF
+    if [ -n "${S3FUSE_RGW_EXTRA_CONF:-}" ]; then
+        printf '\n# S3FUSE_RGW_EXTRA_CONF\n%s\n' "$S3FUSE_RGW_EXTRA_CONF" >>"$CONF"
+    fi
     : >"$RUN_DIR/keyring"
 
     # ---- mon
@@ -272,13 +302,17 @@ EOF
     log "osd: create + mkfs (memstore, $MEMSTORE_BYTES bytes)"
     osd_id="$(ceph_cli osd new "$osd_uuid" 2>>"$RUN_DIR/log/mkfs.out")" || die "ceph osd new failed"
     [ "$osd_id" = 0 ] || die "unexpected osd id '$osd_id'"
+    ceph_cli osd crush add osd.0 1.0 root=default host=s3fuse \
+        >>"$RUN_DIR/log/mkfs.out" 2>&1 || die "ceph osd crush add failed"
     ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" \
         >>"$RUN_DIR/log/mkfs.out" 2>&1 || die "ceph-osd --mkfs failed"
     ceph-osd -c "$CONF" -i 0 >>"$RUN_DIR/log/daemons.out" 2>&1 || die "ceph-osd failed to start"
 
     log "osd: waiting until up"
     while :; do
-        if ceph_cli osd dump 2>/dev/null | grep -qE '^osd\.0 up +in'; then
+        local dump
+        dump="$(ceph_cli osd dump 2>/dev/null || true)"
+        if grep -qE '^osd\.0 up +in' <<<"$dump"; then
             break
         fi
         [ "$(date +%s)" -lt "$deadline" ] || die "timeout waiting for osd.0 to come up"
@@ -336,6 +370,7 @@ PY
         sleep 0.5
     done
 
+    STARTING=0
     local t1
     t1=$(date +%s.%N)
     log "ready: http://127.0.0.1:$port in $(python3 -c "print('%.1f' % ($t1 - $t0))") s (run dir $RUN_DIR)"
