@@ -6,12 +6,14 @@ least recently stored blocks), survives remounts.  Blocks over 32 KiB are stored
 plain files by diskcache, so a hit is a sqlite lookup plus a file read from page cache.
 
 Writes are behind: ``put`` keeps the block in a small in-memory LRU (``memory`` bytes)
-and queues it for a writer thread, so a GET streaming blocks never waits for the disk.
-When the queue is full a block is simply not stored (it is a cache).  ``_lock`` is a
-leaf lock over the LRU, the pending set and the counters.
+and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
+When ``max_pending`` blocks wait for the disk, ``put`` waits too (bounded memory; a
+block fetched for read-ahead must not be dropped before it is read).  ``_lock`` (with
+its condition) is a leaf lock over the LRU, the pending set and the counters.
 """
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import threading
@@ -24,14 +26,25 @@ import diskcache
 log = logging.getLogger(__name__)
 
 
+class WholeWriteDisk(diskcache.Disk):
+    """diskcache writes a bytes value by iterating an io.BytesIO, i.e. line by line: one
+    write() per 256 bytes of random data (4 ms per 1 MiB block).  Write it at once."""
+
+    def _write(self, full_path, iterator, mode, encoding=None):
+        if isinstance(iterator, io.BytesIO):
+            iterator = [iterator.getvalue()]
+        return super()._write(full_path, iterator, mode, encoding)
+
+
 class BlockCache:
-    def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 32 << 20,
-                 max_pending: int = 32):
+    def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 48 << 20,
+                 max_pending: int = 16):
         self._bucket = bucket
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
-                                      cull_limit=16)
+                                      cull_limit=16, disk=WholeWriteDisk)
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
         self._pending: dict = {}
         self._max_pending = max_pending
@@ -70,8 +83,8 @@ class BlockCache:
         with self._lock:
             if len(data) <= self._recent.maxsize:
                 self._recent[k] = data
-            if len(self._pending) >= self._max_pending:
-                self.dropped += 1
+            if not self._room.wait_for(lambda: len(self._pending) < self._max_pending, timeout=30):
+                self.dropped += 1      # the disk is stuck: skip caching rather than hang reads
                 return
             self._pending[k] = data
         self._queue.put(k)
@@ -91,6 +104,7 @@ class BlockCache:
             finally:
                 with self._lock:
                     self._pending.pop(k, None)
+                    self._room.notify_all()
 
     def flush(self, timeout: float = 30.0):
         """Wait until queued blocks are on disk (tests, unmount)."""

@@ -152,8 +152,12 @@ class Reader:
         bs = self.fetcher.block_size
         first, last = offset // bs, (end - 1) // bs
         with self._lock:
-            sequential = (offset == 0) or (self._last_block - 1 <= first <= self._last_block + 1)
-            self._last_block = last
+            # The kernel sends read-ahead requests concurrently, so they arrive slightly out
+            # of order: anything inside the window already handed out still counts as
+            # sequential; a jump elsewhere is random.
+            sequential = (offset == 0) or (
+                self._last_block - 1 <= first <= max(self._last_block, self._ahead_upto) + 1)
+            self._last_block = max(self._last_block, last) if sequential else last
             if sequential:
                 self._window = min(self.max_window, max(2, self._window * 2))
                 ahead_from = max(last + 1, self._ahead_upto + 1)
