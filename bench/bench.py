@@ -242,6 +242,13 @@ def wait_port(host: str, port: int, timeout: float) -> None:
     raise RuntimeError(f"{host}:{port} not listening after {timeout}s")
 
 
+def fmt_limit(v: dict) -> str:
+    if "ms" in v:
+        return f"{v['ms']:8.1f} ms" + " " * 12
+    rate = f"  {v['MiB_per_s']:7.1f} MiB/s" if "MiB_per_s" in v else " " * 15
+    return f"{fmt_s(v['seconds']):>8s} s{rate}"
+
+
 def fmt_s(v: Optional[float]) -> str:
     if v is None:
         return "-"
@@ -285,9 +292,12 @@ class S3:
         return r.get("KeyCount", len(r.get("Contents", []))) == 0
 
     def put_many(self, bucket: str, items: list[tuple[str, bytes]], threads: int = 32) -> None:
-        with cf.ThreadPoolExecutor(threads) as ex:
+        ex = cf.ThreadPoolExecutor(threads)
+        try:
             for f in [ex.submit(self.c.put_object, Bucket=bucket, Key=k, Body=b) for k, b in items]:
                 f.result()
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: do not upload the rest
 
     def multipart_put(self, bucket: str, key: str, path: Path, threads=RAW_THREADS, part=RAW_PART) -> None:
         size = path.stat().st_size
@@ -542,9 +552,12 @@ def do_mount(ctx: "Ctx", fs: Fs) -> Mount:
     m = Mount(fs.name, mnt, cache, logfile, cmd)
     ctx.active_mounts.append(m)
     t0 = time.perf_counter()
-    with open(logfile, "ab") as lf:
-        m.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
-                                  start_new_session=True)  # Ctrl-C must not hit the daemon
+    try:
+        with open(logfile, "ab") as lf:
+            m.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
+                                      start_new_session=True)  # Ctrl-C must not hit the daemon
+    except OSError as e:
+        raise MountError(f"cannot run {cmd[0]}: {e}")
     deadline = time.monotonic() + ctx.args.mount_timeout
     exited_ok_at = None
     while True:
@@ -861,12 +874,15 @@ def build_dataset(ctx: Ctx, limits: dict) -> None:
             left -= len(chunk)
     ctx.big_md5 = h.hexdigest()
 
-    log(f"- PUT big.bin ({RAW_THREADS} threads x {RAW_PART // MiB} MiB parts)")
-    t0 = time.perf_counter()
-    ctx.s3.multipart_put(ctx.bucket, "big.bin", ctx.local_big)
-    dt = time.perf_counter() - t0
-    limits[f"boto3_put_{bn}"] = {"seconds": dt, "MiB_per_s": big / MiB / dt,
-                                 "doc": f"multipart PUT, {RAW_THREADS} threads x {RAW_PART // MiB} MiB"}
+    # Warm-up: the first PUT / multipart upload into a fresh RGW creates its data
+    # pools (seconds); keep that out of the measured PUTs.
+    c = ctx.s3.c
+    c.put_object(Bucket=ctx.bucket, Key="warmup/small", Body=b"x" * 1024)
+    up = c.create_multipart_upload(Bucket=ctx.bucket, Key="warmup/mp")["UploadId"]
+    r = c.upload_part(Bucket=ctx.bucket, Key="warmup/mp", UploadId=up, PartNumber=1, Body=os.urandom(5 * MiB))
+    c.complete_multipart_upload(Bucket=ctx.bucket, Key="warmup/mp", UploadId=up,
+                                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"]}]})
+    c.delete_objects(Bucket=ctx.bucket, Delete={"Objects": [{"Key": "warmup/small"}, {"Key": "warmup/mp"}]})
 
     log(f"- PUT many/: {many} objects of ~1 KiB (32 threads)")
     rng = random.Random(RANDOM_SEED)
@@ -875,6 +891,13 @@ def build_dataset(ctx: Ctx, limits: dict) -> None:
     ctx.s3.put_many(ctx.bucket, items)
     dt = time.perf_counter() - t0
     limits[f"boto3_put_{many}_small"] = {"seconds": dt, "doc": "put_object x N, 32 threads"}
+
+    log(f"- PUT big.bin ({RAW_THREADS} threads x {RAW_PART // MiB} MiB parts)")
+    t0 = time.perf_counter()
+    ctx.s3.multipart_put(ctx.bucket, "big.bin", ctx.local_big)
+    dt = time.perf_counter() - t0
+    limits[f"boto3_put_{bn}"] = {"seconds": dt, "MiB_per_s": big / MiB / dt,
+                                 "doc": f"multipart PUT, {RAW_THREADS} threads x {RAW_PART // MiB} MiB"}
 
 
 def measure_limits(ctx: Ctx, limits: dict) -> None:
@@ -897,6 +920,7 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
         raise RuntimeError(f"listing many/ gave {n} objects, want {many}")
     limits[f"boto3_list_{many}"] = {"seconds": dt, "doc": "ListObjectsV2 of many/ (1000 per page)"}
 
+    c = ctx.s3.c
     rng = random.Random(RANDOM_SEED)
     offs = [rng.randrange(0, big - RANDOM_READ_SIZE) for _ in range(RANDOM_READS)]
     with open(ctx.local_big, "rb") as f:
@@ -913,6 +937,26 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
         raise RuntimeError("raw ranged GETs returned wrong data")
     limits[f"boto3_get_{size_name(RANDOM_READ_SIZE)}_x{RANDOM_READS}"] = {
         "seconds": dt, "doc": "sequential 4 KiB ranged GETs at the random_read offsets"}
+
+    # Request latency: a HEAD (headers only) vs a GET of a ~1 KiB object.  A
+    # GET that is ~40 ms slower than a HEAD is Nagle + delayed ACK on the
+    # server (RGW beast without tcp_nodelay=1): it taxes every small response.
+    def median_ms(fn, n=15):
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) * 1000)
+        return sorted(ts)[n // 2]
+    head_ms = median_ms(lambda: c.head_object(Bucket=ctx.bucket, Key="many/f00000.dat"))
+    get_ms = median_ms(lambda: c.get_object(Bucket=ctx.bucket, Key="many/f00000.dat")["Body"].read())
+    limits["head_latency_ms"] = {"seconds": head_ms / 1000, "ms": head_ms, "doc": "median HEAD of a small object"}
+    limits["get_1KiB_latency_ms"] = {"seconds": get_ms / 1000, "ms": get_ms,
+                                     "doc": "median GET of a ~1 KiB object"}
+    if get_ms > head_ms + 25:
+        log(f"  ! small GETs take {get_ms:.0f} ms vs {head_ms:.0f} ms for HEAD: the server delays "
+            f"small responses (Nagle/delayed ACK; for RGW beast set tcp_nodelay=1). "
+            f"Every small read/write pays this.")
 
 
 # --------------------------------------------------------------------------
@@ -953,9 +997,14 @@ def run_fs(ctx: Ctx, fs: Fs, steps: list[Step]) -> dict:
                 continue
             if step.fresh_mount or ctx.mount is None:
                 close_mount()
-                try:
-                    if step.prepare:
+                if step.prepare:
+                    try:
                         step.prepare(ctx)
+                    except Exception as e:
+                        rec.update(ok=False, error=f"prepare: {type(e).__name__}: {e}")
+                        log(f"  {step.name:28s}    FAILED in prepare: {type(e).__name__}: {e}")
+                        continue
+                try:
                     rec["caches_dropped"] = drop_caches(not ctx.args.no_drop_caches)
                     ctx.mount = do_mount(ctx, fs)
                 except MountError as e:
@@ -1039,12 +1088,15 @@ def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limi
         a, b = rss[PEERS_OF], rss[p]
         row.append(f"{a / b:.2f}x" if a and b else "-")
     rows.append(row)
+    # daemon CPU, summed over the steps that passed on every fs that ran
+    ran = [f for f in fss if results.get(f, {}).get("status") == "ok"]
+    common = [st.name for st in steps
+              if ran and all(results[f]["steps"].get(st.name, {}).get("ok") for f in ran)]
     cpu = {}
     for f in fss:
-        vals = [s.get("daemon_cpu_s") for s in results.get(f, {}).get("steps", {}).values()
-                if s.get("ok") and s.get("daemon_cpu_s") is not None]
-        cpu[f] = sum(vals) if vals else None
-    row = ["daemon_cpu_s_all_steps", *[fmt_s(cpu[f]) for f in fss]]
+        vals = [results[f]["steps"][n].get("daemon_cpu_s") for n in common] if f in ran else []
+        cpu[f] = sum(v for v in vals if v is not None) if vals else None
+    row = [f"daemon_cpu_s ({len(common)} common steps)", *[fmt_s(cpu[f]) for f in fss]]
     for p in peers if ratio_cols else []:
         a, b = cpu[PEERS_OF], cpu[p]
         row.append(f"{a / b:.2f}x" if a is not None and b else "-")
@@ -1067,8 +1119,7 @@ def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limi
         log("physical limits: boto3 straight to the endpoint, no FUSE (seconds)")
         w0 = max(len(k) for k in limits)
         for k, v in limits.items():
-            rate = f"  {v['MiB_per_s']:7.1f} MiB/s" if "MiB_per_s" in v else " " * 15
-            log(f"{k.ljust(w0)}  {fmt_s(v['seconds']).rjust(8)}{rate}  {v.get('doc', '')}")
+            log(f"{k.ljust(w0)}  {fmt_limit(v)}  {v.get('doc', '')}")
     log()
     for f in fss:
         r = results.get(f, {})
@@ -1097,22 +1148,14 @@ def parse_exports(text: str) -> dict:
 
 
 def start_rgw(args, workdir: Path) -> Callable[[], None]:
-    script = REPO / "tests" / "servers" / "rgw.sh"
+    script = Path(args.rgw_script).resolve()
     if not script.exists():
         raise SystemExit(f"--start-rgw: {script} does not exist")
     # Our own run dir and port: never touch a cluster that tests may be using
     # in the default /tmp/s3fuse-rgw on 7480.
     rgw_env = dict(os.environ, S3FUSE_RGW_DIR=str(workdir / "rgw"))  # used by start AND stop
     port = str(free_port())
-    log(f"- starting RGW: S3FUSE_RGW_DIR={rgw_env['S3FUSE_RGW_DIR']} bash {script.relative_to(REPO)} start {port}")
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(["bash", str(script), "start", port], cwd=REPO, capture_output=True,
-                           text=True, timeout=900, env=rgw_env)
-    except BaseException:
-        subprocess.run(["bash", str(script), "stop"], cwd=REPO, capture_output=True, timeout=300,
-                       env=rgw_env)
-        raise
 
     def stop():
         log("- stopping RGW")
@@ -1121,9 +1164,22 @@ def start_rgw(args, workdir: Path) -> Callable[[], None]:
         if r.returncode != 0:
             log(f"! rgw.sh stop rc={r.returncode}: {short_err(r.stderr, 5)}")
 
-    if p.returncode != 0:
+    for attempt in range(1, args.rgw_attempts + 1):
+        log(f"- starting RGW: S3FUSE_RGW_DIR={rgw_env['S3FUSE_RGW_DIR']} bash {script} start {port}"
+            f" (attempt {attempt}/{args.rgw_attempts})")
+        try:
+            p = subprocess.run(["bash", str(script), "start", port], cwd=REPO, capture_output=True,
+                               text=True, timeout=900, env=rgw_env)
+        except BaseException:
+            stop()
+            raise
+        if p.returncode == 0:
+            break
+        err = [l for l in p.stderr.splitlines() if "ERROR" in l]
+        log(f"  rgw.sh start failed rc={p.returncode}: {err[-1] if err else short_err(p.stderr)}")
         stop()
-        raise SystemExit(f"rgw.sh start failed rc={p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    else:
+        raise SystemExit(f"rgw.sh start failed {args.rgw_attempts} times; last stderr:\n{p.stderr[-3000:]}")
     exports = parse_exports(p.stdout)
     log(f"  RGW up in {time.perf_counter() - t0:.1f}s")
     os.environ.update(exports)
@@ -1176,6 +1232,9 @@ def parse_args(argv):
     src.add_argument("--start-rgw", action="store_true",
                      help="run 'bash tests/servers/rgw.sh start', use its exports, stop it at the end")
     src.add_argument("--start-moto", action="store_true", help="start a moto_server on a free port")
+    ap.add_argument("--rgw-script", default=str(REPO / "tests" / "servers" / "rgw.sh"),
+                    help="script for --start-rgw (start [PORT] / stop, S3FUSE_RGW_DIR honoured)")
+    ap.add_argument("--rgw-attempts", type=int, default=3, help="tries of 'rgw.sh start'")
     ap.add_argument("--endpoint", help="S3 endpoint URL (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     ap.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     ap.add_argument("--fs", default=",".join(ALL_FS), help="comma list out of " + ",".join(ALL_FS))
@@ -1257,15 +1316,14 @@ def main(argv=None) -> int:
         log(f"- dataset uploaded in {time.perf_counter() - t0:.1f}s; measuring raw boto3 limits")
         measure_limits(ctx, limits)
         for k, v in limits.items():
-            log(f"  {k:28s} {v['seconds']:9.3f} s" +
-                (f" ({v['MiB_per_s']:.0f} MiB/s)" if "MiB_per_s" in v else ""))
+            log(f"  {k:28s} {fmt_limit(v)}")
 
         for f in fss:
             log(f"== {f}")
             results[f] = run_fs(ctx, FS_CLASSES[f](ctx), steps)
         print_table(ctx, steps, fss, results, limits)
     except KeyboardInterrupt as e:
-        log(f"\ninterrupted ({e}); cleaning up")
+        log(f"\ninterrupted ({e or 'SIGINT'}); cleaning up")
         rc = 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
