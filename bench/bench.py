@@ -35,7 +35,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 KiB = 1 << 10
 MiB = 1 << 20
-ALL_FS = ["s3fuse", "s3fs", "rclone"]
+ALL_FS = ["s3fuse", "s3fs", "rclone"]      # default set; "s3fuse-list" (meta=list) on demand
 PEERS_OF = "s3fuse"  # ratios are s3fuse / peer
 
 SCALES = {
@@ -421,6 +421,16 @@ class S3fuseFs(Fs):
         return [*self.launcher(), self.ctx.bucket, str(mnt), "-o", opts]
 
 
+class S3fuseListFs(S3fuseFs):
+    """s3fuse with -o meta=list: attributes from listings only (no HEAD per object)."""
+    name = "s3fuse-list"
+
+    def mount_cmd(self, mnt, cache):
+        cmd = super().mount_cmd(mnt, cache)
+        cmd[-1] += ",meta=list"
+        return cmd
+
+
 class S3fsFs(Fs):
     name = "s3fs"
 
@@ -504,7 +514,7 @@ class RcloneFs(Fs):
                 *self.extra("rclone_opts")]
 
 
-FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fsFs, RcloneFs)}
+FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fuseListFs, S3fsFs, RcloneFs)}
 
 
 @dataclass
@@ -1264,7 +1274,7 @@ def main(argv=None) -> int:
     fss = [f.strip() for f in args.fs.split(",") if f.strip()]
     for f in fss:
         if f not in FS_CLASSES:
-            raise SystemExit(f"unknown fs {f!r}; choose from {ALL_FS}")
+            raise SystemExit(f"unknown fs {f!r}; choose from {sorted(FS_CLASSES)}")
     scale = SCALES[args.scale]
     steps = make_steps(scale)
     if args.list_steps:

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from s3fuse import status
+
 from .conftest import MOUNT_HELPER, REPO, is_mounted, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
@@ -101,28 +103,33 @@ def _status(mountpoint: str):
 
 
 def test_status_json_shows_upload_progress(mounter, s3, bucket, tmp_path):
-    m = mounter(bucket, options=["part_size=5M", "upload_threads=1"])
-    src = str(tmp_path / "big.bin")
-    digest = _write_big(src, 150 << 20)
-    cp = subprocess.Popen(["cp", src, m.p("big.bin")])
+    """A writer holds a big file open half written: its streamed parts show as an upload
+    in progress (bytes done < total) in `s3fuse status --json`, then it completes."""
+    m = mounter(bucket, options=["part_size=5M"])
+    first = os.urandom((52 << 20) + 100)        # 10 full parts streamed, a partial 11th
+    rest = os.urandom(3 << 20)
     seen = None
-    deadline = time.monotonic() + 120
-    while cp.poll() is None and time.monotonic() < deadline:
-        st = _status(m.path)
-        if st and st.get("uploads"):
-            up = st["uploads"][0]
-            if 0 < up["bytes_done"] < up["bytes_total"]:
-                seen = up
-                break
-        time.sleep(0.1)
-    assert cp.wait(180) == 0
+    with open(m.p("big.bin"), "wb") as f:
+        f.write(first)
+        deadline = time.monotonic() + 60
+        while seen is None and time.monotonic() < deadline:
+            # read the status file in-process: a forked `s3fuse status` would close our
+            # inherited fd, and every close() is a FUSE flush that uploads the file
+            st = status.read(m.path)
+            for up in (st or {}).get("uploads", []):
+                if up["key"] == "big.bin" and 0 < up["bytes_done"] < up["bytes_total"]:
+                    seen = up
+            time.sleep(0.2)
+        f.write(rest)
     assert seen is not None, "status never showed the upload in progress"
-    assert seen["key"] == "big.bin" and 0 < seen["bytes_total"] <= 150 << 20
+    assert 0 < seen["bytes_total"] <= len(first) and seen["bytes_done"] % (5 << 20) == 0
     text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path], capture_output=True,
                           text=True, cwd=REPO).stdout
     assert "requests:" in text and "cache:" in text
+    assert json.loads(subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path, "--json"],
+                                     capture_output=True, text=True, cwd=REPO).stdout)["bucket"] == bucket
     body = s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
-    assert hashlib.md5(body).hexdigest() == digest
+    assert body == first + rest
 
 
 def test_sigterm_during_upload_loses_nothing(mounter, s3, bucket, tmp_path):
