@@ -48,12 +48,23 @@ def lock_cache_dir(cache_dir: str):
 
 
 @dataclass
+class DeferredDelete:
+    """An object unlinked (or renamed away) while open for reading: its name is hidden at
+    once, the key is deleted when the last of ``fhs`` closes - unless a new object took
+    over the key meanwhile (``cancelled``)."""
+    key: str
+    fhs: set
+    cancelled: bool = False
+
+
+@dataclass
 class Handle:
     path: str
     flags: int
     reader: Optional[Reader] = None
     file: Optional[OpenFile] = None     # set when the path is open for writing
     writable: bool = False
+    deferred: Optional[DeferredDelete] = None
 
 
 class Filesystem:
@@ -88,7 +99,7 @@ class Filesystem:
         self._stop = threading.Event()
         self._busy = threading.Condition()     # counts commits in progress (leaf)
         self._commits = 0
-        self._deferred_deletes: dict = {}      # path -> key: unlinked while open for reading
+        self._deferred_deletes: dict = {}      # path -> DeferredDelete: hidden, deleted at last close
         self.mover = TreeMover(client, self.journal.dir)
         closed, writing = recovery.sort_out(self.journal, self.staging_dir, self.recovery_dir)
         self._writing_leftovers = writing
@@ -280,11 +291,12 @@ class Filesystem:
                 raise errors.FsError(path, errno.EEXIST)
             if existing.is_dir:
                 raise errors.FsError(path, errno.EISDIR)
-            fh, _ = self.open(path, flags | os.O_TRUNC | os.O_WRONLY)
+            fh, _ = self.open(path, flags)     # O_CREAT on an existing file: a plain open
             return fh
         now = now_ns()
         attr = Attr(mode=stat.S_IFREG | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
                     ctime_ns=now, exact=True)
+        self._claim_name(path, same_key=True)
         f = self._open_file(path, attr, new=True)
         self.cache.add(parent, name, path, f.attr)
         with self._lock:
@@ -357,12 +369,20 @@ class Filesystem:
     def release(self, fh: int):
         with self._lock:
             handle = self._handles.pop(fh, None)
-            key = None
-            if handle is not None and handle.path in self._deferred_deletes and not any(
-                    h.path == handle.path for h in self._handles.values()):
-                key = self._deferred_deletes.pop(handle.path)
+            key, hidden = None, []
+            d = handle.deferred if handle is not None else None
+            if d is not None:
+                d.fhs.discard(fh)
+                if not d.fhs:
+                    hidden = [p for p, v in self._deferred_deletes.items() if v is d]
+                    for p in hidden:
+                        del self._deferred_deletes[p]
+                    if not d.cancelled:
+                        key = d.key
         if key is not None:
             self.client.delete(key)
+            for p in hidden:        # a listing made meanwhile still holds the name
+                self.cache.forget(*split(p), p)
         if handle is not None and handle.file is not None:
             self._release_file(handle.file)
 
@@ -414,6 +434,7 @@ class Filesystem:
                     ctime_ns=now, exact=True)
         marker = self.mapper.dir_prefix(path)
         etag = self.client.put(marker, b"", to_metadata(attr))
+        self._claim_name(path, same_key=False)
         self.known.put(marker, etag, to_metadata(attr))
         self.cache.add(parent, name, path, attr.copy(etag=etag))
         empty = DirListing()
@@ -435,6 +456,27 @@ class Filesystem:
         parent, name = split(path)
         self.cache.forget(parent, name, path)
 
+    def _delete_or_defer(self, path: str, key: str):
+        """Delete the object of ``path`` now, or when the last descriptor reading it closes
+        (its name is hidden from then on)."""
+        with self._lock:
+            fhs = {fh for fh, h in self._handles.items() if h.path == path and h.file is None}
+            if fhs:
+                d = DeferredDelete(key, fhs)
+                for fh in fhs:
+                    self._handles[fh].deferred = d
+                self._deferred_deletes[path] = d
+        if not fhs:
+            self.client.delete(key)
+
+    def _claim_name(self, path: str, same_key: bool):
+        """A new object takes ``path``: it is no longer hidden, and if the new object has the
+        key of one still waiting for its deferred delete, that delete must not happen."""
+        with self._lock:
+            d = self._deferred_deletes.pop(path, None)
+            if d is not None and same_key:
+                d.cancelled = True
+
     def _open_below(self, path: str) -> list:
         below = path.rstrip("/") + "/"
         with self._lock:
@@ -450,11 +492,7 @@ class Filesystem:
             f = self._files.pop(path, None)
             if f is not None:
                 f.unlinked = True
-            readers = any(h.path == path and h.file is None for h in self._handles.values())
-            if readers:
-                self._deferred_deletes[path] = key
-        if not readers:
-            self.client.delete(key)
+        self._delete_or_defer(path, key)
         parent, name = split(path)
         self.cache.forget(parent, name, path)
         with self._lock:
@@ -470,6 +508,7 @@ class Filesystem:
         attr = Attr(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(body), mtime_ns=now, atime_ns=now,
                     ctime_ns=now, exact=True)
         key = self.mapper.key(path)
+        self._claim_name(path, same_key=True)
         etag = self.client.put(key, body, to_metadata(attr))
         self.known.put(key, etag, to_metadata(attr))
         self.cache.add(parent, name, path, attr.copy(etag=etag))
@@ -492,6 +531,7 @@ class Filesystem:
             src = f.attr
         dst_key = self.mapper.key(path)
         metadata = to_metadata(src)
+        self._claim_name(path, same_key=True)
         etag = copy_object(self.client, self.mapper.key(existing), dst_key, src.size, metadata,
                            pool=self.mover.pool)
         self.known.put(dst_key, etag, metadata)
@@ -518,6 +558,7 @@ class Filesystem:
                 raise errors.FsError(new, errno.ENOTDIR)
             if dst.is_dir:
                 self.rmdir(new)          # raises ENOTEMPTY if it is not empty
+        self._claim_name(new, same_key=not src.is_dir)
         if src.is_dir:
             self._rename_dir(old, new, src)
         else:
@@ -551,11 +592,14 @@ class Filesystem:
                         if h.file is f:
                             h.path = new
             if src.etag:
-                self.client.delete(old_key)
+                self._delete_or_defer(old, old_key)
             self.cache.add(new_parent, new_name, new, f.attr)
             return
-        if f is not None and not f.unlinked:
-            with self._lock:
+        with self._lock:
+            replaced = self._files.pop(new, None)
+            if replaced is not None and replaced is not f:
+                replaced.unlinked = True      # its writer now writes to an unlinked file
+            if f is not None and not f.unlinked:
                 self._files.pop(old, None)
                 f.path, f.key = new, new_key
                 self._files[new] = f
@@ -567,7 +611,12 @@ class Filesystem:
         etag = copy_object(self.client, old_key, new_key, src.size, None if known is not None else metadata,
                            etag=src.etag, pool=self.mover.pool)
         self.known.put(new_key, etag, known if known is not None else metadata)
-        self.client.delete(old_key)
+        if f is not None and not f.unlinked:
+            with f.lock:
+                if f.base is not None:        # bytes not fetched yet now come from the new key
+                    f.base = PinnedObject(new_key, etag, f.base.size)
+                f.attr = f.attr.copy(etag=etag)
+        self._delete_or_defer(old, old_key)
         self.cache.add(new_parent, new_name, new, src.copy(etag=etag))
 
     def _rename_dir(self, old: str, new: str, src: Attr):
@@ -577,7 +626,12 @@ class Filesystem:
         old_prefix, new_prefix = self.mapper.dir_prefix(old), self.mapper.dir_prefix(new)
         if old == "/":
             raise errors.FsError(old, errno.EBUSY)
-        self.mover.move_tree(old_prefix, new_prefix)
+        moves = self.mover.move_tree(old_prefix, new_prefix)
+        for src_key, src_etag, dst_key, dst_etag in moves:
+            # a copy keeps the metadata: what is known of the source holds for the target
+            meta = self.known.get(src_key, src_etag)
+            if meta is not None:
+                self.known.put(dst_key, dst_etag, meta)
         with self._lock:
             for p, f in list(self._files.items()):
                 if p.startswith(old.rstrip("/") + "/"):
@@ -588,6 +642,11 @@ class Filesystem:
             for h in self._handles.values():
                 if h.path.startswith(old.rstrip("/") + "/"):
                     h.path = new + h.path[len(old):]
+            for p, d in list(self._deferred_deletes.items()):
+                if p.startswith(old.rstrip("/") + "/"):     # its key was moved too
+                    del self._deferred_deletes[p]
+                    d.key = self.mapper.key(new + p[len(old):])
+                    self._deferred_deletes[new + p[len(old):]] = d
         new_parent, new_name = split(new)
         self.cache.invalidate_tree(new)
         self.cache.add(new_parent, new_name, new, src)

@@ -58,8 +58,9 @@ class TreeMover:
     def _record_path(self, rid: str) -> str:
         return os.path.join(self.dir, f"rename-{rid}.json")
 
-    def move_tree(self, src_prefix: str, dst_prefix: str):
-        """Move every key below ``src_prefix`` to ``dst_prefix`` (both end with '/')."""
+    def move_tree(self, src_prefix: str, dst_prefix: str) -> list:
+        """Move every key below ``src_prefix`` to ``dst_prefix`` (both end with '/').
+        Returns [(src_key, src_etag, dst_key, dst_etag)] of the keys copied."""
         rid = uuid.uuid4().hex
         path = self._record_path(rid)
         with open(path + ".tmp", "w") as f:
@@ -68,8 +69,9 @@ class TreeMover:
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
         fsync_dir(self.dir)
-        self._roll_forward(src_prefix, dst_prefix)
+        moves = self._roll_forward(src_prefix, dst_prefix)
         os.unlink(path)
+        return moves
 
     def _roll_forward(self, src_prefix: str, dst_prefix: str, only_missing: bool = False):
         objects = []
@@ -83,12 +85,13 @@ class TreeMover:
         def one(obj):
             dst = dst_prefix + obj.key[len(src_prefix):]
             if dst not in existing:
-                copy_object(self.client, obj.key, dst, obj.size, etag=obj.etag, pool=None)
+                return obj.key, obj.etag, dst, copy_object(self.client, obj.key, dst, obj.size, etag=obj.etag,
+                                                           pool=None)
+            return None
 
-        for _ in self.pool.map(one, objects):
-            pass
+        moves = [m for m in self.pool.map(one, objects) if m is not None]
         self.client.delete_many([o.key for o in objects])
-        return len(objects)
+        return moves
 
     def recover(self):
         """Finish directory renames a crash interrupted."""
@@ -98,8 +101,8 @@ class TreeMover:
                 try:
                     with open(path) as f:
                         rec = json.load(f)
-                    n = self._roll_forward(rec["src"], rec["dst"], only_missing=True)
-                    log.warning("finished interrupted rename %s -> %s (%d keys)", rec["src"], rec["dst"], n)
+                    n = len(self._roll_forward(rec["src"], rec["dst"], only_missing=True))
+                    log.warning("finished interrupted rename %s -> %s (%d keys copied)", rec["src"], rec["dst"], n)
                     os.unlink(path)
                 except Exception:
                     log.error("could not finish interrupted rename record %s", name, exc_info=True)
