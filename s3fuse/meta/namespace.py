@@ -131,6 +131,12 @@ class Namespace:
         """Wait for (or make) the HEAD that gives ``path`` its exact POSIX attributes."""
         future = self._prefetch(path, attr)
         try:
+            if future.cancel():
+                # Still queued behind a big listing's prefetch: do this one now instead.
+                with self._pending_lock:
+                    if self._pending.get(path) is future:
+                        del self._pending[path]
+                return self._head_entry(path, attr)
             return future.result()
         except errors.NotFound:
             self.cache.put_missing(path)
