@@ -566,6 +566,28 @@ class TestReader:
         assert sorted(got) == sorted(touched), "a random read fetches exactly the blocks it touches"
         assert len(touched) < 40
 
+    def test_small_random_reads_fetch_pieces_then_blocks(self, tmp_path):
+        """With 1 MiB blocks a small random read GETs only its 64 KiB-aligned piece; the
+        second random read of the same block fetches (and caches) the whole block."""
+        bs = 1 << 20
+        data = blob(8 * bs)
+        c = FakeClient()
+        etag = c.put("obj", data)
+        cache = BlockCache(str(tmp_path / "pieces"), 1 << 30, "b")
+        fetcher = BlockFetcher(c, cache, bs, threads=2)
+        reader = Reader(fetcher, PinnedObject("obj", etag, len(data)))
+        off = 5 * bs + 300_000
+        assert reader.read(off, 4096) == data[off:off + 4096]
+        (k, start, end, e), = c.gets()
+        assert (start, end) == (off - off % (64 << 10), off - off % (64 << 10) + (64 << 10)) and e == etag
+        assert reader.read(2 * bs + 10, 100) == data[2 * bs + 10:2 * bs + 110]      # another block
+        assert reader.read(off + 500_000, 4096) == data[off + 500_000:off + 504_096]  # block 5 again
+        assert [(s, en) for _, s, en, _ in c.gets()][-1] == (5 * bs, 6 * bs), "second touch: whole block"
+        n = len(c.gets())
+        assert reader.read(off + 7, 10) == data[off + 7:off + 17] and len(c.gets()) == n, "now cached"
+        fetcher.close()
+        cache.close()
+
     def test_block_boundaries_and_eof(self, blocks):
         data = blob(3 * BS + 100)
         c = FakeClient()

@@ -59,6 +59,10 @@ class BlockFetcher:
         if wanted:
             self._schedule(obj, wanted)
 
+    def in_flight(self, obj: PinnedObject, index: int) -> bool:
+        with self._lock:
+            return (obj.key, obj.etag, index) in self._inflight
+
     def last_index(self, obj: PinnedObject) -> int:
         return max(0, (obj.size - 1) // self.block_size)
 
@@ -143,6 +147,7 @@ class Reader:
         self._window = 0
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
+        self._touched: dict = {}   # block index -> random reads seen (small-read policy)
 
     def read(self, offset: int, size: int) -> bytes:
         obj = self.obj
@@ -175,6 +180,11 @@ class Reader:
         if ahead_to >= ahead_from:
             # The blocks this read needs go first, then the read-ahead window.
             self.fetcher.prefetch(obj, first, ahead_to)
+        elif (not sequential and first == last and end - offset <= self.SMALL_READ
+              and self.fetcher.block_size >= 4 * self.PIECE_ALIGN):
+            piece = self._small_random_read(first, offset, end)
+            if piece is not None:
+                return piece
         pieces = []
         for index in range(first, last + 1):
             data = self._block(index)
@@ -182,6 +192,31 @@ class Reader:
             hi = min(end, (index + 1) * bs) - index * bs
             pieces.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    SMALL_READ = 128 << 10
+    PIECE_ALIGN = 64 << 10
+
+    def _small_random_read(self, index: int, offset: int, end: int):
+        """A small random read of a block not cached: fetch only the 64 KiB-aligned range
+        it needs (a whole-block GET costs several times a small one).  The second random
+        read of the same block fetches and caches the block instead."""
+        obj = self.obj
+        if self._current[0] == index or self.fetcher.cache.contains(obj.key, obj.etag, index) \
+                or self.fetcher.in_flight(obj, index):
+            return None
+        with self._lock:
+            touches = self._touched.get(index, 0) + 1
+            self._touched[index] = touches
+            if len(self._touched) > 4096:
+                self._touched.clear()
+        if touches > 1:
+            return None
+        lo = offset - offset % self.PIECE_ALIGN
+        hi = min(obj.size, -(-end // self.PIECE_ALIGN) * self.PIECE_ALIGN)
+        data = self.fetcher.client.get_range(obj.key, lo, hi, etag=obj.etag)
+        with self.fetcher._lock:
+            self.fetcher.bytes_fetched += len(data)
+        return data[offset - lo:end - lo]
 
     def _block(self, index: int) -> bytes:
         cur_index, cur_data = self._current
