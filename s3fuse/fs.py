@@ -96,6 +96,7 @@ class Filesystem:
         self._lock = threading.Lock()
         self._kernel_cached: dict = {}          # path -> etag the kernel page cache holds
         self._retry: dict = {}                  # journal id -> Entry waiting for a retry
+        self._key_locks: dict = {}              # key -> Lock: a commit and a resume of one key never overlap
         self._stop = threading.Event()
         self._busy = threading.Condition()     # counts commits in progress (leaf)
         self._commits = 0
@@ -126,11 +127,15 @@ class Filesystem:
         for entry in entries:
             if self._stop.is_set():
                 break
-            try:
-                etag = recovery.resume(self.uploader, self.journal, entry)
-            except Exception as exc:
-                log.error("upload of %r still failing (%s); staging kept, will retry", entry.key, exc)
-                continue
+            with self._key_lock(entry.key):
+                with self._lock:
+                    if entry.id not in self._retry:      # superseded by a later close meanwhile
+                        continue
+                try:
+                    etag = recovery.resume(self.uploader, self.journal, entry)
+                except Exception as exc:
+                    log.error("upload of %r still failing (%s); staging kept, will retry", entry.key, exc)
+                    continue
             with self._lock:
                 self._retry.pop(entry.id, None)
             if entry.key.startswith(self.mapper.prefix):
@@ -246,7 +251,13 @@ class Filesystem:
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR)) or bool(flags & os.O_TRUNC)
         if writable:
             self._check_writable(path)
-        attr = self.getattr_attr(path)
+        try:
+            attr = self.getattr_attr(path)
+        except errors.NotFound:
+            # The kernel sent OPEN, so it still caches the name, but S3 has no such object
+            # (a failed upload, a delete by another client).  ESTALE makes the VFS walk the
+            # path again with a fresh LOOKUP: then CREATE for O_CREAT, else ENOENT.
+            raise errors.FsError(path, errno.ESTALE) from None
         if attr.is_dir:
             raise errors.FsError(path, errno.EISDIR)
         f = self._files.get(path)
@@ -341,11 +352,24 @@ class Filesystem:
         finally:
             self._release_file(f)
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
     def _commit(self, f: OpenFile):
         with self._busy:
             self._commits += 1
         try:
-            result = f.commit()
+            with self._key_lock(f.key):
+                result = f.commit()
+                if result is not None:
+                    # older failed uploads of this key must never be resumed over it
+                    with self._lock:
+                        stale = [e for e in self._retry.values() if e.key == f.key]
+                        for e in stale:
+                            del self._retry[e.id]
+                    for e in stale:
+                        recovery.supersede(self.client, self.journal, e, self.recovery_dir)
         finally:
             with self._busy:
                 self._commits -= 1

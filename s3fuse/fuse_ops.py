@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # errno values that are ordinary answers, not failures worth a traceback.
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EISDIR,
           errno.ENOTDIR, errno.EROFS, errno.EPERM, errno.EACCES, errno.ENAMETOOLONG, errno.EXDEV,
-          errno.ERANGE, errno.EINVAL}
+          errno.ERANGE, errno.EINVAL, errno.ESTALE}
 
 
 def _errno_boundary(method):

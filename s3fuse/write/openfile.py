@@ -159,8 +159,8 @@ class OpenFile:
             return
         while True:
             p_start, p_end = self._plan.range_of(self._stream_next)
-            if contiguous < p_end or p_end < self.uploader.threshold:
-                return
+            if contiguous < p_end or contiguous < self.uploader.threshold:
+                return      # part not complete yet, or the file may still end below the threshold
             if self._stream is None:
                 self._stream = Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=WRITING,
                                      metadata=to_metadata(self.attr), part_size=self._plan.base,

@@ -5,6 +5,9 @@
 - WRITING record: the writer never reached close() -> never uploaded over the existing
   object; its multipart upload is aborted and its staging file moved to ``recovery/``.
 - staging file no record points to (crash before any upload began) -> ``recovery/``.
+- several CLOSED records for one key (uploads that failed, then a later close of the
+  same path): only the newest is resumed - resuming them in any other order would let an
+  older version overwrite a newer one; the older staging files go to ``recovery/``.
 Recovered files are named ``<time>-<key with / as %2F>`` and logged.
 """
 from __future__ import annotations
@@ -19,7 +22,8 @@ from .journal import CLOSED, WRITING, Journal
 log = logging.getLogger(__name__)
 
 
-def _recover_file(staging: str, key: str, recovery_dir: str) -> str:
+def _recover_file(staging: str, key: str, recovery_dir: str,
+                  why: str = "writer never closed it") -> str:
     os.makedirs(recovery_dir, mode=0o700, exist_ok=True)
     name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key, safe="")[:200]
     target = os.path.join(recovery_dir, name)
@@ -28,7 +32,7 @@ def _recover_file(staging: str, key: str, recovery_dir: str) -> str:
         target = f"{os.path.join(recovery_dir, name)}.{n}"
         n += 1
     os.replace(staging, target)
-    log.warning("unfinished write of %r (writer never closed it) kept in %s", key, target)
+    log.warning("unfinished write of %r (%s) kept in %s", key, why, target)
     return target
 
 
@@ -38,6 +42,13 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
     entries = journal.entries()
     closed = [e for e in entries if e.state == CLOSED and os.path.exists(e.staging)]
     writing = [e for e in entries if e.state == WRITING]
+    closed.sort(key=lambda e: e.created)
+    newest = {e.key: e for e in closed}
+    for e in [e for e in closed if newest[e.key] is not e]:
+        closed.remove(e)
+        if e.staging != newest[e.key].staging:
+            _recover_file(e.staging, e.key, recovery_dir, "superseded by a later close of the same path")
+        writing.append(e)        # its upload is aborted and its record removed like a WRITING one
     for e in entries:
         if e.state == CLOSED and not os.path.exists(e.staging):
             log.error("journal record %s for %r lost its staging file; dropping it", e.id, e.key)
@@ -64,6 +75,20 @@ def abort_writing(client, journal: Journal, entry):
         except Exception:
             log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
             return
+    journal.remove(entry.id)
+
+
+def supersede(client, journal: Journal, entry, recovery_dir: str):
+    """A later close of ``entry.key`` succeeded: this older pending upload must never be
+    resumed over it.  Its staging file goes to ``recovery/`` first (so even a crash right
+    here cannot resume it), then its multipart upload is aborted and its record removed."""
+    if os.path.exists(entry.staging):
+        _recover_file(entry.staging, entry.key, recovery_dir, "superseded by a later close of the same path")
+    if entry.upload_id:
+        try:
+            client.abort_multipart(entry.key, entry.upload_id)
+        except Exception:
+            log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
     journal.remove(entry.id)
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Optional
 
 from .. import errors
@@ -188,8 +188,17 @@ class Uploader:
             progress.done = sum(end - start for n, start, end in wanted if n in done)
         futures = [self.pool.submit(self.send_part, entry, n, start, end)
                    for n, start, end in wanted if n not in done]
-        for f in futures:
-            f.result()
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            # One part failed for good: cancel the parts not started (they would only retry
+            # against a failing server and hold up other uploads in the shared pool) and let
+            # the running ones end before the record is handed back to the caller.
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
         parts = [(n, entry.parts[str(n)]) for n, _, _ in wanted]
         etag = retry(lambda: self.client.complete_multipart(entry.key, entry.upload_id, parts),
                      f"complete {entry.key!r}", self.retry_delays)

@@ -1,0 +1,722 @@
+"""Unit tests of the write path below the FUSE adapter: RangeSet, PartPlan, the journal,
+the Uploader (against a fake S3 client that counts calls, checks Content-MD5 and part
+sizes like S3 does, and injects failures), OpenFile streaming/commit and crash recovery."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import stat
+import threading
+import time
+
+import pytest
+
+from s3fuse import errors
+from s3fuse.meta.attrs import MD5_HEADER, Attr
+from s3fuse.s3 import Part
+from s3fuse.write import recovery
+from s3fuse.write.journal import CLOSED, WRITING, Entry, Journal
+from s3fuse.write.openfile import OpenFile
+from s3fuse.write.parts import MAX_PART, MAX_PARTS, MIN_PART, PartPlan
+from s3fuse.write.ranges import RangeSet
+from s3fuse.write.uploader import Uploader
+
+MiB = 1 << 20
+TiB = 1 << 40
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def multipart_etag(part_md5s: list) -> str:
+    joined = b"".join(bytes.fromhex(m) for m in part_md5s)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"
+
+
+# ---------------------------------------------------------------------------------------
+# A fake S3 client for the write API: in-memory objects and multipart uploads, S3's own
+# checks (Content-MD5, 5 MiB minimum for all parts but the last, ETags in Complete), a
+# count of every call and failures injected per operation.
+# ---------------------------------------------------------------------------------------
+class FakeWriteClient:
+    def __init__(self, bucket="fake"):
+        self.bucket = bucket
+        self.objects: dict = {}          # key -> (data, metadata, etag)
+        self.uploads: dict = {}          # upload id -> {"key", "metadata", "parts": {n: (data, etag)}}
+        self.calls: list = []            # (op, detail)
+        self.fail: dict = {}             # op -> list of exceptions raised by the next calls
+        self.fail_when = None            # callable(op, detail) -> exception or None
+        self.block = None                # callable(op, detail): may wait (threading tests)
+        self._lock = threading.Lock()
+        self._ids = 0
+
+    def count(self, op, detail=None):
+        return sum(1 for o, d in self.calls if o == op and (detail is None or d == detail))
+
+    def _enter(self, op, detail=None):
+        with self._lock:
+            self.calls.append((op, detail))
+            queue = self.fail.get(op)
+            exc = queue.pop(0) if queue else None
+        if exc is None and self.fail_when is not None:
+            exc = self.fail_when(op, detail)
+        if exc is not None:
+            raise exc
+        if self.block is not None:
+            self.block(op, detail)
+
+    @staticmethod
+    def _check_md5(data, content_md5):
+        if content_md5 is not None and base64.b64decode(content_md5) != hashlib.md5(data).digest():
+            raise errors.BackendError("BadDigest")
+
+    # -- the ObjectClient write API ---------------------------------------------------------
+    def put(self, key, body, metadata=None, content_md5=None, content_type=None):
+        self._enter("put", key)
+        data = bytes(body)
+        self._check_md5(data, content_md5)
+        self.objects[key] = (data, dict(metadata or {}), md5(data))
+        return md5(data)
+
+    def create_multipart(self, key, metadata=None, content_type=None):
+        self._enter("create_multipart", key)
+        with self._lock:
+            self._ids += 1
+            uid = f"up{self._ids}"
+            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}}
+        return uid
+
+    def upload_part(self, key, upload_id, number, body, content_md5):
+        self._enter("upload_part", number)
+        if upload_id not in self.uploads:
+            raise errors.UploadGone(upload_id)
+        data = bytes(body)
+        self._check_md5(data, content_md5)
+        self.uploads[upload_id]["parts"][number] = (data, md5(data))
+        return md5(data)
+
+    def list_parts(self, key, upload_id):
+        self._enter("list_parts", upload_id)
+        if upload_id not in self.uploads:
+            raise errors.UploadGone(upload_id)
+        parts = self.uploads[upload_id]["parts"]
+        return [Part(n, parts[n][1], len(parts[n][0])) for n in sorted(parts)]
+
+    def complete_multipart(self, key, upload_id, parts):
+        self._enter("complete_multipart", key)
+        up = self.uploads.get(upload_id)
+        if up is None:
+            raise errors.UploadGone(upload_id)
+        numbers = [n for n, _ in parts]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), "parts in ascending order"
+        chunks = []
+        for i, (n, etag) in enumerate(parts):
+            data, server_etag = up["parts"][n]
+            if etag != server_etag:
+                raise errors.BackendError(f"InvalidPart {n}")
+            if i < len(parts) - 1 and len(data) < MIN_PART:
+                raise errors.BackendError(f"EntityTooSmall part {n}")
+            chunks.append(data)
+        del self.uploads[upload_id]
+        etag = multipart_etag([e for _, e in parts])
+        self.objects[key] = (b"".join(chunks), up["metadata"], etag)
+        return etag
+
+    def abort_multipart(self, key, upload_id):
+        self._enter("abort_multipart", upload_id)
+        self.uploads.pop(upload_id, None)
+
+    def copy(self, src, dst, metadata=None, content_type=None):
+        self._enter("copy", dst)
+        data, meta, _ = self.objects[src]
+        etag = "copy-" + md5(data)
+        self.objects[dst] = (data, dict(metadata) if metadata is not None else meta, etag)
+        return etag
+
+
+def make_uploader(client, tmp_path, threads=4, part_size=5 * MiB, delays=(0.0, 0.0, 0.0), threshold=None):
+    journal = Journal(str(tmp_path / "journal"))
+    return Uploader(client, journal, threads=threads, part_size=part_size, threshold=threshold,
+                    retry_delays=delays), journal
+
+
+def staged(tmp_path, data: bytes, name="stage") -> str:
+    d = tmp_path / "staging"
+    d.mkdir(exist_ok=True)
+    path = d / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def closed_entry(journal, key, staging, data, **kw) -> Entry:
+    e = Entry(id=journal.new_id(), key=key, staging=staging, state=CLOSED, size=len(data),
+              metadata={"mode": str(stat.S_IFREG | 0o644)}, part_size=5 * MiB, **kw)
+    journal.save(e)
+    return e
+
+
+# ---------------------------------------------------------------------------------------
+# RangeSet
+# ---------------------------------------------------------------------------------------
+class TestRangeSet:
+    def test_merge_and_query(self):
+        r = RangeSet()
+        r.add(10, 20)
+        r.add(30, 40)
+        r.add(20, 30)              # adjacent on both sides: one range
+        assert list(r) == [(10, 40)]
+        r.add(0, 5)
+        r.add(50, 60)
+        r.add(3, 12)               # overlaps two
+        assert list(r) == [(0, 40), (50, 60)]
+        r.add(7, 7)                # empty: ignored
+        assert list(r) == [(0, 40), (50, 60)]
+        assert r.missing(0, 70) == [(40, 50), (60, 70)]
+        assert r.missing(45, 55) == [(45, 50)]
+        assert r.missing(5, 35) == []
+        assert r.covers(50, 60) and not r.covers(39, 51)
+        assert r.contiguous_from_zero() == 40
+        r.clip(55)
+        assert list(r) == [(0, 40), (50, 55)]
+        r.clip(40)
+        assert list(r) == [(0, 40)]
+        assert RangeSet([(5, 10)]).contiguous_from_zero() == 0
+        assert RangeSet().missing(3, 9) == [(3, 9)]
+
+    def test_random_against_bitmap(self):
+        rng = random.Random(7)
+        for _ in range(200):
+            n = 200
+            bits = [False] * n
+            r = RangeSet()
+            for _ in range(rng.randrange(1, 15)):
+                op = rng.random()
+                a = rng.randrange(n)
+                b = rng.randrange(a, n + 1)
+                if op < 0.85:
+                    r.add(a, b)
+                    for i in range(a, b):
+                        bits[i] = True
+                else:
+                    r.clip(a)
+                    for i in range(a, n):
+                        bits[i] = False
+            ranges = list(r)
+            # sorted, disjoint, non-adjacent, non-empty
+            for (s1, e1), (s2, e2) in zip(ranges, ranges[1:]):
+                assert s1 < e1 < s2 < e2
+            assert all(s < e for s, e in ranges)
+            assert [i for i in range(n) if bits[i]] == [i for s, e in ranges for i in range(s, e)]
+            a = rng.randrange(n)
+            b = rng.randrange(a, n + 1)
+            holes = [i for s, e in r.missing(a, b) for i in range(s, e)]
+            assert holes == [i for i in range(a, b) if not bits[i]]
+            assert r.contiguous_from_zero() == next((i for i in range(n) if not bits[i]), n)
+
+
+# ---------------------------------------------------------------------------------------
+# PartPlan
+# ---------------------------------------------------------------------------------------
+class TestPartPlan:
+    def test_base_clamped_to_s3_limits(self):
+        assert PartPlan(1).base == MIN_PART
+        assert PartPlan(8 * MiB).base == 8 * MiB
+        assert PartPlan(10 << 30).base == MAX_PART
+
+    @pytest.mark.parametrize("base", [5 * MiB, 5 * MiB + 1, 6 * MiB, 8 * MiB, 64 * MiB, 1 << 30, MAX_PART])
+    def test_5_tib_fits_in_10000_parts_of_legal_size(self, base):
+        plan = PartPlan(base)
+        size = 5 * TiB
+        assert plan.capacity >= size, f"base {base}: a {size}-byte file would need more than 10,000 parts"
+        parts = plan.parts(size)
+        assert len(parts) <= MAX_PARTS
+        assert [n for n, _, _ in parts] == list(range(1, len(parts) + 1))
+        pos = 0
+        for i, (n, start, end) in enumerate(parts):
+            assert start == pos and end > start
+            assert end - start <= MAX_PART
+            if i < len(parts) - 1:
+                assert end - start >= MIN_PART, f"part {n} below 5 MiB"
+            pos = end
+        assert pos == size
+        for n in range(1, MAX_PARTS + 1):
+            assert MIN_PART <= plan.size_of(n) <= MAX_PART
+
+    @pytest.mark.parametrize("size", [0, 1, 5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 30 * MiB + 1, 5000 * 5 * MiB + 3])
+    def test_parts_cover_exactly(self, size):
+        plan = PartPlan(5 * MiB)
+        parts = plan.parts(size)
+        if size == 0:
+            assert parts == [(1, 0, 0)]
+            return
+        assert parts[0][1] == 0 and parts[-1][2] == size
+        for (n1, _, e1), (n2, s2, _) in zip(parts, parts[1:]):
+            assert n2 == n1 + 1 and s2 == e1
+        for n, start, end in parts:
+            assert plan.number_at(start) == n and plan.number_at(end - 1) == n
+            assert plan.range_of(n)[0] == start
+        if size == 5 * MiB:
+            assert len(parts) == 1
+        if size == 5 * MiB + 1:
+            assert len(parts) == 2 and parts[1][2] - parts[1][1] == 1
+
+    def test_plan_is_fixed_by_base_only(self):
+        """A streaming writer uploads parts before the size is known: part n must cover the
+        same bytes whatever the final size."""
+        plan = PartPlan(5 * MiB)
+        small = plan.parts(12 * MiB)
+        big = plan.parts(100 * MiB)
+        assert small[:2] == big[:2]
+
+    def test_too_big_raises(self):
+        plan = PartPlan(5 * MiB)
+        with pytest.raises(ValueError):
+            plan.parts(plan.capacity + 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Journal
+# ---------------------------------------------------------------------------------------
+class TestJournal:
+    def test_roundtrip_and_permissions(self, tmp_path):
+        j = Journal(str(tmp_path / "journal"))
+        assert stat.S_IMODE(os.stat(j.dir).st_mode) == 0o700
+        e = Entry(id=j.new_id(), key="a/b", staging="/x/y", state=WRITING, size=12, md5="ab" * 16,
+                  metadata={"mode": "33188"}, upload_id="u1", part_size=5 * MiB, parts={"1": "cd" * 16})
+        j.save(e)
+        path = os.path.join(j.dir, e.id + ".json")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert j.load(e.id) == e
+        assert json.load(open(path))["parts"] == {"1": "cd" * 16}
+        e.state = CLOSED
+        e.parts["2"] = "ef" * 16
+        j.save(e)
+        assert j.entries() == [e]
+        j.remove(e.id)
+        j.remove(e.id)            # twice is fine
+        assert j.entries() == []
+        assert not os.listdir(j.dir)
+
+    def test_save_is_fsynced_and_atomic(self, tmp_path, monkeypatch):
+        j = Journal(str(tmp_path / "journal"))
+        e = Entry(id=j.new_id(), key="k", staging="/s", size=1)
+        synced = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                     real_fsync(fd)))
+        j.save(e)
+        assert any(p.endswith(".json.tmp") for p in synced), "the record's data is fsynced before the rename"
+        assert synced[-1] == j.dir, "the directory is fsynced after the rename"
+
+    def test_crash_during_save_keeps_previous_record(self, tmp_path, monkeypatch):
+        j = Journal(str(tmp_path / "journal"))
+        e = Entry(id=j.new_id(), key="k", staging="/s", size=1, parts={"1": "aa"})
+        j.save(e)
+        before = j.load(e.id)
+
+        # crash between writing the temporary file and the rename
+        def crash(src, dst):
+            raise KeyboardInterrupt("power cut")
+        monkeypatch.setattr(os, "replace", crash)
+        e.parts["2"] = "bb"
+        e.state = CLOSED
+        with pytest.raises(KeyboardInterrupt):
+            j.save(e)
+        monkeypatch.undo()
+        assert os.path.exists(os.path.join(j.dir, e.id + ".json.tmp"))
+        j2 = Journal(j.dir)       # the next mount
+        assert j2.entries() == [before], "old record intact; the half-saved one is ignored"
+
+    def test_torn_or_foreign_files_are_skipped(self, tmp_path):
+        j = Journal(str(tmp_path / "journal"))
+        good = Entry(id=j.new_id(), key="k", staging="/s", size=1)
+        j.save(good)
+        with open(os.path.join(j.dir, "torn.json"), "w") as f:
+            f.write('{"id": "torn", "key": ')
+        with open(os.path.join(j.dir, "other.json"), "w") as f:
+            json.dump({"unexpected": 1}, f)
+        with open(os.path.join(j.dir, "x.json.tmp"), "w") as f:
+            f.write("{}")
+        assert j.entries() == [good]
+
+
+# ---------------------------------------------------------------------------------------
+# Uploader
+# ---------------------------------------------------------------------------------------
+class TestUploader:
+    def test_small_file_is_one_put_with_md5(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(5 * MiB - 1)
+        e = closed_entry(j, "small", staged(tmp_path, data), data)
+        etag = up.upload(e)
+        assert c.calls == [("put", "small")]
+        body, meta, server_etag = c.objects["small"]
+        assert body == data and etag == server_etag
+        assert meta[MD5_HEADER] == md5(data) and meta["mode"] == str(stat.S_IFREG | 0o644)
+        assert up.live() == []
+
+    @pytest.mark.parametrize("size", [5 * MiB, 16 * MiB + 1])
+    def test_multipart_with_content_md5_and_whole_md5(self, tmp_path, size):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(size)
+        e = closed_entry(j, "big", staged(tmp_path, data), data)
+        up.upload(e)
+        nparts = -(-size // (5 * MiB))
+        assert c.count("create_multipart") == 1 and c.count("complete_multipart") == 1
+        assert sorted(d for o, d in c.calls if o == "upload_part") == list(range(1, nparts + 1))
+        assert c.count("put") == 0 and c.count("copy") == 0
+        body, meta, etag = c.objects["big"]
+        assert body == data
+        assert meta[MD5_HEADER] == md5(data), "the whole-object MD5 is in the metadata (the ETag is not one)"
+        assert etag.endswith(f"-{nparts}")
+        assert up.parts_sent == nparts
+        assert set(j.load(e.id).parts) == {str(n) for n in range(1, nparts + 1)}, "every part journaled"
+
+    def test_transient_errors_are_retried(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(11 * MiB)
+        e = closed_entry(j, "k", staged(tmp_path, data), data)
+        failures = {2: 2}       # part 2 fails twice, then works
+
+        def fail_when(op, detail):
+            if op == "upload_part" and failures.get(detail, 0) > 0:
+                failures[detail] -= 1
+                return errors.Unreachable("connection refused")
+            return None
+        c.fail_when = fail_when
+        c.fail["create_multipart"] = [errors.BackendError("500 InternalError")]
+        c.fail["complete_multipart"] = [errors.BackendError("503 SlowDown")]
+        up.upload(e)
+        assert c.count("upload_part", 2) == 3
+        assert c.count("upload_part", 1) == 1 and c.count("upload_part", 3) == 1
+        assert c.count("create_multipart") == 2 and c.count("complete_multipart") == 2
+        assert c.objects["k"][0] == data
+
+    def test_retries_are_bounded_and_the_record_stays(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, delays=(0.0, 0.0))
+        data = os.urandom(11 * MiB)
+        e = closed_entry(j, "k", staged(tmp_path, data), data)
+        c.fail_when = lambda op, d: errors.Unreachable("down") if (op, d) == ("upload_part", 3) else None
+        with pytest.raises(errors.Unreachable):
+            up.upload(e)
+        assert c.count("upload_part", 3) == 3, "1 try + 2 retries"
+        assert "k" not in c.objects
+        rec = j.load(e.id)
+        assert rec is not None and rec.upload_id and set(rec.parts) == {"1", "2"}
+
+    def test_permanent_errors_are_not_retried(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(1000)
+        e = closed_entry(j, "k", staged(tmp_path, data), data)
+        c.fail["put"] = [errors.AccessDenied("403")]
+        with pytest.raises(errors.AccessDenied):
+            up.upload(e)
+        assert c.count("put") == 1
+
+    def test_a_failed_part_cancels_the_queued_ones(self, tmp_path):
+        """Once a part has failed for good the upload is lost for now: the parts still queued
+        must not go on retrying against the failing server (holding up the shared pool), and
+        nothing may touch the journal record after upload() has raised."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, threads=1, delays=(0.0,))
+        data = os.urandom(30 * MiB)
+        e = closed_entry(j, "k", staged(tmp_path, data), data)
+
+        def down(op, detail):
+            if op == "upload_part":
+                time.sleep(0.05)             # a refused connection takes a moment
+                return errors.Unreachable("down")
+        c.fail_when = down
+        with pytest.raises(errors.Unreachable):
+            up.upload(e)
+        calls = c.count("upload_part")
+        tried = {d for o, d in c.calls if o == "upload_part"}
+        assert tried <= {1, 2}, f"parts {sorted(tried)} tried: the queued parts were not cancelled"
+        up.close()                           # waits for anything still queued
+        assert c.count("upload_part") == calls, "nothing ran after upload() raised"
+
+    def test_wrong_part_etag_is_an_error(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(6 * MiB)
+        e = closed_entry(j, "k", staged(tmp_path, data), data)
+        c.upload_part = lambda *a, **k: "0" * 32
+        with pytest.raises(errors.BackendError):
+            up.upload(e)
+        assert "k" not in c.objects
+
+    def _interrupted(self, tmp_path, data, server_parts, journal_parts):
+        """A CLOSED record of an upload interrupted by a crash: the server holds
+        ``server_parts`` {n: bytes}, the journal claims ``journal_parts`` {n: md5}."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        uid = c.create_multipart("k", {"mode": "33188", MD5_HEADER: md5(data)})
+        for n, body in server_parts.items():
+            c.uploads[uid]["parts"][n] = (body, md5(body))
+        e = closed_entry(j, "k", staged(tmp_path, data), data, upload_id=uid, md5=md5(data),
+                         parts={str(n): m for n, m in journal_parts.items()},
+                         uploaded_metadata={"mode": "33188", MD5_HEADER: md5(data)})
+        e.metadata = dict(e.uploaded_metadata)
+        j.save(e)
+        c.calls.clear()
+        return c, up, j, e
+
+    def test_resume_keeps_matching_parts_and_resends_the_rest(self, tmp_path):
+        data = os.urandom(21 * MiB)
+        P = [data[i:i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]      # 5 parts
+        server = {1: P[0], 2: P[1], 3: b"stale" + P[2][5:]}                 # part 3 does not match
+        journal = {1: md5(P[0]), 2: md5(P[1]), 3: md5(P[2])}                # 3 claimed (crash mid-part)
+        c, up, j, e = self._interrupted(tmp_path, data, server, journal)
+        e2 = Journal(j.dir).load(e.id)       # as the next mount reads it
+        up.upload(e2, verify_server_parts=True)
+        assert c.count("list_parts") == 1
+        assert sorted(d for o, d in c.calls if o == "upload_part") == [3, 4, 5]
+        assert c.count("create_multipart") == 0
+        assert up.parts_reused == 2 and up.parts_sent == 3
+        assert c.objects["k"][0] == data
+        assert c.objects["k"][1][MD5_HEADER] == md5(data)
+
+    def test_resume_trusts_the_server_not_the_journal(self, tmp_path):
+        """Parts on the server the journal never heard of (crash after the server stored it,
+        before the record was saved) are reused once their ETag equals the local MD5."""
+        data = os.urandom(16 * MiB)
+        P = [data[i:i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
+        c, up, j, e = self._interrupted(tmp_path, data, {1: P[0], 2: P[1], 3: P[2]}, {1: md5(P[0])})
+        up.upload(Journal(j.dir).load(e.id), verify_server_parts=True)
+        assert sorted(d for o, d in c.calls if o == "upload_part") == [4]
+        assert up.parts_reused == 3
+        assert c.objects["k"][0] == data
+
+    def test_resume_when_the_upload_is_gone_starts_again(self, tmp_path):
+        data = os.urandom(11 * MiB)
+        c, up, j, e = self._interrupted(tmp_path, data, {}, {1: "00" * 16})
+        del c.uploads[e.upload_id]            # expired / aborted by a lifecycle rule / new server
+        up.upload(Journal(j.dir).load(e.id), verify_server_parts=True)
+        assert c.count("create_multipart") == 1
+        assert sorted(d for o, d in c.calls if o == "upload_part") == [1, 2, 3]
+        assert c.objects["k"][0] == data and c.objects["k"][1][MD5_HEADER] == md5(data)
+
+
+# ---------------------------------------------------------------------------------------
+# OpenFile: streaming while writing, commit, failures; recovery
+# ---------------------------------------------------------------------------------------
+def new_file(tmp_path, up, j, key="f"):
+    attr = Attr(mode=stat.S_IFREG | 0o644, uid=0, gid=0, size=0, mtime_ns=time.time_ns())
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    return OpenFile("/" + key, key, attr, str(staging), up, j, new=True)
+
+
+def write_all(f, data, chunk=128 << 10, start=0):
+    for off in range(0, len(data), chunk):
+        f.write(start + off, data[off:off + chunk])
+
+
+class TestOpenFile:
+    def test_sequential_writer_streams_full_parts_before_close(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(16 * MiB + 5)
+        write_all(f, data)
+        deadline = time.monotonic() + 10
+        while c.count("upload_part") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.count("upload_part") == 3, "the three full parts went up while the file was open"
+        [rec] = j.entries()
+        assert rec.state == WRITING
+        f.commit()
+        assert c.count("upload_part") == 4 and c.count("put") == 0
+        body, meta, _ = c.objects["f"]
+        assert body == data and meta[MD5_HEADER] == md5(data)
+        assert j.entries() == []
+        assert f.discard() is False and not os.path.exists(f.staging)
+
+    def test_streaming_waits_for_the_multipart_threshold(self, tmp_path):
+        """multipart_threshold above part_size: nothing streams while the file may still end
+        below the threshold (it would be one PutObject); once past it, the full parts go."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, threshold=12 * MiB)
+        small = new_file(tmp_path, up, j, key="small")
+        data = os.urandom(17 * MiB)
+        write_all(small, data[:11 * MiB])
+        time.sleep(0.2)
+        assert c.calls == [], "11 MiB < threshold: nothing sent yet"
+        small.commit()
+        assert [o for o, _ in c.calls] == ["put"]
+        small.discard()
+        big = new_file(tmp_path, up, j, key="big")
+        write_all(big, data)
+        deadline = time.monotonic() + 10
+        while c.count("upload_part") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.count("upload_part") == 3, "the three full parts streamed once the file passed 12 MiB"
+        big.commit()
+        assert c.objects["big"][0] == data and c.count("upload_part") == 4
+        big.discard()
+
+    def test_rewrite_of_a_streamed_part_is_sent_again(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        f = new_file(tmp_path, up, j)
+        data = bytearray(os.urandom(12 * MiB))
+        write_all(f, bytes(data))
+        f.write(100, b"X" * 10)        # into part 1, already streamed
+        data[100:110] = b"X" * 10
+        f.commit()
+        assert c.objects["f"][0] == bytes(data)
+        assert c.objects["f"][1][MD5_HEADER] == md5(bytes(data))
+        assert c.count("upload_part", 1) == 2
+        f.discard()
+
+    def test_truncate_aborts_the_stream(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(12 * MiB)
+        write_all(f, data)
+        f.truncate(3 * MiB)
+        assert c.count("abort_multipart") == 1 and c.uploads == {}
+        f.commit()
+        assert c.objects["f"][0] == data[:3 * MiB]
+        f.discard()
+
+    def test_record_is_closed_while_streamed_parts_are_still_uploading(self, tmp_path):
+        """Once close() is reached the data is final: a crash while streamed parts are still
+        in flight must resume the upload, not move the file to recovery."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, threads=1)
+        gate = threading.Event()
+        c.block = lambda op, d: gate.wait(10) if op == "upload_part" else None
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(16 * MiB)
+        write_all(f, data)
+        t = threading.Thread(target=f.commit)
+        t.start()
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not [e for e in j.entries() if e.state == CLOSED]:
+                time.sleep(0.01)
+            [rec] = j.entries()
+            assert rec.state == CLOSED and rec.size == len(data) and rec.upload_id
+        finally:
+            gate.set()
+            t.join(10)
+        assert c.objects["f"][0] == data
+        f.discard()
+
+    def test_failed_upload_keeps_record_and_staging_then_resumes(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, delays=(0.0,))
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(12 * MiB + 1)
+        c.fail_when = lambda op, d: errors.Unreachable("down") if op != "abort_multipart" else None
+        write_all(f, data)
+        with pytest.raises(errors.Unreachable):
+            f.commit()
+        assert f.discard() is True, "the staging file is kept for the retry"
+        [rec] = j.entries()
+        assert rec.state == CLOSED and os.path.exists(rec.staging)
+        c.fail_when = None
+        closed, writing = recovery.sort_out(Journal(j.dir), str(tmp_path / "staging"), str(tmp_path / "recovery"))
+        assert [e.id for e in closed] == [rec.id] and writing == []
+        recovery.resume(up, j, closed[0])
+        assert c.objects["f"][0] == data and c.objects["f"][1][MD5_HEADER] == md5(data)
+        assert j.entries() == [] and not os.path.exists(rec.staging)
+
+    def test_repeated_failed_commits_leave_one_record(self, tmp_path):
+        """A writer that fsyncs while the server is down and goes on writing: every failed
+        commit replaces the record of the previous one (one record per staging file, the
+        earlier multipart uploads aborted), and the last commit uploads everything."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, delays=(0.0,))
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(23 * MiB)
+        write_all(f, data[:6 * MiB])
+        c.fail_when = lambda op, d: errors.Unreachable("down") if op in ("upload_part", "put") else None
+        for end in (12 * MiB, 18 * MiB):
+            with pytest.raises(errors.Unreachable):
+                f.commit()
+            assert [(e.state, e.staging) for e in j.entries()] == [(CLOSED, f.staging)]
+            write_all(f, data[f.size:end], start=f.size)
+        with pytest.raises(errors.Unreachable):
+            f.commit()
+        [rec] = j.entries()
+        assert rec.size == 18 * MiB
+        write_all(f, data[18 * MiB:], start=18 * MiB)
+        c.fail_when = None
+        f.commit()
+        assert c.objects["f"][0] == data and c.objects["f"][1][MD5_HEADER] == md5(data)
+        assert j.entries() == [] and c.uploads == {}, "no record and no multipart upload left behind"
+        assert f.discard() is False
+
+    def test_failed_staging_write_poisons_the_file(self, tmp_path):
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        f = new_file(tmp_path, up, j)
+        f.write(0, b"abc")
+        os.close(f._fd)
+        f._fd = os.open("/dev/full", os.O_WRONLY)
+        with pytest.raises(OSError):
+            f.write(3, b"def")
+        with pytest.raises(errors.FsError) as info:
+            f.commit()
+        assert info.value.errno == 28       # ENOSPC reported to close too
+        assert c.objects == {}
+        assert f.discard() is False and not os.path.exists(f.staging)
+
+    def test_sort_out_after_crash(self, tmp_path):
+        j = Journal(str(tmp_path / "journal"))
+        staging, rec_dir = tmp_path / "staging", tmp_path / "recovery"
+        staging.mkdir()
+        (staging / "w").write_bytes(b"unfinished")
+        (staging / "c").write_bytes(b"final")
+        (staging / "orphan").write_bytes(b"no record")
+        (staging / "empty").write_bytes(b"")
+        w = Entry(id="w1", key="dir/w", staging=str(staging / "w"), state=WRITING, upload_id="u")
+        c = Entry(id="c1", key="c", staging=str(staging / "c"), state=CLOSED, size=5)
+        lost = Entry(id="l1", key="lost", staging=str(staging / "gone"), state=CLOSED, size=5)
+        for e in (w, c, lost):
+            j.save(e)
+        closed, writing = recovery.sort_out(j, str(staging), str(rec_dir))
+        assert [e.id for e in closed] == ["c1"] and [e.id for e in writing] == ["w1"]
+        assert sorted(os.listdir(staging)) == ["c"]
+        kept = {p: (rec_dir / p).read_bytes() for p in os.listdir(rec_dir)}
+        assert sorted(kept.values()) == [b"no record", b"unfinished"]
+        assert any(p.endswith("dir%2Fw") for p in kept)
+        assert j.load("l1") is None
+        client = FakeWriteClient()
+        recovery.abort_writing(client, j, writing[0])
+        assert client.calls == [("abort_multipart", "u")] and j.load("w1") is None
+
+    def test_sort_out_resumes_only_the_newest_close_of_a_key(self, tmp_path):
+        """Two failed uploads of one path (v1 closed, then v2 closed): resuming both in
+        journal order (ids are random) could leave v1 in the bucket."""
+        j = Journal(str(tmp_path / "journal"))
+        staging, rec_dir = tmp_path / "staging", tmp_path / "recovery"
+        staging.mkdir()
+        recs = []
+        for i, (name, created) in enumerate((("v1", 100.0), ("v2", 200.0), ("v0", 50.0))):
+            (staging / name).write_bytes(name.encode())
+            recs.append(Entry(id=f"{9 - i}x", key="same", staging=str(staging / name), state=CLOSED, size=2,
+                              upload_id=f"u-{name}", created=created))
+            j.save(recs[-1])
+        other = Entry(id="0o", key="other", staging=str(staging / "o"), state=CLOSED, size=1, created=10.0)
+        (staging / "o").write_bytes(b"o")
+        j.save(other)
+        closed, writing = recovery.sort_out(j, str(staging), str(rec_dir))
+        assert [e.staging for e in closed] == [other.staging, str(staging / "v2")]
+        assert sorted(e.upload_id for e in writing) == ["u-v0", "u-v1"]
+        assert sorted(p.read_bytes() for p in rec_dir.iterdir()) == [b"v0", b"v1"], "older versions kept"
+        for e in writing:
+            recovery.abort_writing(FakeWriteClient(), j, e)
+        assert sorted(e.id for e in j.entries()) == ["0o", "8x"]
