@@ -62,21 +62,26 @@ class Journal:
     def _path(self, entry_id: str) -> str:
         return os.path.join(self.dir, entry_id + ".json")
 
-    def save(self, entry: Entry):
+    def save(self, entry: Entry, durable: bool = True):
+        """Write the record atomically; ``durable`` also fsyncs it and the directory (power
+        loss).  Without it the record still survives a crash of the daemon itself."""
         path = self._path(entry.id)
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(entry), f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(self.dir)
+        if durable:
+            fsync_dir(self.dir)
 
-    def remove(self, entry_id: str):
+    def remove(self, entry_id: str, durable: bool = True):
         try:
             os.unlink(self._path(entry_id))
-            fsync_dir(self.dir)
+            if durable:
+                fsync_dir(self.dir)
         except FileNotFoundError:
             pass
 

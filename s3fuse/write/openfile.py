@@ -63,7 +63,7 @@ class OpenFile:
         self._hasher = hashlib.md5() if (truncate or new) else None
         self._hashed = 0
         # streaming multipart upload of a sequential writer
-        self._plan = PartPlan(uploader.part_size)
+        self._plan = PartPlan.for_base(uploader.part_size)
         self._streamable = truncate or new
         self._stream: Optional[Entry] = None
         self._stream_begin: Optional[Future] = None
@@ -214,13 +214,17 @@ class OpenFile:
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
             self._fill(0, self.size)
-            os.fsync(self._fd)
+            # Durability against power loss is worth fsyncs for multipart uploads; a small
+            # file is one PutObject, and a daemon crash loses nothing in the page cache.
+            durable = self.size >= self.uploader.threshold or self._stream is not None
+            if durable:
+                os.fsync(self._fd)
             entry = self._closed_entry()
-            self.journal.save(entry)
+            self.journal.save(entry, durable=durable)
             self._drop_pending()        # the new record replaces the one of a failed commit
             self._pending = entry
             etag = self.uploader.upload(entry, verify_server_parts=False)
-            self.journal.remove(entry.id)
+            self.journal.remove(entry.id, durable=False)
             self._pending = None
             self.dirty = self.meta_dirty = False
             self._streamable = False

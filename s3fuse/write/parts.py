@@ -11,6 +11,7 @@ of S3's 5 TiB object limit; with the extra doubling it reaches 7.3 TiB (an 8 MiB
 from __future__ import annotations
 
 import bisect
+import functools
 
 MIN_PART = 5 << 20
 MAX_PART = 5 << 30
@@ -19,6 +20,12 @@ GROUP = 1000
 
 
 class PartPlan:
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def for_base(base: int) -> "PartPlan":
+        """Plans are immutable: one per base size (building one walks 10,000 parts)."""
+        return PartPlan(base)
+
     def __init__(self, base: int):
         self.base = max(MIN_PART, min(base, MAX_PART))
         self._ends = []          # _ends[i] = end offset of part i+1

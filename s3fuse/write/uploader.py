@@ -169,7 +169,7 @@ class Uploader:
         return etag
 
     def _multipart(self, entry: Entry, verify_server_parts: bool) -> str:
-        plan = PartPlan(entry.part_size or self.part_size)
+        plan = PartPlan.for_base(entry.part_size or self.part_size)
         entry.part_size = plan.base
         try:
             wanted = plan.parts(entry.size)
