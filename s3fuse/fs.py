@@ -186,10 +186,15 @@ class Filesystem:
         yield ".", stat.S_IFDIR
         yield "..", stat.S_IFDIR
         hidden = {p for p in self._deferred_deletes}
+        base = path.rstrip("/") + "/"
         for name, is_dir in list(listing.entries.items()):
-            if hidden and (path.rstrip("/") + "/" + name) in hidden:
+            if hidden and (base + name) in hidden:
                 continue
-            yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
+            attr = self.cache.get_attr(base + name)
+            if attr is not None and attr.exact and (base + name) not in self._files:
+                yield name, attr       # exact attributes known: READDIRPLUS can carry them
+            else:
+                yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
         prefix = path.rstrip("/") + "/"
         with self._lock:
             fresh = [p[len(prefix):] for p, f in self._files.items()

@@ -1,5 +1,6 @@
 """The FUSE binding: mfusepy (maintained fork, libfuse 3) when installed, else fusepy
 (libfuse 2).  Both expose fusepy's Operations API; this module hides which one it is."""
+import ctypes
 import errno as _errno
 import os
 from ctypes.util import find_library
@@ -24,6 +25,26 @@ class FUSE(_fuse.FUSE):
     ``ls -l`` asks for security.selinux and system.posix_acl_access on every entry:
     those (and every non-``user.`` name) are answered ENODATA right here, before any
     decoding, exception or logging, as they are never stored."""
+
+    if getattr(_fuse, "fuse_version_major", 2) == 3:
+        def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+            """readdir, and READDIRPLUS when the kernel asks for it: entries whose exact
+            attributes are known go with them (FUSE_FILL_DIR_PLUS), so ``ls -l`` needs no
+            LOOKUP per entry.  Entries given as {'st_mode': ...} only are sent plain."""
+            plus = bool(flags & 1)                          # FUSE_READDIR_PLUS
+            st = _fuse.c_stat()
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            for name, attrs, _ in self.operations.readdir(decoded, fip.contents.fh):
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                fill = 0
+                if plus and len(attrs) > 1:
+                    _fuse.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                    fill = 2                                # FUSE_FILL_DIR_PLUS
+                else:
+                    st.st_mode = attrs["st_mode"]
+                if filler(buf, name.encode(self.encoding, self.errors), st, 0, fill) != 0:
+                    break
+            return 0
 
     def getxattr(self, path, name, value, size, *args):
         if not name.startswith(b"user."):

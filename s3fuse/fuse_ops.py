@@ -91,7 +91,8 @@ class S3FuseOperations(Operations):
         return self.fs.getattr(path, _fh(fi))
 
     def readdir(self, path, fh):
-        return [(name, {"st_mode": mode}, 0) for name, mode in self.fs.readdir(path)]
+        return [(name, {"st_mode": entry} if isinstance(entry, int) else entry.to_stat(), 0)
+                for name, entry in self.fs.readdir(path)]
 
     def readlink(self, path):
         return self.fs.readlink(path)

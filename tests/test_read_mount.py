@@ -326,7 +326,7 @@ def test_big_object_random_reads(big_object, mounter):
         for off in (3 * MIB + 5, 12 * MIB + 77, 20 * MIB + 1000):
             assert os.pread(fd, 4096, off) == data[off:off + 4096]
         s = daemon_stats(m)
-        assert s["bytes_fetched"] <= 9 * MIB, f"3 random reads fetched {s['bytes_fetched']} bytes"
+        assert s["bytes_fetched"] <= 3 * (128 << 10), f"3 random reads fetched {s['bytes_fetched']} bytes"
         rng = random.Random(42)
         for i in range(300):
             off = rng.randrange(BIG)
@@ -338,8 +338,11 @@ def test_big_object_random_reads(big_object, mounter):
     finally:
         os.close(fd)
     s = daemon_stats(m)
-    assert s["bytes_fetched"] <= BIG, "no block is fetched twice"
-    assert s["requests"]["get_object"] <= BIG // MIB
+    # a block is fetched whole at most once; before that, at most one small piece
+    # (<= 128 KiB: the first random touch of a block GETs only what it needs)
+    blocks = BIG // MIB
+    assert s["bytes_fetched"] <= BIG + blocks * (128 << 10), "no block is fetched twice"
+    assert s["requests"]["get_object"] <= 2 * blocks
 
 
 def test_big_object_sequential_read(big_object, mounter):

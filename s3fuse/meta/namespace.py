@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 class Namespace:
     def __init__(self, client, mapper: KeyMapper, cache: MetaCache, known: KnownMetadata,
-                 defaults: Defaults, exact: bool = True, head_threads: int = 16):
+                 defaults: Defaults, exact: bool = True, head_threads: int = 8):
         self.client = client
         self.mapper = mapper
         self.cache = cache
