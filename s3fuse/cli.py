@@ -354,6 +354,34 @@ def _offline_config(argv, name: str):
     return cfg, flags
 
 
+class _Failed(Exception):
+    """Already reported to the user; exit with ``code``."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _offline_client(argv, name: str):
+    """(cfg, flags, checked client) for commands that talk to the bucket without mounting;
+    problems are reported in one line and raised as _Failed."""
+    try:
+        cfg, flags = _offline_config(argv, name)
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        raise _Failed(2) from None
+    try:
+        client = build_client(cfg)
+        client.probe()
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        raise _Failed(2) from None
+    except Exception as exc:
+        sys.stderr.write(f"s3fuse: {describe_error(exc, cfg)}\n")
+        raise _Failed(1) from None
+    return cfg, flags, client
+
+
 USAGE_FLAGS = {"resume": "", "uploads": "[--abort] [--older-than=SECONDS] [--force]"}
 
 
@@ -366,16 +394,13 @@ def _resume(argv) -> int:
     from .write.journal import Journal
     from .write.uploader import Uploader
     try:
-        cfg, _ = _offline_config(argv, "resume")
+        cfg, _, client = _offline_client(argv, "resume")
         lock = lock_cache_dir(cfg.cache_dir)
-        client = build_client(cfg)
-        client.probe()
     except ConfigError as exc:
         sys.stderr.write(f"s3fuse: {exc}\n")
         return 2
-    except Exception as exc:
-        sys.stderr.write(f"s3fuse: {describe_error(exc, cfg)}\n")
-        return 1
+    except _Failed as exc:
+        return exc.code
     from . import logs
     logs.setup(cfg.log_file, cfg.log_level, foreground=True)
     journal = Journal(os.path.join(cfg.cache_dir, "journal"))
@@ -424,15 +449,9 @@ def _uploads(argv) -> int:
     from .progress import ProgressBar
     from .write.journal import Journal
     try:
-        cfg, flags = _offline_config(argv, "uploads")
-        client = build_client(cfg)
-        client.probe()
-    except ConfigError as exc:
-        sys.stderr.write(f"s3fuse: {exc}\n")
-        return 2
-    except Exception as exc:
-        sys.stderr.write(f"s3fuse: {describe_error(exc, cfg)}\n")
-        return 1
+        cfg, flags, client = _offline_client(argv, "uploads")
+    except _Failed as exc:
+        return exc.code
     older = 0.0
     for f in flags:
         if f.startswith("--older-than="):
