@@ -94,6 +94,12 @@ def _is_mounted(path: str) -> bool:
     return False
 
 
+def _below(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or inside it (symlinks resolved as far as they exist)."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def check_local(cfg: MountConfig):
     """Checks that need no network: mountpoint, cache dir, credentials file."""
     mp = cfg.mountpoint
@@ -105,6 +111,11 @@ def check_local(cfg: MountConfig):
                               else f"mountpoint {mp} is not a directory")
     except OSError as exc:   # e.g. a dead FUSE mount (ENOTCONN)
         raise ConfigError(f"mountpoint {mp}: {exc.strerror}") from None
+    # The staging area, journal and log must not live below the mountpoint: once mounted,
+    # the daemon would write them through itself (and expose them in the bucket).
+    for option, path in (("cache_dir", cfg.cache_dir), ("log_file", cfg.log_file)):
+        if path and _below(path, mp):
+            raise ConfigError(f"{option} {path} is inside the mountpoint {mp}")
     try:
         os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
         os.chmod(cfg.cache_dir, 0o700)

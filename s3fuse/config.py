@@ -6,8 +6,10 @@ ConfigError with a one-line message naming the option.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+from fractions import Fraction
 from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import urlparse
@@ -22,7 +24,8 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     if not m:
         raise ValueError(f"not a size: {text!r} (use e.g. 512K, 8M, 10G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    # exact arithmetic: "1.5G" is exact, and an absurdly long number is no float overflow
+    return int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def parse_octal(text: str) -> int:
@@ -59,6 +62,13 @@ def _choice(*choices):
     return parse
 
 
+def _finite_float(text) -> float:
+    value = float(text)
+    if not math.isfinite(value):          # nan/inf: no timeout or TTL can be that
+        raise ValueError(f"not a number of seconds: {text!r}")
+    return value
+
+
 def _positive(conv):
     def parse(text):
         value = conv(text)
@@ -69,7 +79,7 @@ def _positive(conv):
 
 
 def _nonneg_float(text):
-    value = float(text)
+    value = _finite_float(text)
     if value < 0:
         raise ValueError(f"must not be negative: {text!r}")
     return value
@@ -107,7 +117,8 @@ OPTIONS = {
     "upload_threads": ("upload_threads", _positive(int), "parallel part uploads (default 8)"),
     "multipart_threshold": ("multipart_threshold", _positive(parse_size),
                             "files from this size upload in parts (default = part_size)"),
-    "request_timeout": ("request_timeout", _positive(float), "seconds before a stalled request is retried (default 30)"),
+    "request_timeout": ("request_timeout", _positive(_finite_float),
+                        "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
     "hardlinks": ("hardlinks", _choice("copy", "off"), "copy: link() makes a server-side copy; off: EPERM"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),

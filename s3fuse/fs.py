@@ -487,9 +487,11 @@ class Filesystem:
 
     def _delete_or_defer(self, path: str, key: str):
         """Delete the object of ``path`` now, or when the last descriptor reading it closes
-        (its name is hidden from then on)."""
+        (its name is hidden from then on).  Descriptors open for writing count too while
+        their file still fetches unstaged bytes from this object (lazy base)."""
         with self._lock:
-            fhs = {fh for fh, h in self._handles.items() if h.path == path and h.file is None}
+            fhs = {fh for fh, h in self._handles.items() if h.path == path and
+                   (h.file is None or (h.file.base is not None and h.file.base.key == key))}
             if fhs:
                 d = DeferredDelete(key, fhs)
                 for fh in fhs:

@@ -52,6 +52,15 @@ class FUSE(_fuse.FUSE):
         return super().getxattr(path, name, value, size, *args)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:
+        def truncate_fuse_3(self, path, length, fip):
+            """mfusepy drops libfuse 3's file info here: ftruncate() of an open file whose
+            name is gone (unlinked: path NULL) could not find its handle."""
+            fh = None
+            if fip:
+                fh = fip.contents if self.raw_fi else fip.contents.fh
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            return self.operations.truncate(decoded, length, fh)
+
         def rename_fuse_3(self, old, new, flags):
             return self.operations.rename(old.decode(self.encoding, self.errors),
                                           new.decode(self.encoding, self.errors), flags)

@@ -19,9 +19,10 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import errors
+from . import errors, strict_http
 
 log = logging.getLogger(__name__)
+strict_http.install()     # a response cut inside its headers is an error, not an empty answer
 
 # Error codes, as S3 and S3-compatible servers spell them.
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -31,6 +32,10 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
 _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
+# A connection lost while reading a body that botocore already handed over.
+_BODY_ERRORS = tuple(getattr(botocore.exceptions, name) for name in
+                     ("ResponseStreamingError", "IncompleteReadError", "ReadTimeoutError", "ConnectionClosedError")
+                     if hasattr(botocore.exceptions, name))
 
 
 @dataclass
@@ -111,6 +116,7 @@ class ObjectClient:
                  connect_timeout: float = 10.0, read_timeout: float = 60.0):
         self.bucket = bucket
         self.endpoint = endpoint
+        self.max_attempts = max(1, max_attempts)
         self.stats_lock = threading.Lock()
         self.request_counts: dict = {}
         self.error_count = 0
@@ -234,35 +240,51 @@ class ObjectClient:
         streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned."""
         if end <= start:
             return b""
-        kwargs = dict(Key=key, Range=f"bytes={start}-{end - 1}")
-        if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
-        resp = self._call("get_object", f"get {key!r} [{start},{end})", **kwargs)
-        body = resp["Body"]
-        try:
-            if sink is None:
-                return body.read()
-            offset = start
-            pending = b""
-            while True:
-                chunk = body.read(chunk_size - len(pending))
-                if not chunk:
-                    break
-                pending += chunk
-                if len(pending) >= chunk_size:
-                    sink(offset, pending)
-                    offset += len(pending)
-                    pending = b""
-            if pending:
-                sink(offset, pending)
-                offset += len(pending)
-            if offset != end and offset - start != int(resp.get("ContentLength", offset - start)):
-                raise errors.BackendError(f"get {key!r}: short body ({offset - start} of {end - start} bytes)")
-            return b""
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _translate(exc, f"get {key!r}") from exc
-        finally:
-            body.close()
+        pieces: list = []
+        delivered = start       # bytes before this went to ``sink`` (or ``pieces``)
+        for attempt in range(1, self.max_attempts + 1):
+            kwargs = dict(Key=key, Range=f"bytes={delivered}-{end - 1}")
+            if etag:
+                kwargs["IfMatch"] = f'"{etag}"'
+            resp = self._call("get_object", f"get {key!r} [{delivered},{end})", **kwargs)
+            body = resp["Body"]
+            begin = delivered
+            try:
+                pending = b""
+                while True:
+                    chunk = body.read(chunk_size - len(pending))
+                    if not chunk:
+                        break
+                    pending += chunk
+                    if len(pending) >= chunk_size:
+                        delivered = self._deliver(sink, pieces, delivered, pending)
+                        pending = b""
+                if pending:
+                    delivered = self._deliver(sink, pieces, delivered, pending)
+            except _BODY_ERRORS as exc:
+                # The connection broke inside the body (botocore retries only up to the
+                # headers): ask again for the part not delivered yet.
+                if attempt == self.max_attempts:
+                    raise _translate(exc, f"get {key!r}") from exc
+                log.warning("get %r: body cut after %d bytes (%s); fetching the rest again",
+                            key, delivered - begin, exc)
+                continue
+            except botocore.exceptions.BotoCoreError as exc:
+                raise _translate(exc, f"get {key!r}") from exc
+            finally:
+                body.close()
+            if delivered != end and delivered - begin != int(resp.get("ContentLength", delivered - begin)):
+                raise errors.BackendError(f"get {key!r}: short body ({delivered - start} of {end - start} bytes)")
+            return b"" if sink is not None else b"".join(pieces)
+        raise errors.BackendError(f"get {key!r}: no attempt left")   # not reached
+
+    @staticmethod
+    def _deliver(sink, pieces: list, offset: int, data: bytes) -> int:
+        if sink is None:
+            pieces.append(data)
+        else:
+            sink(offset, data)
+        return offset + len(data)
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,

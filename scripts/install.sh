@@ -2,6 +2,7 @@
 # Install s3fuse and what it needs on Debian/Ubuntu (run as root):
 #   scripts/install.sh            libfuse 3 + s3fuse (pip, editable) + mount helpers
 #   scripts/install.sh --test     + test tools (pytest, moto server, hypothesis, s3fs-fuse, rsync)
+#                                   and the Ceph RGW packages of the real-server test tier
 #   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone) and matplotlib
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if [ -n "$missing" ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends $missing
 fi
+# The real-server test tier: a single-node Ceph RGW (radosgw, ceph-mon, ceph-osd).
+[ $want_test = 1 ] && bash tests/servers/install-rgw.sh
 extras=""
 [ $want_test = 1 ] && extras="test"
 [ $want_bench = 1 ] && extras="${extras:+$extras,}bench"

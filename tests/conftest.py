@@ -1,7 +1,19 @@
-"""Fixtures: a real S3 server process, fresh buckets, and real FUSE mounts of them."""
+"""Fixtures: a real S3 server process, fresh buckets, and real FUSE mounts of them.
+
+Every test that uses ``s3_server`` (directly or through ``s3``, ``bucket``, ``mounter``)
+runs once per server named in ``S3FUSE_TEST_SERVERS`` (default ``moto,rgw``): test ids
+end in ``[moto]`` / ``[rgw]``, and pytest runs all of one server's tests before starting
+the next, so one server process lives at a time.  ``@pytest.mark.servers("moto")`` pins a
+test (or a module, with ``pytestmark``) to the servers named.
+
+RGW needs the Ceph packages (tests/servers/install-rgw.sh, also run by
+``scripts/install.sh --test``).  Without them the ``[rgw]`` tests are skipped with the
+reason - except in CI (``CI=true``), where a missing RGW is a usage error.
+"""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,17 +23,83 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from .servers import MotoServer
+from .servers import KINDS, make_server, rgw_missing_binaries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOUNT_HELPER = os.path.join(REPO, "mount.s3fuse")
 
 
+def wanted_servers() -> list:
+    kinds = [k.strip() for k in os.environ.get("S3FUSE_TEST_SERVERS", "moto,rgw").split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise pytest.UsageError(f"S3FUSE_TEST_SERVERS={os.environ.get('S3FUSE_TEST_SERVERS')!r}: "
+                                f"expected a comma-separated list of {', '.join(KINDS)}")
+    return kinds
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "servers(*kinds): run only on these S3 test servers "
+                                       "(moto, rgw); default: every server of S3FUSE_TEST_SERVERS")
+    kinds = wanted_servers()
+    if "rgw" in kinds and in_ci():
+        missing = rgw_missing_binaries()
+        if missing:
+            raise pytest.UsageError(f"CI=true and S3FUSE_TEST_SERVERS includes rgw, but Ceph RGW is not "
+                                    f"installed (missing {' '.join(missing)}): run scripts/install.sh --test")
+    # `timeout`, CI runners and kill(1) send SIGTERM: turn it into KeyboardInterrupt so the
+    # session's teardown still unmounts and stops the servers (Ceph daemons outlive us).
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_generate_tests(metafunc):
+    if "s3_server" not in metafunc.fixturenames:
+        return
+    kinds = wanted_servers()
+    marker = metafunc.definition.get_closest_marker("servers")
+    if marker is not None:
+        kinds = [k for k in kinds if k in marker.args]
+    metafunc.parametrize("s3_server", kinds, indirect=True, scope="session", ids=kinds)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """After pytest's own fixture-scope ordering: all tests of one server, then the next
+    (a stable sort, so the order within a server and of server-less tests is kept).
+    pytest's greedy ordering alone may switch servers back and forth, and each switch
+    restarts the server."""
+    kinds = wanted_servers()
+
+    def rank(item):
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("s3_server") if callspec is not None else None
+        return kinds.index(kind) if kind in kinds else 0
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
-def s3_server():
-    server = MotoServer().start()
-    yield server
-    server.stop()
+def s3_server(request):
+    """The S3 server of this test's parameter (``moto`` or ``rgw``), one per session."""
+    kind = request.param
+    if kind == "rgw":
+        missing = rgw_missing_binaries()
+        if missing:      # in CI this was already a usage error (pytest_configure)
+            pytest.skip(f"Ceph RGW not installed (missing {' '.join(missing)}): run "
+                        f"tests/servers/install-rgw.sh, or S3FUSE_TEST_SERVERS=moto")
+    t0 = time.monotonic()
+    server = make_server(kind).start()
+    sys.stderr.write(f"\n[{kind} server at {server.endpoint}, started in {time.monotonic() - t0:.1f} s]\n")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def make_boto(server):

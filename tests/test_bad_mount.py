@@ -15,9 +15,15 @@ import pytest
 from botocore.config import Config
 
 from .conftest import MOUNT_HELPER, Mount, is_mounted
-from .servers import MotoServer, free_port
+from .servers import KINDS, MotoServer, free_port
 
 LIMIT = 15.0   # seconds a failing mount may take
+
+# Most failures here are found before any S3 request (options, mountpoints) or need moto's
+# switchable authentication: one server is enough.  Those that depend on the server's own
+# answers (a missing bucket, refused keys) run on every server.
+pytestmark = pytest.mark.servers("moto")
+EVERY_SERVER = pytest.mark.servers(*KINDS)
 
 
 def daemons_for(path: str) -> list:
@@ -84,6 +90,7 @@ def base_opts(server_endpoint, tmp_path, extra=()):
 # ---------------------------------------------------------------------------------------
 # S3-side failures (checked by the daemon before it mounts)
 # ---------------------------------------------------------------------------------------
+@EVERY_SERVER
 def test_no_such_bucket(s3_server, env, mp, tmp_path):
     missing = "no-such-" + uuid.uuid4().hex[:10]
     proc, elapsed = run_mount([missing, mp, "-o", base_opts(s3_server.endpoint, tmp_path)], env)
@@ -181,6 +188,22 @@ def test_bad_credentials(auth_server, which, mp, tmp_path):
     else:
         env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
     proc, elapsed = run_mount(["authed", mp, "-o", base_opts(auth_server.endpoint, tmp_path)], env)
+    line = assert_fails(proc, elapsed, mp, "denied", "credentials")
+    assert "not-the-secret" not in line and "not-the-secret" not in (tmp_path / "mount.log").read_text()
+
+
+@pytest.mark.servers("rgw")
+@pytest.mark.parametrize("which", ["unknown-key", "wrong-secret"])
+def test_bad_credentials_real_server(s3_server, bucket, which, mp, tmp_path):
+    """RGW checks signatures (moto only with the auth switch above): a refused key is one
+    readable line naming the credentials, and the secret never shows."""
+    env = dict(os.environ)
+    env.update(s3_server.env())
+    if which == "unknown-key":
+        env["AWS_ACCESS_KEY_ID"] = "AKIAIOSFODNN7NOTREAL"
+    else:
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    proc, elapsed = run_mount([bucket, mp, "-o", base_opts(s3_server.endpoint, tmp_path)], env)
     line = assert_fails(proc, elapsed, mp, "denied", "credentials")
     assert "not-the-secret" not in line and "not-the-secret" not in (tmp_path / "mount.log").read_text()
 

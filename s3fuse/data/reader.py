@@ -17,7 +17,19 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .. import errors
+
 log = logging.getLogger(__name__)
+
+
+def pinned_get(client, obj: "PinnedObject", start: int, end: int, **kwargs) -> bytes:
+    """GET [start, end) of the pinned version.  The version can be gone two ways: replaced
+    (412 on If-Match) or deleted (404); either way the descriptor's object no longer exists
+    on the server, and both are ``ObjectChanged`` (ESTALE), never ENOENT from read()."""
+    try:
+        return client.get_range(obj.key, start, end, etag=obj.etag, **kwargs)
+    except errors.NotFound as exc:
+        raise errors.ObjectChanged(f"{obj.key!r}: deleted on the server since open") from exc
 
 
 @dataclass(frozen=True)
@@ -112,8 +124,7 @@ class BlockFetcher:
             self._resolve(obj, index, futures, result=chunk)
 
         try:
-            self.client.get_range(obj.key, first * bs, min(obj.size, (last + 1) * bs), etag=obj.etag,
-                                  chunk_size=bs, sink=sink)
+            pinned_get(self.client, obj, first * bs, min(obj.size, (last + 1) * bs), chunk_size=bs, sink=sink)
             with self._lock:
                 self.bytes_fetched += min(obj.size, (last + 1) * bs) - first * bs
         except BaseException as exc:
@@ -213,7 +224,7 @@ class Reader:
             return None
         lo = offset - offset % self.PIECE_ALIGN
         hi = min(obj.size, -(-end // self.PIECE_ALIGN) * self.PIECE_ALIGN)
-        data = self.fetcher.client.get_range(obj.key, lo, hi, etag=obj.etag)
+        data = pinned_get(self.fetcher.client, obj, lo, hi)
         with self.fetcher._lock:
             self.fetcher.bytes_fetched += len(data)
         return data[offset - lo:end - lo]

@@ -79,8 +79,10 @@ def parse_time_ns(value: str) -> int:
 
 
 def format_time_ns(ns: int) -> str:
-    sec, frac = divmod(int(ns), NS)
-    return str(sec) if frac == 0 else f"{sec}.{frac:09d}".rstrip("0")
+    """The inverse of parse_time_ns: -1 ns is "-0.000000001" (sign, then the magnitude)."""
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(int(ns)), NS)
+    return f"{sign}{sec}" if frac == 0 else f"{sign}{sec}.{frac:09d}".rstrip("0")
 
 
 def default_attr(is_dir: bool, size: int, mtime: float, defaults: Defaults, etag: Optional[str] = None) -> Attr:
@@ -107,9 +109,9 @@ def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
                 kind = stat.S_IFREG
             out.mode = kind | perm
         if "uid" in meta:
-            out.uid = int(meta["uid"])
+            out.uid = _id(meta["uid"])
         if "gid" in meta:
-            out.gid = int(meta["gid"])
+            out.gid = _id(meta["gid"])
         for name in ("mtime", "atime", "ctime"):
             if name in meta:
                 setattr(out, name + "_ns", parse_time_ns(meta[name]))
@@ -119,9 +121,17 @@ def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
             out.atime_ns = out.mtime_ns
         if "mtime" in meta and "ctime" not in meta:
             out.ctime_ns = out.mtime_ns
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):      # OverflowError: a mode beyond mode_t
         log.warning("ignoring malformed POSIX metadata %r", meta)
     return out
+
+
+def _id(value) -> int:
+    """A uid/gid the kernel can take (32 bits; -1 means "no change" there)."""
+    number = int(value)
+    if not 0 <= number < (1 << 32) - 1:
+        raise ValueError(f"uid/gid out of range: {value!r}")
+    return number
 
 
 def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
@@ -148,7 +158,7 @@ def decode_xattrs(text: str) -> dict:
     try:
         doc = json.loads(urllib.parse.unquote(text))
         return {str(k): base64.b64decode(v) for k, v in doc.items()}
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):   # RecursionError: "[[[[..."
         log.warning("ignoring malformed xattr header %r", text[:200])
         return {}
 

@@ -5,6 +5,8 @@
 - WRITING record: the writer never reached close() -> never uploaded over the existing
   object; its multipart upload is aborted and its staging file moved to ``recovery/``.
 - staging file no record points to (crash before any upload began) -> ``recovery/``.
+- ``<id>.json.tmp`` without ``<id>.json`` (the crash cut the record's first save): a
+  WRITING record (its multipart upload, if it has one, is aborted).
 - several CLOSED records for one key (uploads that failed, then a later close of the
   same path): only the newest is resumed - resuming them in any other order would let an
   older version overwrite a newer one; the older staging files go to ``recovery/``.
@@ -12,12 +14,13 @@ Recovered files are named ``<time>-<key with / as %2F>`` and logged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import urllib.parse
 
-from .journal import CLOSED, WRITING, Journal
+from .journal import CLOSED, WRITING, Entry, Journal
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
     """Local part of recovery (no network).  Returns (closed_entries, writing_entries);
     the staging files of WRITING entries and orphans are already moved to recovery."""
     entries = journal.entries()
+    entries += _interrupted_saves(journal, {e.id for e in entries})
     closed = [e for e in entries if e.state == CLOSED and os.path.exists(e.staging)]
     writing = [e for e in entries if e.state == WRITING]
     closed.sort(key=lambda e: e.created)
@@ -66,6 +70,39 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
             else:
                 _recover_file(path, f"unknown/{name}", recovery_dir)
     return closed, writing
+
+
+def _interrupted_saves(journal: Journal, known: set) -> list:
+    """Records whose very first save was cut by the crash: only ``<id>.json.tmp`` exists.
+    Their close() never returned, so they are never resumed; but such a record may hold
+    the id of a multipart upload created just before (begin of a streamed write): it is
+    saved as a WRITING record, so that its upload is aborted (not left on the server) and
+    its staging file recovered under its real name.  Unreadable leftovers are removed."""
+    found = []
+    for name in os.listdir(journal.dir):
+        if not name.endswith(".json.tmp") or name.startswith("rename-"):
+            continue
+        path = os.path.join(journal.dir, name)
+        entry_id = name[:-len(".json.tmp")]
+        entry = None
+        if entry_id not in known:
+            try:
+                with open(path) as f:
+                    entry = Entry(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                entry = None
+        if entry is not None and entry.id == entry_id:
+            entry.state = WRITING
+            journal.save(entry)           # replaces the .tmp by a complete record
+            log.warning("journal record %s for %r was being written at the crash; its upload "
+                        "is abandoned", entry.id, entry.key)
+            found.append(entry)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return found
 
 
 def abort_writing(client, journal: Journal, entry):

@@ -1,4 +1,4 @@
-"""Local S3 servers for the tests: moto (always) and Ceph RGW (real-server tier)."""
+"""A moto server process on a free loopback port (the always-available test server)."""
 from __future__ import annotations
 
 import os

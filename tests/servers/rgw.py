@@ -1,22 +1,26 @@
 """Start/stop the single-node Ceph RGW of tests/servers/rgw.sh from Python.
 
-Stdlib only. Typical pytest use::
+Stdlib only (importable as ``tests.servers.rgw`` or, with tests/servers on
+sys.path, as ``rgw``). Two levels:
 
-    from tests.servers import rgw     # or: sys.path.insert(0, "tests/servers"); import rgw
+- ``RGWServer``: the test-server object (same interface as ``MotoServer``:
+  endpoint, access_key, secret_key, env(), start(), stop()). Each instance
+  has its own run directory (/tmp/s3fuse-test-rgw-<pid>[-n]) and a free port,
+  so parallel test sessions do not collide; run directories left by a session
+  that died (its pid is gone) are stopped and removed by the next start.
+- ``start_rgw``/``stop_rgw``: thin wrappers of rgw.sh start/stop.
 
-    @pytest.fixture(scope="session")
-    def s3_server():
-        info = rgw.start_rgw()        # {'endpoint', 'access_key', 'secret_key'}
-        yield info
-        rgw.stop_rgw()
-
-The run directory is taken from S3FUSE_RGW_DIR (default /tmp/s3fuse-rgw) by
-the shell script; pass run_dir= to use another one (e.g. per test session).
-Packages must be installed first: tests/servers/install-rgw.sh (or
-install=True here).
+The shell script takes the run directory from S3FUSE_RGW_DIR (default
+/tmp/s3fuse-rgw); pass run_dir= to use another one. Packages must be
+installed first: tests/servers/install-rgw.sh (or install=True here).
 """
 
+import atexit
+import glob
+import itertools
 import os
+import shutil
+import socket
 import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +29,11 @@ INSTALL_SH = os.path.join(HERE, "install-rgw.sh")
 
 ACCESS_KEY = "s3fuseaccess"
 SECRET_KEY = "s3fusesecret"
+
+# What rgw.sh needs on PATH (the packages of install-rgw.sh, plus curl and python3).
+BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph", "monmaptool", "ceph-authtool",
+            "curl", "python3")
+RUN_DIR_PATTERN = "/tmp/s3fuse-test-rgw-"
 
 
 class RGWError(RuntimeError):
@@ -100,6 +109,90 @@ def stop_rgw(run_dir=None, timeout=60):
 def rgw_running(run_dir=None):
     """True if all daemons are alive and S3 answers."""
     return _run(["status"], run_dir=run_dir, timeout=30).returncode == 0
+
+
+def rgw_missing_binaries():
+    """The binaries rgw.sh needs that are not installed ([] when it can run)."""
+    return [b for b in BINARIES if shutil.which(b) is None]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale_run_dirs():
+    """Stop the daemons of, and remove, run directories that RGWServer made in a test
+    session that no longer exists (killed before its teardown): the owner's pid is in the
+    directory name. rgw.sh stop kills only processes naming that directory's ceph.conf."""
+    for run_dir in glob.glob(RUN_DIR_PATTERN + "*"):
+        owner = os.path.basename(run_dir)[len(os.path.basename(RUN_DIR_PATTERN)):].split("-")[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            _run(["stop"], run_dir=run_dir, timeout=60)
+
+
+class RGWServer:
+    """A private single-node Ceph RGW on a free loopback port, for one test session."""
+
+    kind = "rgw"
+    _serial = itertools.count()
+
+    def __init__(self, port=0, run_dir=None):
+        self.port = port or _free_port()
+        n = next(self._serial)
+        self.run_dir = run_dir or "%s%d%s" % (RUN_DIR_PATTERN, os.getpid(), "-%d" % n if n else "")
+        self.endpoint = "http://127.0.0.1:%d" % self.port
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
+        self.running = False
+
+    def start(self, attempts=3):
+        missing = rgw_missing_binaries()
+        if missing:
+            raise RGWError("Ceph RGW binaries not installed (%s): run %s" % (" ".join(missing), INSTALL_SH))
+        cleanup_stale_run_dirs()
+        for attempt in range(attempts):
+            try:
+                p = _run(["start", str(self.port)], run_dir=self.run_dir, timeout=240)
+            except RGWError:
+                _run(["stop"], run_dir=self.run_dir, timeout=60)   # a timed-out start leaves daemons
+                raise
+            if p.returncode == 0:
+                break
+            # A fresh start is idempotent (rgw.sh throws the run dir away first): retry a
+            # failed one, on a new port if another process took ours meanwhile.
+            if attempt + 1 < attempts:
+                if "already in use" in p.stderr:
+                    self.port = _free_port()
+                    self.endpoint = "http://127.0.0.1:%d" % self.port
+                continue
+            _run(["stop"], run_dir=self.run_dir, timeout=60)
+            raise RGWError("rgw.sh start failed (exit %d):\n%s" % (p.returncode, p.stderr[-6000:]))
+        env = _parse_exports(p.stdout)
+        if env.get("S3FUSE_TEST_ENDPOINT") != self.endpoint:
+            raise RGWError("rgw.sh start printed %r, expected %s" % (p.stdout, self.endpoint))
+        self.running = True
+        atexit.register(self.stop)       # also when the session ends without its teardown
+        return self
+
+    def stop(self):
+        if self.running or os.path.isdir(self.run_dir):
+            self.running = False
+            stop_rgw(run_dir=self.run_dir)
+
+    def env(self):
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 if __name__ == "__main__":

@@ -300,10 +300,19 @@ EOF
 
     # ---- osd
     log "osd: create + mkfs (memstore, $MEMSTORE_BYTES bytes)"
-    osd_id="$(ceph_cli osd new "$osd_uuid" 2>>"$RUN_DIR/log/mkfs.out")" || die "ceph osd new failed"
+    # The first commands can race the mon's own start-up ("Error EPERM: problem getting
+    # command descriptions from mon", fsid 0 in the mon log): retry them until the deadline.
+    until osd_id="$(ceph_cli osd new "$osd_uuid" 2>>"$RUN_DIR/log/mkfs.out")"; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "ceph osd new failed"
+        check_pid mon.a
+        log "mon not ready for commands yet; retrying"
+        sleep 0.5
+    done
     [ "$osd_id" = 0 ] || die "unexpected osd id '$osd_id'"
-    ceph_cli osd crush add osd.0 1.0 root=default host=s3fuse \
-        >>"$RUN_DIR/log/mkfs.out" 2>&1 || die "ceph osd crush add failed"
+    until ceph_cli osd crush add osd.0 1.0 root=default host=s3fuse >>"$RUN_DIR/log/mkfs.out" 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || die "ceph osd crush add failed"
+        sleep 0.5
+    done
     ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" \
         >>"$RUN_DIR/log/mkfs.out" 2>&1 || die "ceph-osd --mkfs failed"
     ceph-osd -c "$CONF" -i 0 >>"$RUN_DIR/log/daemons.out" 2>&1 || die "ceph-osd failed to start"
