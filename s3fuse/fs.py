@@ -329,7 +329,12 @@ class Filesystem:
         handle = self._handle(fh)
         if handle.file is not None:
             return handle.file.read(offset, size)
-        return handle.reader.read(offset, size)
+        try:
+            return handle.reader.read(offset, size)
+        except errors.ObjectChanged:
+            # The object changed on the server since open: the next open must look again.
+            self.cache.invalidate(handle.path)
+            raise
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self._handle(fh)

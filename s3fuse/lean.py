@@ -114,8 +114,11 @@ class LeanS3:
                 if answer.get("connection", "").lower() == "close":
                     self._drop_conn()
                 return resp.status, answer
-            except (http.client.HTTPException, OSError):
+            except TimeoutError:
                 self._drop_conn()
+                return None      # a server that does not answer: botocore's retries decide
+            except (http.client.HTTPException, OSError):
+                self._drop_conn()     # e.g. a keep-alive connection the server closed
                 if attempt:
                     return None
         return None

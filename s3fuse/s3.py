@@ -370,7 +370,12 @@ class ObjectClient:
             kwargs = dict(Key=key, UploadId=upload_id)
             if marker:
                 kwargs["PartNumberMarker"] = marker
-            resp = self._call("list_parts", f"list parts {key!r}", **kwargs)
+            try:
+                resp = self._call("list_parts", f"list parts {key!r}", **kwargs)
+            except errors.NotFound as exc:
+                # Ceph RGW answers NoSuchKey (404), not NoSuchUpload, for an upload id it
+                # does not know (completed or aborted): for ListParts that means the same.
+                raise errors.UploadGone(str(exc)) from exc
             for p in resp.get("Parts", ()):
                 parts.append(Part(int(p["PartNumber"]), _etag(p.get("ETag")), int(p.get("Size", 0))))
             if not resp.get("IsTruncated"):

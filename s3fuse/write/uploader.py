@@ -3,8 +3,9 @@ ones, and resume of interrupted multipart uploads from the journal.
 
 Every request carries Content-MD5.  The whole-object MD5 goes in the metadata
 (``x-amz-meta-s3fuse-md5``) because a multipart ETag is not an MD5.  Transient failures
-(connection errors, timeouts, 5xx, SlowDown) are retried by botocore and then, per part,
-by ``retry`` with growing, bounded delays.  On final failure the journal record stays,
+(connection errors, timeouts, 5xx, SlowDown) are retried by botocore (``retries``
+attempts, ``request_timeout`` each) and then once more per part by ``retry`` after a
+pause, so a dead server turns into EIO at close within ~2 x retries x request_timeout.  On final failure the journal record stays,
 so nothing accepted by close() is lost: the next mount or ``s3fuse resume`` finishes it.
 
 Lock order: Uploader._lock is a leaf (journal/progress bookkeeping only).
@@ -33,7 +34,7 @@ TRANSIENT = (errors.Unreachable, errors.BackendError)
 PERMANENT = (errors.AccessDenied, errors.NotFound, errors.UploadGone, errors.NoSuchBucket)
 
 
-def retry(fn, what: str, delays=(1.0, 2.0, 4.0)):
+def retry(fn, what: str, delays=(2.0,)):
     """Call ``fn``; on a transient error wait and try again, at most len(delays) times."""
     for attempt in range(len(delays) + 1):
         try:
@@ -79,7 +80,7 @@ class Progress:
 
 class Uploader:
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
-                 threshold: Optional[int] = None, retry_delays=(1.0, 2.0, 4.0)):
+                 threshold: Optional[int] = None, retry_delays=(2.0,)):
         self.client = client
         self.journal = journal
         self.part_size = part_size
