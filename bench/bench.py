@@ -1301,6 +1301,8 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="s3fuse-bench-", dir=args.workdir))
     try:
         server_kind = "endpoint"
+        if not (args.endpoint or args.start_moto):
+            args.start_rgw = True          # the default: a private Ceph RGW (tests/servers/rgw.sh)
         if args.start_rgw:
             stoppers.append(start_rgw(args, workdir))
             server_kind = "rgw"
