@@ -528,6 +528,12 @@ class Filesystem:
             f = self._files.pop(path, None)
             if f is not None:
                 f.unlinked = True
+        if f is not None:
+            # Its descriptors keep working on the old content, like an unlinked inode: take
+            # what is still only on the server now, before a new file can take the key.
+            with f.lock:
+                f._fill(0, f.size)
+                f.base = None
         self._delete_or_defer(path, key)
         parent, name = split(path)
         self.cache.forget(parent, name, path)

@@ -776,3 +776,21 @@ def test_interop_with_s3fs(s3, bucket, mounter, s3fs_mount):
     assert os.readlink(m.p("link-s3fs")) == "from-s3fs"
     assert os.getxattr(m.p("from-s3fs"), "user.from") == b"s3fs side"
     assert sorted(os.listdir(m.path)) == sorted(os.listdir(other))
+
+
+def test_open_rw_file_keeps_old_content_after_unlink_and_recreate(s3, bucket, mounter):
+    """Found by the model test on RGW: a descriptor open O_RDWR on an existing object keeps
+    reading the old bytes after the name is unlinked and a new file takes it (like an
+    unlinked inode), instead of ESTALE from the object that replaced it."""
+    s3.put_object(Bucket=bucket, Key="a", Body=b"old content " * 100000)
+    m = mounter(bucket)
+    fd = os.open(m.p("a"), os.O_RDWR)
+    try:
+        os.unlink(m.p("a"))
+        with open(m.p("a"), "wb") as f:
+            f.write(b"new")
+        assert os.pread(fd, 12, 600000) == b"old content "
+        assert os.pread(fd, 3, 0) == b"old"
+    finally:
+        os.close(fd)
+    assert s3.get_object(Bucket=bucket, Key="a")["Body"].read() == b"new"
