@@ -46,6 +46,23 @@ class FUSE(_fuse.FUSE):
                     break
             return 0
 
+    def read(self, path, buf, size, offset, fip):
+        """As fusepy's, but the data may be any buffer (bytes, bytearray, memoryview): a
+        block cache block is copied into libfuse's buffer once, never sliced first."""
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        data = self.operations.read(None if path is None else path.decode(self.encoding, self.errors),
+                                    size, offset, fh)
+        if not data:
+            return 0
+        n = len(data) if type(data) is bytes else memoryview(data).nbytes
+        if n > size:
+            return -_errno.EIO
+        if type(data) is not bytes:
+            view = memoryview(data)
+            data = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
+        ctypes.memmove(buf, data, n)
+        return n
+
     def getxattr(self, path, name, value, size, *args):
         if not name.startswith(b"user."):
             return -_errno.ENODATA

@@ -4,8 +4,9 @@ botocore spends ~1.5 ms of CPU per request (signing, event hooks, parsing) under
 GIL, and over plain HTTP it also SHA-256-hashes every upload body for the signature
 (~2 ms per MiB).  On a 2-core machine shared with the S3 server that CPU is the limit:
 exact POSIX metadata needs one HEAD per object, and a 256 MiB upload paid ~0.6 s of
-hashing.  This module does HEAD and PUT (PutObject, UploadPart) itself: bodies are sent
-with ``UNSIGNED-PAYLOAD`` and protected by ``Content-MD5`` instead.
+hashing.  This module does HEAD, GET and PUT (PutObject, UploadPart) itself: bodies are sent
+with ``UNSIGNED-PAYLOAD`` and protected by ``Content-MD5`` instead.  GET reads bodies
+straight into block-sized buffers (botocore/urllib3 copy each block two or three times).
 
 Used only by ``s3.ObjectClient`` for custom (path-style) endpoints.  Any answer it does
 not fully understand (3xx, 4xx other than a HEAD's 404, 5xx, connection trouble after
@@ -21,7 +22,7 @@ import http.client
 import threading
 import time
 import urllib.parse
-from typing import Optional
+from typing import Callable, Optional
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -124,6 +125,64 @@ class LeanS3:
         return None
 
     # -- operations -------------------------------------------------------------------------
+    def get(self, key: str, start: int, end: int, etag: Optional[str], chunk_size: int,
+            deliver: Callable[[int, bytearray], None]) -> Optional[tuple]:
+        """Ranged GET of [start, end): the body goes to ``deliver(offset, chunk)`` in
+        ``chunk_size`` bytearrays (the last one shorter), each read straight from the
+        socket into its buffer: no copy in Python, one GIL round trip per chunk.
+
+        Returns (status, offset reached).  For 200/206 the offset is ``end`` unless the
+        body was cut (the caller asks again from there); other statuses deliver nothing.
+        None: connection trouble before the status line (the caller uses botocore)."""
+        path = self._path(key)
+        headers = {"range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["if-match"] = f'"{etag}"'
+        resp = None
+        for attempt in (0, 1):
+            conn = self._conn()
+            try:
+                conn.request("GET", path, headers=self._sign("GET", path, {}, headers, EMPTY_SHA256))
+                resp = conn.getresponse()
+                break
+            except TimeoutError:
+                self._drop_conn()
+                return None
+            except (http.client.HTTPException, OSError):
+                self._drop_conn()
+                if attempt:
+                    return None
+        if resp.status not in (200, 206):
+            resp.read()
+            return resp.status, start
+        length = resp.length
+        if length is None or length != end - start:
+            self._drop_conn()     # not the range asked for (a server ignoring Range)
+            return None
+        offset = start
+        try:
+            while offset < end:
+                chunk = bytearray(min(chunk_size, end - offset))
+                got = resp.readinto(chunk)
+                while 0 < got < len(chunk):
+                    more = resp.readinto(memoryview(chunk)[got:])
+                    if not more:
+                        break
+                    got += more
+                if got < len(chunk):
+                    raise http.client.IncompleteRead(bytes(chunk[:got]))
+                deliver(offset, chunk)
+                offset += got
+        except (http.client.HTTPException, OSError):
+            self._drop_conn()
+            return resp.status, offset
+        except BaseException:
+            self._drop_conn()     # the body was not read to its end
+            raise
+        if resp.getheader("connection", "").lower() == "close":
+            self._drop_conn()
+        return resp.status, offset
+
     def head(self, key: str) -> Optional[tuple]:
         answer = self._request("HEAD", key)
         return answer if answer is not None and answer[0] in (200, 404) else None

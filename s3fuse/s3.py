@@ -242,6 +242,10 @@ class ObjectClient:
             return b""
         pieces: list = []
         delivered = start       # bytes before this went to ``sink`` (or ``pieces``)
+        if self._fast is not None:
+            delivered = self._lean_get(key, start, end, etag, chunk_size, sink, pieces)
+            if delivered == end:
+                return b"" if sink is not None else b"".join(pieces)
         for attempt in range(1, self.max_attempts + 1):
             kwargs = dict(Key=key, Range=f"bytes={delivered}-{end - 1}")
             if etag:
@@ -277,6 +281,30 @@ class ObjectClient:
                 raise errors.BackendError(f"get {key!r}: short body ({delivered - start} of {end - start} bytes)")
             return b"" if sink is not None else b"".join(pieces)
         raise errors.BackendError(f"get {key!r}: no attempt left")   # not reached
+
+    def _lean_get(self, key, start, end, etag, chunk_size, sink, pieces) -> int:
+        """Ranged GET through lean.py; returns the offset delivered up to.  404 and 412
+        are answers (typed errors); a cut body or anything else leaves the rest to
+        botocore, which owns retries."""
+        delivered = start
+        for _ in range(self.max_attempts):
+            answer = self._fast.get(key, delivered, end, etag, chunk_size,
+                                    lambda off, chunk: self._deliver(sink, pieces, off, chunk))
+            if answer is None:
+                return delivered
+            self._count("get_object")
+            status, reached = answer
+            if status == 404:
+                raise errors.NotFound(f"get {key!r}: 404")
+            if status == 412:
+                raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)")
+            if status not in (200, 206) or reached == delivered:
+                return delivered
+            delivered = reached
+            if delivered == end:
+                break
+            log.warning("get %r: body cut at %d of [%d,%d); fetching the rest again", key, delivered, start, end)
+        return delivered
 
     @staticmethod
     def _deliver(sink, pieces: list, offset: int, data: bytes) -> int:

@@ -643,6 +643,20 @@ class TestReader:
         f2.close()
         cache.close()
 
+    def test_cache_stays_within_its_size_limit(self, tmp_path):
+        limit = 2 << 20
+        cache = BlockCache(str(tmp_path / "b"), limit, "fake", memory=0)
+        for i in range(100):                       # 6.25 MiB of 64 KiB blocks
+            cache.put("k", "e", i, blob(BS, seed=i))
+        assert cache.flush()
+        files = [p for p in (tmp_path / "b").rglob("*.val")]
+        stored = sum(p.stat().st_size for p in files)
+        # eviction runs every limit/16 bytes written: never more than that over the limit
+        assert stored <= limit + limit // 16 + BS, f"{stored} bytes of blocks kept for a {limit}-byte cache"
+        assert cache.get("k", "e", 99) == blob(BS, seed=99), "the newest block is kept"
+        assert cache.get("k", "e", 0) is None, "the oldest block was evicted"
+        cache.close()
+
     def test_concurrent_readers_share_one_fetch(self, blocks):
         data = blob(2 * BS)
         c = FakeClient(get_delay=0.1)

@@ -10,10 +10,18 @@ and queues it for a writer thread, so a GET streaming blocks rarely waits for th
 When ``max_pending`` blocks wait for the disk, ``put`` waits too (bounded memory; a
 block fetched for read-ahead must not be dropped before it is read).  ``_lock`` (with
 its condition) is a leaf lock over the LRU, the pending set and the counters.
+
+The writer is the busiest Python thread of a cold sequential read, and every sqlite or
+file call it makes hands the GIL over to the fetch and FUSE threads.  So it writes the
+blocks waiting at once in one sqlite transaction, files go into 256 fixed directories
+(diskcache makes two random levels, i.e. a mkdir per block), and eviction runs once per
+``size_limit / 16`` bytes written instead of a volume query per block: the cache may
+exceed its limit by that much between two culls.
 """
 from __future__ import annotations
 
 import io
+import os
 import logging
 import queue
 import threading
@@ -27,22 +35,48 @@ log = logging.getLogger(__name__)
 
 
 class WholeWriteDisk(diskcache.Disk):
-    """diskcache writes a bytes value by iterating an io.BytesIO, i.e. line by line: one
-    write() per 256 bytes of random data (4 ms per 1 MiB block).  Write it at once."""
+    """Value files for blocks.  diskcache writes a bytes value by iterating an io.BytesIO,
+    i.e. line by line (one write() per 256 bytes of random data), and calls makedirs
+    before every file; this writes the value at once into one of 256 directories."""
+
+    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if type(value) is bytearray and len(value) >= self.min_file_size:
+            # a block from a lean GET: a file like bytes (diskcache would pickle it)
+            filename, full_path = self.filename(key, value)
+            self._write(full_path, [value], "xb")
+            return len(value), diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
 
     def _write(self, full_path, iterator, mode, encoding=None):
-        if isinstance(iterator, io.BytesIO):
-            iterator = [iterator.getvalue()]
-        return super()._write(full_path, iterator, mode, encoding)
+        chunks = [iterator.getvalue()] if isinstance(iterator, io.BytesIO) else iterator
+        try:
+            f = open(full_path, mode, encoding=encoding)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            f = open(full_path, mode, encoding=encoding)
+        size = 0
+        with f:
+            for chunk in chunks:
+                size += len(chunk)
+                f.write(chunk)
+        return size
 
 
 class BlockCache:
     def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 48 << 20,
                  max_pending: int = 16):
         self._bucket = bucket
+        # cull_limit=0: no eviction inside set(); the writer culls (see _write_loop).
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
-                                      cull_limit=16, disk=WholeWriteDisk)
+                                      cull_limit=0, disk=WholeWriteDisk)
+        self._cull_every = max(1, size_limit // 16)
+        self._written_since_cull = self._cull_every   # cull once soon after start
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
@@ -91,20 +125,34 @@ class BlockCache:
 
     def _write_loop(self):
         while True:
-            k = self._queue.get()
-            if k is None:
-                return
+            keys = [self._queue.get()]
+            while len(keys) < self._max_pending:
+                try:
+                    keys.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in keys
+            keys = [k for k in keys if k is not None]
             with self._lock:
-                data = self._pending.get(k)
+                batch = [(k, self._pending.get(k)) for k in keys]
             try:
-                if data is not None:
-                    self._cache.set(k, data)
+                with self._cache.transact():
+                    for k, data in batch:
+                        if data is not None:
+                            self._cache.set(k, data)
+                            self._written_since_cull += len(data)
+                if self._written_since_cull >= self._cull_every:
+                    self._written_since_cull = 0
+                    self._cache.cull()
             except Exception:   # a full or broken cache disk must not fail reads
                 log.warning("block cache write failed", exc_info=True)
             finally:
                 with self._lock:
-                    self._pending.pop(k, None)
+                    for k in keys:
+                        self._pending.pop(k, None)
                     self._room.notify_all()
+            if stop:
+                return
 
     def flush(self, timeout: float = 30.0):
         """Wait until queued blocks are on disk (tests, unmount)."""

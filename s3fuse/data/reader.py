@@ -67,7 +67,11 @@ class BlockFetcher:
     def prefetch(self, obj: PinnedObject, first: int, last: int):
         """Start fetching blocks first..last (inclusive) that are neither cached nor in flight."""
         last = min(last, self.last_index(obj))
-        wanted = [i for i in range(first, last + 1) if not self.cache.contains(obj.key, obj.etag, i)]
+        with self._lock:
+            fresh = [i for i in range(first, last + 1) if (obj.key, obj.etag, i) not in self._inflight]
+        # In-flight blocks are skipped before asking the cache: a cache miss is an sqlite
+        # query, and the read-ahead window is re-offered on every top-up.
+        wanted = [i for i in fresh if not self.cache.contains(obj.key, obj.etag, i)]
         if wanted:
             self._schedule(obj, wanted)
 
@@ -201,7 +205,8 @@ class Reader:
             data = self._block(index)
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
-            pieces.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+            # a view, not a copy: blocks fetched by lean GETs are bytearrays
+            pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     SMALL_READ = 128 << 10
