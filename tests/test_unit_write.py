@@ -698,6 +698,60 @@ class TestOpenFile:
         recovery.abort_writing(client, j, writing[0])
         assert client.calls == [("abort_multipart", "u")] and j.load("w1") is None
 
+    def test_sort_out_checks_unsynced_staging_against_its_md5(self, tmp_path):
+        """A staging file closed without fsync (MD5 recorded instead) that a power loss
+        damaged is never resumed: it goes to recovery and its upload is aborted."""
+        j = Journal(str(tmp_path / "journal"))
+        staging, rec_dir = tmp_path / "staging", tmp_path / "recovery"
+        staging.mkdir()
+        good, bad, short = b"good data", b"was this", b"whole"
+        (staging / "good").write_bytes(good)
+        (staging / "bad").write_bytes(b"\0" * len(bad))          # pages lost: zeros
+        (staging / "short").write_bytes(short[:2])                # size not yet on disk
+        for name, data in (("good", good), ("bad", bad), ("short", short)):
+            j.save(Entry(id=name, key=name, staging=str(staging / name), state=CLOSED, size=len(data),
+                         md5=hashlib.md5(data).hexdigest(), verify_md5=True, upload_id=f"u-{name}"))
+        closed, writing = recovery.sort_out(j, str(staging), str(rec_dir))
+        assert [e.id for e in closed] == ["good"]
+        assert sorted(e.id for e in writing) == ["bad", "short"]
+        assert sorted(p.read_bytes() for p in rec_dir.iterdir()) == [b"\0" * len(bad), short[:2]]
+        client = FakeWriteClient()
+        for e in writing:
+            recovery.abort_writing(client, j, e)
+        assert sorted(client.calls) == [("abort_multipart", "u-bad"), ("abort_multipart", "u-short")]
+        assert [e.id for e in j.entries()] == ["good"]
+
+    @pytest.mark.parametrize("sequential", [True, False])
+    def test_multipart_commit_records_the_md5_or_fsyncs_the_staging_file(self, tmp_path, monkeypatch, sequential):
+        """Power-loss safety of a multipart upload: the close path fsyncs the staging file
+        only when no whole-file MD5 can vouch for it at recovery."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path)
+        f = new_file(tmp_path, up, j)
+        data = os.urandom(6 * MiB)
+        if sequential:
+            write_all(f, data)
+        else:
+            write_all(f, data[MiB:], start=MiB)
+            f.write(0, data[:MiB])
+        synced, records = [], []
+        real_fsync, real_save = os.fsync, j.save
+        monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                     real_fsync(fd))[1])
+        monkeypatch.setattr(j, "save", lambda e, **kw: (records.append((e.state, e.md5, e.verify_md5)),
+                                                         real_save(e, **kw))[1])
+        f.commit()
+        assert c.objects["f"][0] == data
+        closed = [r for r in records if r[0] == CLOSED]
+        assert closed, "a CLOSED record was saved before the upload"
+        if sequential:
+            assert f.staging not in synced, "no fsync of the staging file"
+            assert all(r == (CLOSED, md5(data), True) for r in closed)
+        else:
+            assert f.staging in synced, "staging fsynced: no MD5 to check it against"
+            assert all(r[2] is False for r in closed)
+        f.discard()
+
     def test_sort_out_resumes_only_the_newest_close_of_a_key(self, tmp_path):
         """Two failed uploads of one path (v1 closed, then v2 closed): resuming both in
         journal order (ids are random) could leave v1 in the bucket."""
@@ -720,3 +774,71 @@ class TestOpenFile:
         for e in writing:
             recovery.abort_writing(FakeWriteClient(), j, e)
         assert sorted(e.id for e in j.entries()) == ["0o", "8x"]
+
+
+# ---------------------------------------------------------------------------------------
+# SequentialMD5: the whole-file MD5 beside the write path
+# ---------------------------------------------------------------------------------------
+class TestSequentialMD5:
+    def test_digest_equals_hashlib_across_inline_and_thread(self):
+        from s3fuse.write.hashing import SequentialMD5
+        h = SequentialMD5(inline_limit=100 << 10, max_queued=256 << 10)
+        data = os.urandom(3 * MiB + 7)
+        for off in range(0, len(data), 64 << 10):
+            h.update(data[off:off + (64 << 10)])
+        assert h._thread is not None or h._fed > h._inline_limit, "large input went to the thread"
+        assert h.hexdigest() == md5(data)
+        more = os.urandom(1000)
+        h.update(more)
+        assert h.hexdigest() == md5(data + more), "usable again after a digest"
+
+    def test_queue_is_bounded(self, monkeypatch):
+        from s3fuse.write import hashing
+        gate = threading.Event()
+        seen = []
+        real_md5 = hashlib.md5
+
+        class SlowMD5:
+            def __init__(self):
+                self.h = real_md5()
+
+            def update(self, d):
+                gate.wait()
+                self.h.update(d)
+
+            def hexdigest(self):
+                return self.h.hexdigest()
+        expected = md5(b"x" * 1024 * 20)
+        monkeypatch.setattr(hashing.hashlib, "md5", SlowMD5)
+        h = hashing.SequentialMD5(inline_limit=0, max_queued=4 << 10)
+        writer = threading.Thread(target=lambda: [h.update(b"x" * 1024) or seen.append(i) for i in range(20)])
+        writer.start()
+        time.sleep(0.3)
+        assert 4 <= len(seen) <= 6, f"writer ran {len(seen)} updates ahead of a stuck hasher"
+        gate.set()
+        writer.join(5)
+        assert h.hexdigest() == expected
+
+    def test_cancel_releases_a_writer_waiting_for_room(self, monkeypatch):
+        from s3fuse.write import hashing
+        gate = threading.Event()
+        real_md5 = hashlib.md5
+
+        class StuckMD5:
+            def __init__(self):
+                self.h = real_md5()
+
+            def update(self, d):
+                gate.wait()
+
+        monkeypatch.setattr(hashing.hashlib, "md5", StuckMD5)
+        h = hashing.SequentialMD5(inline_limit=0, max_queued=1)
+        h.update(b"first")                    # taken by the (stuck) thread
+        writer = threading.Thread(target=lambda: h.update(b"second"))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive(), "no room: the writer waits"
+        h.cancel()
+        writer.join(2)
+        assert not writer.is_alive(), "cancel (truncate, close) releases it"
+        gate.set()

@@ -40,6 +40,7 @@ class Entry:
     parts: dict = field(default_factory=dict)      # str(part number) -> md5 hex of that part
     uploaded_metadata: Optional[dict] = None        # what CreateMultipartUpload was given
     created: float = 0.0
+    verify_md5: bool = False       # staging not fsynced: check it against ``md5`` after a restart
 
 
 def fsync_dir(path: str):

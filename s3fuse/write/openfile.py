@@ -19,7 +19,6 @@ Lock order: OpenFile.lock -> Uploader._lock.  OpenFile.lock is held across a com
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from typing import Optional
 
 from .. import errors
 from ..meta.attrs import Attr, to_metadata
+from .hashing import SequentialMD5
 from .journal import CLOSED, WRITING, Entry, Journal
 from .parts import PartPlan
 from .ranges import RangeSet
@@ -60,7 +60,7 @@ class OpenFile:
         self.failed: Optional[BaseException] = None
         self.unlinked = False
         # incremental whole-file MD5 while writes are sequential appends
-        self._hasher = hashlib.md5() if (truncate or new) else None
+        self._hasher = SequentialMD5() if (truncate or new) else None
         self._hashed = 0
         # streaming multipart upload of a sequential writer
         self._plan = PartPlan.for_base(uploader.part_size)
@@ -118,7 +118,7 @@ class OpenFile:
                     self._hasher.update(data)
                     self._hashed = end
                 else:
-                    self._hasher = None
+                    self._drop_hasher()
             self._after_write(offset, end)
             if self._stream is not None and self._stream_progress is not None:
                 self._stream_progress.total = self.size
@@ -137,9 +137,13 @@ class OpenFile:
             now = time.time_ns()
             self.attr = self.attr.copy(size=length, mtime_ns=now, ctime_ns=now)
             if self._hasher is not None and length != self._hashed:
-                self._hasher = None
+                self._drop_hasher()
             self._stop_stream()
             self._streamable = False
+
+    def _drop_hasher(self):
+        self._hasher.cancel()
+        self._hasher = None
 
     def set_attr(self, attr: Attr):
         """chmod/chown/utimens while open: the new values go with the upload."""
@@ -214,10 +218,13 @@ class OpenFile:
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
             self._fill(0, self.size)
-            # Durability against power loss is worth fsyncs for multipart uploads; a small
-            # file is one PutObject, and a daemon crash loses nothing in the page cache.
+            # Power loss: a multipart upload must resume from intact staging data.  When the
+            # whole-file MD5 is known the record carries it and recovery checks the staging
+            # file against it (``verify_md5``) instead of an fsync here (256 MiB written to
+            # disk on the close path); otherwise the staging file is fsynced.  A daemon
+            # crash loses nothing in the page cache either way.
             durable = self.size >= self.uploader.threshold or self._stream is not None
-            if durable:
+            if durable and not self._md5_known():
                 os.fsync(self._fd)
             entry = self._closed_entry()
             self.journal.save(entry, durable=durable)
@@ -231,11 +238,12 @@ class OpenFile:
             self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
             return etag, entry.metadata
 
+    def _md5_known(self) -> bool:
+        return self._hasher is not None and self._hashed == self.size
+
     def _closed_entry(self) -> Entry:
         metadata = to_metadata(self.attr)
-        md5 = None
-        if self._hasher is not None and self._hashed == self.size:
-            md5 = self._hasher.hexdigest()
+        md5 = self._hasher.hexdigest() if self._md5_known() else None
         if self._stream is not None:
             # close() is reached and self.lock is held: the staging file is final, so the
             # record turns CLOSED now, before waiting for the streamed parts - a crash while
@@ -256,6 +264,7 @@ class OpenFile:
                 if self._plan.range_of(last)[1] != self.size or self.size == 0:
                     entry.parts.pop(str(last), None)    # the last part changed size
                 entry.state, entry.size, entry.md5, entry.metadata = CLOSED, self.size, md5, metadata
+                entry.verify_md5 = md5 is not None
                 self.journal.save(entry)
             self._wait_stream()
             with self.uploader.lock:
@@ -264,7 +273,8 @@ class OpenFile:
             self._redo_parts.clear()
             return entry
         return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
-                     md5=md5, metadata=metadata, part_size=self._plan.base, created=time.time())
+                     md5=md5, verify_md5=md5 is not None, metadata=metadata, part_size=self._plan.base,
+                     created=time.time())
 
     def _drop_pending(self):
         old, self._pending = self._pending, None
@@ -283,6 +293,8 @@ class OpenFile:
         (then the journal keeps it and True is returned)."""
         with self.lock:
             self._stop_stream()        # a stream never handed to close(): abort it
+            if self._hasher is not None:
+                self._drop_hasher()
             try:
                 os.close(self._fd)
             except OSError:

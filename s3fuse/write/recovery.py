@@ -1,7 +1,10 @@
 """After a crash: decide what each leftover journal record and staging file becomes.
 
 - CLOSED record: close()/fsync() accepted the data -> resume the upload (ListParts, keep
-  parts whose ETag equals the local MD5, send the rest, complete).
+  parts whose ETag equals the local MD5, send the rest, complete).  A record marked
+  ``verify_md5`` (its staging file was not fsynced) is resumed only if the staging file
+  still has the recorded whole-file MD5: after a power loss it may not, and then it goes
+  to ``recovery/`` and its upload is aborted - never a damaged object in the bucket.
 - WRITING record: the writer never reached close() -> never uploaded over the existing
   object; its multipart upload is aborted and its staging file moved to ``recovery/``.
 - staging file no record points to (crash before any upload began) -> ``recovery/``.
@@ -21,6 +24,7 @@ import time
 import urllib.parse
 
 from .journal import CLOSED, WRITING, Entry, Journal
+from .uploader import file_md5
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,13 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
         if e.staging != newest[e.key].staging:
             _recover_file(e.staging, e.key, recovery_dir, "superseded by a later close of the same path")
         writing.append(e)        # its upload is aborted and its record removed like a WRITING one
+    # after the newest is chosen: a damaged newest must not let an older version win
+    for e in [e for e in closed if e.verify_md5 and e.md5]:
+        if not _staging_intact(e):
+            closed.remove(e)
+            _recover_file(e.staging, e.key, recovery_dir,
+                          "its staging file no longer has the MD5 recorded at close (power loss?)")
+            writing.append(e)     # its upload is aborted and its record removed
     for e in entries:
         if e.state == CLOSED and not os.path.exists(e.staging):
             log.error("journal record %s for %r lost its staging file; dropping it", e.id, e.key)
@@ -70,6 +81,13 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
             else:
                 _recover_file(path, f"unknown/{name}", recovery_dir)
     return closed, writing
+
+
+def _staging_intact(entry) -> bool:
+    try:
+        return os.path.getsize(entry.staging) == entry.size and file_md5(entry.staging, entry.size) == entry.md5
+    except OSError:
+        return False
 
 
 def _interrupted_saves(journal: Journal, known: set) -> list:
