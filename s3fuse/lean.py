@@ -4,7 +4,7 @@ botocore spends ~1.5 ms of CPU per request (signing, event hooks, parsing) under
 GIL, and over plain HTTP it also SHA-256-hashes every upload body for the signature
 (~2 ms per MiB).  On a 2-core machine shared with the S3 server that CPU is the limit:
 exact POSIX metadata needs one HEAD per object, and a 256 MiB upload paid ~0.6 s of
-hashing.  This module does HEAD, GET and PUT (PutObject, UploadPart) itself: bodies are sent
+hashing.  This module does HEAD (also pipelined batches), GET and PUT (PutObject, UploadPart) itself: bodies are sent
 with ``UNSIGNED-PAYLOAD`` and protected by ``Content-MD5`` instead.  GET reads bodies
 straight into block-sized buffers (botocore/urllib3 copy each block two or three times).
 
@@ -19,6 +19,7 @@ import email.utils
 import hashlib
 import hmac
 import http.client
+import socket
 import threading
 import time
 import urllib.parse
@@ -182,6 +183,60 @@ class LeanS3:
         if resp.getheader("connection", "").lower() == "close":
             self._drop_conn()
         return resp.status, offset
+
+    def head_many(self, keys: list) -> list:
+        """HEADs of ``keys`` pipelined on one connection of this thread (HTTP/1.1: all
+        requests written at once, the answers read in order).  RGW and MinIO answer a
+        pipelined batch as fast as parallel connections, for half the client CPU per
+        HEAD (no http.client/email header parsing, one send, few receives).  Returns one
+        (status, {lower-case header: value}) per key, or None where the batch broke off
+        (the caller asks those again one by one)."""
+        if not keys or self.https:
+            return [None] * len(keys)
+        results: list = []
+        sock = getattr(self._local, "pipe", None)
+        try:
+            if sock is None:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._local.pipe = sock
+            requests = []
+            for key in keys:
+                path = self._path(key)
+                headers = self._sign("HEAD", path, {}, {}, EMPTY_SHA256)
+                requests.append(f"HEAD {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                                + "\r\n")
+            sock.sendall("".join(requests).encode("latin-1"))
+            buf = b""
+            while len(results) < len(keys):
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        raise ConnectionError("server closed the connection")
+                    buf += data
+                    continue
+                lines = buf[:end].decode("latin-1").split("\r\n")
+                buf = buf[end + 4:]
+                status = int(lines[0].split(" ", 2)[1])
+                answer = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    answer[name.strip().lower()] = value.strip()
+                results.append((status, answer))
+                if answer.get("connection", "").lower() == "close":
+                    raise ConnectionError("server closes the connection")
+            if buf:
+                raise ConnectionError("unexpected bytes after the last answer")
+        except (OSError, ValueError, IndexError, UnicodeError):
+            self._drop_pipe()
+        return results + [None] * (len(keys) - len(results))
+
+    def _drop_pipe(self):
+        sock = getattr(self._local, "pipe", None)
+        if sock is not None:
+            sock.close()
+        self._local.pipe = None
 
     def head(self, key: str) -> Optional[tuple]:
         answer = self._request("HEAD", key)

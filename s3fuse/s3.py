@@ -213,19 +213,38 @@ class ObjectClient:
             if not token:
                 return
 
+    def head_many(self, keys: list) -> list:
+        """HEAD each key; one ObjectInfo or exception (NotFound...) per key, in order.
+        Path-style endpoints get one pipelined batch; keys it did not answer, and other
+        endpoints, get one HEAD each."""
+        answers = self._fast.head_many(keys) if self._fast is not None else [None] * len(keys)
+        out = []
+        for key, answer in zip(keys, answers):
+            try:
+                if answer is not None and answer[0] in (200, 404):
+                    out.append(self._lean_head_info(key, answer))
+                else:
+                    out.append(self.head(key))
+            except errors.FsError as exc:
+                out.append(exc)
+        return out
+
+    def _lean_head_info(self, key: str, answer: tuple) -> ObjectInfo:
+        self._count("head_object")
+        status, h = answer
+        if status == 404:
+            raise errors.NotFound(f"head {key!r}: 404")
+        from .lean import parse_http_date
+        return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=_etag(h.get("etag")),
+                          mtime=parse_http_date(h.get("last-modified")),
+                          metadata={k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")},
+                          content_type=h.get("content-type"))
+
     def head(self, key: str) -> ObjectInfo:
         if self._fast is not None:
             answer = self._fast.head(key)
             if answer is not None and answer[0] in (200, 404):
-                self._count("head_object")
-                status, h = answer
-                if status == 404:
-                    raise errors.NotFound(f"head {key!r}: 404")
-                from .lean import parse_http_date
-                return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=_etag(h.get("etag")),
-                                  mtime=parse_http_date(h.get("last-modified")),
-                                  metadata={k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")},
-                                  content_type=h.get("content-type"))
+                return self._lean_head_info(key, answer)
         # other answers (403, 5xx, redirects, connection trouble): botocore decides and retries
         resp = self._call("head_object", f"head {key!r}", Key=key)
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=_etag(resp.get("ETag")),

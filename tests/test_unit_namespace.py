@@ -211,6 +211,15 @@ class FakeBucket:
         data, meta, etag = self.objects[key]
         return ObjectInfo(key=key, size=len(data), etag=etag, mtime=1_700_000_000.0, metadata=dict(meta))
 
+    def head_many(self, keys):
+        out = []
+        for key in keys:
+            try:
+                out.append(self.head(key))
+            except errors.FsError as exc:
+                out.append(exc)
+        return out
+
     def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
         self._rec("get_object", key)
         data = self.objects[key][0][start:end]

@@ -102,6 +102,16 @@ class FakeClient:
         data, meta, etag, mtime = self.objects[key]
         return ObjectInfo(key=key, size=len(data), etag=etag, mtime=mtime, metadata=dict(meta))
 
+    def head_many(self, keys):
+        self._record("head_many", len(keys))
+        out = []
+        for key in keys:
+            try:
+                out.append(self.head(key))
+            except errors.FsError as exc:
+                out.append(exc)
+        return out
+
     def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
         self._record("get_object", key, start, end, etag)
         with self._lock:
@@ -389,6 +399,9 @@ class TestNamespace:
         a = attrs[42]
         assert (a.mode, a.uid, a.gid, a.mtime_ns) == (stat.S_IFREG | 0o751, 1001, 1002, 1_600_000_000_500_000_000)
         assert attrs[43].uid == 500 and attrs[43].exact
+        batches = [args[0] for op, args in many_client.calls if op == "head_many"]
+        assert batches and max(batches) == Namespace.HEAD_BATCH, "the listing's HEADs went in pipelined batches"
+        assert sum(batches) <= 2300
         ns.close()
         known.close()
         # A later mount with the same cache dir: exact attributes from (key, ETag) without HEADs.

@@ -7,7 +7,8 @@ a ``dir/`` marker object makes ``dir`` a directory and carries its metadata; whe
 Cost of ``ls -l`` on a cold directory of N objects: ceil(N/1000) ListObjectsV2 requests.
 With ``meta=exact`` (default) each object whose (key, ETag) is not yet in the persistent
 metadata store also costs one HEAD, issued in parallel right after its listing page
-arrives, so ``stat`` calls that follow mostly find the answer ready; objects s3fuse
+arrives (pipelined, 16 per connection, on 8 threads), so ``stat`` calls that follow
+mostly find the answer ready; objects s3fuse
 uploaded itself and objects seen by an earlier mount cost nothing.  With ``meta=list``
 no HEAD is made: attributes come from the listing and the mount defaults.
 """
@@ -41,7 +42,7 @@ class Namespace:
         self.mount_time = time.time()
         self._heads = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="head")
         self._pending_lock = threading.Lock()   # leaf lock, guards _pending
-        self._pending: dict = {}                 # path -> Future[Attr] of a HEAD in flight
+        self._pending: dict = {}                 # path -> (Future[Attr], its _Batch): HEAD queued or in flight
         self._warned: set = set()
 
     def close(self):
@@ -129,40 +130,92 @@ class Namespace:
 
     def _exact(self, path: str, attr: Attr) -> Attr:
         """Wait for (or make) the HEAD that gives ``path`` its exact POSIX attributes."""
-        future = self._prefetch(path, attr)
+        with self._pending_lock:
+            pending = self._pending.get(path)
+            if pending is None:
+                # A batch may have settled it between the caller's cache read and now.
+                settled = self.cache.get_attr(path)
+                if settled is not None and settled is not attr and settled.exact:
+                    return settled
+            elif not pending[1].started:
+                # Still queued behind a big listing's prefetch: do this one now instead
+                # (its batch skips it).
+                del self._pending[path]
         try:
-            if future.cancel():
-                # Still queued behind a big listing's prefetch: do this one now instead.
-                with self._pending_lock:
-                    if self._pending.get(path) is future:
-                        del self._pending[path]
-                return self._head_entry(path, attr)
-            return future.result()
+            if pending is not None and pending[1].started:
+                return pending[0].result()
+            try:
+                exact = self._head_entry(path, attr)
+            except BaseException as exc:
+                if pending is not None:
+                    pending[0].set_exception(exc)
+                raise
+            if pending is not None:
+                pending[0].set_result(exact)
+            return exact
         except errors.NotFound:
             self.cache.put_missing(path)
             raise
 
-    def _prefetch(self, path: str, attr: Attr) -> Future:
+    def _prefetch(self, items: list):
+        """Queue HEADs for (path, listed attr) pairs, ``HEAD_BATCH`` per pipelined batch."""
+        batch = None
         with self._pending_lock:
-            future = self._pending.get(path)
-            if future is None:
-                future = self._heads.submit(self._head_entry, path, attr)
-                self._pending[path] = future
-        return future
+            for path, attr in items:
+                if path in self._pending:
+                    continue
+                if batch is None or len(batch.items) >= self.HEAD_BATCH:
+                    if batch is not None:
+                        self._heads.submit(self._run_batch, batch)
+                    batch = _Batch()
+                future: Future = Future()
+                batch.items.append((path, attr, future))
+                self._pending[path] = (future, batch)
+        if batch is not None:
+            self._heads.submit(self._run_batch, batch)
 
-    def _head_entry(self, path: str, listed: Attr) -> Attr:
+    HEAD_BATCH = 16
+
+    def _run_batch(self, batch: "_Batch"):
+        with self._pending_lock:
+            batch.started = True
+            items = [(p, a, f) for p, a, f in batch.items if self._pending.get(p, (None,))[0] is f]
         try:
-            if listed.is_dir:
-                exact = self._dir_marker_attr(self.mapper.dir_prefix(path), listed.etag or "", listed)
-            else:
-                info = self.client.head(self.mapper.key(path))
-                exact = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
-            if self.cache.get_attr(path) is listed:
-                self.cache.put_attr(path, exact)
-            return exact
+            files = [(p, a, f) for p, a, f in items if not a.is_dir]
+            infos = self.client.head_many([self.mapper.key(p) for p, _, _ in files]) if files else []
+            for (path, listed, future), info in zip(files, infos):
+                if isinstance(info, Exception):
+                    future.set_exception(info)
+                else:
+                    future.set_result(self._settle(path, listed, self._file_attr(
+                        info.key, info.size, info.mtime, info.etag, info.metadata)))
+            for path, listed, future in items:
+                if listed.is_dir:
+                    future.set_result(self._head_entry(path, listed))
+        except BaseException as exc:
+            if not isinstance(exc, errors.FsError):
+                log.warning("HEAD batch failed", exc_info=True)
+            for _, _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
         finally:
             with self._pending_lock:
-                self._pending.pop(path, None)
+                for path, _, future in items:
+                    if self._pending.get(path, (None,))[0] is future:
+                        del self._pending[path]
+
+    def _head_entry(self, path: str, listed: Attr) -> Attr:
+        if listed.is_dir:
+            exact = self._dir_marker_attr(self.mapper.dir_prefix(path), listed.etag or "", listed)
+        else:
+            info = self.client.head(self.mapper.key(path))
+            exact = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
+        return self._settle(path, listed, exact)
+
+    def _settle(self, path: str, listed: Attr, exact: Attr) -> Attr:
+        if self.cache.get_attr(path) is listed:
+            self.cache.put_attr(path, exact)
+        return exact
 
     # -- listings -------------------------------------------------------------------------
     def list_dir(self, path: str) -> DirListing:
@@ -183,7 +236,7 @@ class Namespace:
                         attr = attr.copy(exact=True)
                     self.cache.put_attr(child, attr)
                     if self.exact:
-                        self._prefetch(child, attr)
+                        self._prefetch([(child, attr)])
             for obj in page.objects:
                 if obj.key == prefix:
                     listing.marker = True
@@ -201,6 +254,7 @@ class Namespace:
         return listing
 
     def _fill_files(self, path: str, listing: DirListing, files: dict):
+        wanted = []
         for name, obj in files.items():
             if listing.entries.get(name):
                 self._warn_once(f"{obj.key!r} is hidden by the directory of the same name")
@@ -213,7 +267,8 @@ class Namespace:
             attr = self._file_attr(obj.key, obj.size, obj.mtime, obj.etag, None)
             self.cache.put_attr(child, attr)
             if self.exact and not attr.exact:
-                self._prefetch(child, attr)
+                wanted.append((child, attr))
+        self._prefetch(wanted)
 
     def _names(self, prefix: str, keys, is_dir: bool):
         for key in keys:
@@ -232,3 +287,12 @@ class Namespace:
 
     def is_dir(self, path: str) -> bool:
         return stat.S_ISDIR(self.lookup(path).mode)
+
+
+class _Batch:
+    """HEADs sent together on one pipelined connection; ``started`` once a thread took it."""
+    __slots__ = ("items", "started")
+
+    def __init__(self):
+        self.items: list = []        # (path, listed Attr, Future)
+        self.started = False
