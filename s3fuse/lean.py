@@ -96,10 +96,11 @@ class LeanS3:
                                     f"SignedHeaders={';'.join(signed)}, Signature={signature}")
         return headers
 
-    def _request(self, method: str, key: str, query: Optional[dict] = None, headers: Optional[dict] = None,
-                 body: bytes = b"") -> Optional[tuple]:
-        """(status, {lower-case header: value}) or None on connection trouble."""
-        path = self._path(key)
+    def _request(self, method: str, key: Optional[str], query: Optional[dict] = None,
+                 headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> Optional[tuple]:
+        """(status, {lower-case header: value}[, body]) or None on connection trouble.
+        ``key`` None addresses the bucket itself."""
+        path = self._path(key) if key is not None else self.base_path + "/" + _quote(self.bucket)
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
         for attempt in (0, 1):
@@ -111,11 +112,11 @@ class LeanS3:
                     signed["content-length"] = str(len(body))
                 conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
                 resp = conn.getresponse()
-                resp.read()
+                data = resp.read()
                 answer = {k.lower(): v for k, v in resp.getheaders()}
                 if answer.get("connection", "").lower() == "close":
                     self._drop_conn()
-                return resp.status, answer
+                return (resp.status, answer, data) if want_body else (resp.status, answer)
             except TimeoutError:
                 self._drop_conn()
                 return None      # a server that does not answer: botocore's retries decide
@@ -183,6 +184,12 @@ class LeanS3:
         if resp.getheader("connection", "").lower() == "close":
             self._drop_conn()
         return resp.status, offset
+
+    def list_objects(self, query: dict) -> Optional[bytes]:
+        """ListObjectsV2 with ``query`` (list-type=2 added); the XML body of a 200, else
+        None (botocore asks again and owns errors)."""
+        answer = self._request("GET", None, query=dict(query, **{"list-type": "2"}), want_body=True)
+        return answer[2] if answer is not None and answer[0] == 200 else None
 
     def head_many(self, keys: list) -> list:
         """HEADs of ``keys`` pipelined on one connection of this thread (HTTP/1.1: all

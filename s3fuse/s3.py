@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import calendar
+import datetime
 import hashlib
 import logging
 import threading
+import urllib.parse
+from xml.etree import ElementTree
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, Optional
 
@@ -193,6 +196,10 @@ class ObjectClient:
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
+        if self._fast is not None:
+            page = self._lean_list_page(kwargs)
+            if page is not None:
+                return page
         resp = self._call("list_objects_v2", f"list {prefix!r}", **kwargs)
         page = ListPage()
         for item in resp.get("Contents", ()):
@@ -202,6 +209,44 @@ class ObjectClient:
         page.prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
         if resp.get("IsTruncated"):
             page.next_token = resp.get("NextContinuationToken")
+        return page
+
+    def _lean_list_page(self, kwargs: dict) -> Optional[ListPage]:
+        """ListObjectsV2 through lean.py, parsed with ElementTree: botocore spends ~60 ms
+        of CPU per 1,000-key page (a dateutil parse per timestamp), and pages come one
+        after the other.  Keys are asked URL-encoded (as botocore does): XML 1.0 cannot
+        carry every byte a key may hold."""
+        names = {"Prefix": "prefix", "Delimiter": "delimiter", "MaxKeys": "max-keys",
+                 "ContinuationToken": "continuation-token"}
+        query = {names[k]: str(v) for k, v in kwargs.items()}
+        query["encoding-type"] = "url"
+        body = self._fast.list_objects(query)
+        if body is None:
+            return None
+        try:
+            root = ElementTree.fromstring(body)
+        except ElementTree.ParseError:
+            return None
+        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
+
+        def text(el, name, default=""):
+            value = el.findtext(ns + name)
+            if value is None:
+                return default
+            return urllib.parse.unquote(value, errors="surrogateescape") if encoded and name in ("Key", "Prefix") \
+                else value
+        self._count("list_objects_v2")
+        page = ListPage()
+        for item in root.iterfind(ns + "Contents"):
+            page.objects.append(ObjectInfo(key=text(item, "Key"), size=int(text(item, "Size", "0")),
+                                           etag=_etag(text(item, "ETag")),
+                                           mtime=_iso_timestamp(text(item, "LastModified"))))
+        page.prefixes = [text(p, "Prefix") for p in root.iterfind(ns + "CommonPrefixes")]
+        if text(root, "IsTruncated").lower() == "true":
+            page.next_token = text(root, "NextContinuationToken") or None
+            if page.next_token is None:
+                return None          # truncated without a token: let botocore sort it out
         return page
 
     def list_all(self, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
@@ -448,3 +493,16 @@ def _timestamp(dt) -> float:
     if dt is None:
         return 0.0
     return calendar.timegm(dt.utctimetuple()) + dt.microsecond / 1e6
+
+
+def _iso_timestamp(text: str) -> float:
+    """ListObjects' LastModified (e.g. 2026-11-21T22:31:00.123Z) as seconds."""
+    if not text:
+        return 0.0
+    try:
+        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt.timestamp()

@@ -118,8 +118,9 @@ class KnownMetadata:
 
     def __init__(self, directory: str, bucket: str, size_limit: int = 256 << 20):
         self._bucket = bucket
+        # cull_limit=0: no size check inside each set(); flush() culls once per batch.
         self._store = diskcache.Cache(directory, size_limit=size_limit,
-                                      eviction_policy="least-recently-stored")
+                                      eviction_policy="least-recently-stored", cull_limit=0)
         self._lock = threading.Lock()
         self._buffer: dict = {}
         self._wake = threading.Event()
@@ -154,6 +155,7 @@ class KnownMetadata:
             with self._store.transact():
                 for k, v in batch.items():
                     self._store.set(k, v)
+            self._store.cull()
 
     def _run(self):
         while not self._closed:
