@@ -4,9 +4,10 @@ botocore spends ~1.5 ms of CPU per request (signing, event hooks, parsing) under
 GIL, and over plain HTTP it also SHA-256-hashes every upload body for the signature
 (~2 ms per MiB).  On a 2-core machine shared with the S3 server that CPU is the limit:
 exact POSIX metadata needs one HEAD per object, and a 256 MiB upload paid ~0.6 s of
-hashing.  This module does HEAD (also pipelined batches), GET and PUT (PutObject, UploadPart) itself: bodies are sent
-with ``UNSIGNED-PAYLOAD`` and protected by ``Content-MD5`` instead.  GET reads bodies
-straight into block-sized buffers (botocore/urllib3 copy each block two or three times).
+hashing.  This module does HEAD (also pipelined batches), GET, ListObjectsV2 and PUT
+(PutObject, UploadPart) itself: bodies are sent with ``UNSIGNED-PAYLOAD`` and protected
+by ``Content-MD5`` instead.  GET reads bodies straight into block-sized buffers
+(botocore/urllib3 copy each block two or three times).
 
 Used only by ``s3.ObjectClient`` for custom (path-style) endpoints.  Any answer it does
 not fully understand (3xx, 4xx other than a HEAD's 404, 5xx, connection trouble after
@@ -96,10 +97,11 @@ class LeanS3:
                                     f"SignedHeaders={';'.join(signed)}, Signature={signature}")
         return headers
 
-    def _request(self, method: str, key: Optional[str], query: Optional[dict] = None,
-                 headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> Optional[tuple]:
-        """(status, {lower-case header: value}[, body]) or None on connection trouble.
-        ``key`` None addresses the bucket itself."""
+    def _open(self, method: str, key: Optional[str], query: Optional[dict] = None,
+              headers: Optional[dict] = None, body: bytes = b""):
+        """Send a signed request on this thread's keep-alive connection; the response with
+        its body unread, or None on connection trouble (a stale keep-alive connection is
+        replaced once).  ``key`` None addresses the bucket itself."""
         path = self._path(key) if key is not None else self.base_path + "/" + _quote(self.bucket)
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
@@ -111,12 +113,7 @@ class LeanS3:
                 if method == "PUT":
                     signed["content-length"] = str(len(body))
                 conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
-                resp = conn.getresponse()
-                data = resp.read()
-                answer = {k.lower(): v for k, v in resp.getheaders()}
-                if answer.get("connection", "").lower() == "close":
-                    self._drop_conn()
-                return (resp.status, answer, data) if want_body else (resp.status, answer)
+                return conn.getresponse()
             except TimeoutError:
                 self._drop_conn()
                 return None      # a server that does not answer: botocore's retries decide
@@ -125,6 +122,22 @@ class LeanS3:
                 if attempt:
                     return None
         return None
+
+    def _request(self, method: str, key: Optional[str], query: Optional[dict] = None,
+                 headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> Optional[tuple]:
+        """(status, {lower-case header: value}[, body]) or None on connection trouble."""
+        resp = self._open(method, key, query, headers, body)
+        if resp is None:
+            return None
+        try:
+            data = resp.read()
+        except (http.client.HTTPException, OSError):
+            self._drop_conn()
+            return None
+        answer = {k.lower(): v for k, v in resp.getheaders()}
+        if answer.get("connection", "").lower() == "close":
+            self._drop_conn()
+        return (resp.status, answer, data) if want_body else (resp.status, answer)
 
     # -- operations -------------------------------------------------------------------------
     def get(self, key: str, start: int, end: int, etag: Optional[str], chunk_size: int,
@@ -136,26 +149,17 @@ class LeanS3:
         Returns (status, offset reached).  For 200/206 the offset is ``end`` unless the
         body was cut (the caller asks again from there); other statuses deliver nothing.
         None: connection trouble before the status line (the caller uses botocore)."""
-        path = self._path(key)
         headers = {"range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["if-match"] = f'"{etag}"'
-        resp = None
-        for attempt in (0, 1):
-            conn = self._conn()
+        resp = self._open("GET", key, headers=headers)
+        if resp is None:
+            return None
+        if resp.status not in (200, 206):
             try:
-                conn.request("GET", path, headers=self._sign("GET", path, {}, headers, EMPTY_SHA256))
-                resp = conn.getresponse()
-                break
-            except TimeoutError:
-                self._drop_conn()
-                return None
+                resp.read()
             except (http.client.HTTPException, OSError):
                 self._drop_conn()
-                if attempt:
-                    return None
-        if resp.status not in (200, 206):
-            resp.read()
             return resp.status, start
         length = resp.length
         if length is None or length != end - start:

@@ -21,6 +21,8 @@ from s3fuse.meta.attrs import NS, decode_xattrs, encode_xattrs
 from s3fuse.s3 import ListPage, ObjectInfo
 from s3fuse.write.copy import COPY_PART, MAX_SINGLE_COPY, copy_object, copy_part_plan
 
+from .fakes import head_each
+
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
 MIN_PART, MAX_PART, MAX_PARTS = 5 * MiB, 5 * GiB, 10_000
 
@@ -212,13 +214,7 @@ class FakeBucket:
         return ObjectInfo(key=key, size=len(data), etag=etag, mtime=1_700_000_000.0, metadata=dict(meta))
 
     def head_many(self, keys):
-        out = []
-        for key in keys:
-            try:
-                out.append(self.head(key))
-            except errors.FsError as exc:
-                out.append(exc)
-        return out
+        return head_each(self, keys)
 
     def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
         self._rec("get_object", key)

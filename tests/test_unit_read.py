@@ -27,6 +27,8 @@ from s3fuse.meta.namespace import Namespace
 from s3fuse.paths import KeyMapper, join, split, valid_name
 from s3fuse.s3 import ListPage, ObjectInfo
 
+from .fakes import head_each
+
 
 # ---------------------------------------------------------------------------------------
 # A fake S3 client: an in-memory bucket that counts every request it serves.
@@ -104,13 +106,7 @@ class FakeClient:
 
     def head_many(self, keys):
         self._record("head_many", len(keys))
-        out = []
-        for key in keys:
-            try:
-                out.append(self.head(key))
-            except errors.FsError as exc:
-                out.append(exc)
-        return out
+        return head_each(self, keys)
 
     def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
         self._record("get_object", key, start, end, etag)

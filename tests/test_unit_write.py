@@ -779,6 +779,27 @@ class TestOpenFile:
 # ---------------------------------------------------------------------------------------
 # SequentialMD5: the whole-file MD5 beside the write path
 # ---------------------------------------------------------------------------------------
+def gated_md5(monkeypatch):
+    """Make SequentialMD5's hashing wait for the returned Event (a stuck hasher thread)."""
+    from s3fuse.write import hashing
+    gate = threading.Event()
+    real_md5 = hashlib.md5
+
+    class GatedMD5:
+        def __init__(self):
+            self.h = real_md5()
+
+        def update(self, d):
+            gate.wait()
+            self.h.update(d)
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(hashing.hashlib, "md5", GatedMD5)
+    return gate
+
+
 class TestSequentialMD5:
     def test_digest_equals_hashlib_across_inline_and_thread(self):
         from s3fuse.write.hashing import SequentialMD5
@@ -793,24 +814,11 @@ class TestSequentialMD5:
         assert h.hexdigest() == md5(data + more), "usable again after a digest"
 
     def test_queue_is_bounded(self, monkeypatch):
-        from s3fuse.write import hashing
-        gate = threading.Event()
+        from s3fuse.write.hashing import SequentialMD5
         seen = []
-        real_md5 = hashlib.md5
-
-        class SlowMD5:
-            def __init__(self):
-                self.h = real_md5()
-
-            def update(self, d):
-                gate.wait()
-                self.h.update(d)
-
-            def hexdigest(self):
-                return self.h.hexdigest()
         expected = md5(b"x" * 1024 * 20)
-        monkeypatch.setattr(hashing.hashlib, "md5", SlowMD5)
-        h = hashing.SequentialMD5(inline_limit=0, max_queued=4 << 10)
+        gate = gated_md5(monkeypatch)
+        h = SequentialMD5(inline_limit=0, max_queued=4 << 10)
         writer = threading.Thread(target=lambda: [h.update(b"x" * 1024) or seen.append(i) for i in range(20)])
         writer.start()
         time.sleep(0.3)
@@ -820,19 +828,9 @@ class TestSequentialMD5:
         assert h.hexdigest() == expected
 
     def test_cancel_releases_a_writer_waiting_for_room(self, monkeypatch):
-        from s3fuse.write import hashing
-        gate = threading.Event()
-        real_md5 = hashlib.md5
-
-        class StuckMD5:
-            def __init__(self):
-                self.h = real_md5()
-
-            def update(self, d):
-                gate.wait()
-
-        monkeypatch.setattr(hashing.hashlib, "md5", StuckMD5)
-        h = hashing.SequentialMD5(inline_limit=0, max_queued=1)
+        from s3fuse.write.hashing import SequentialMD5
+        gate = gated_md5(monkeypatch)
+        h = SequentialMD5(inline_limit=0, max_queued=1)
         h.update(b"first")                    # taken by the (stuck) thread
         writer = threading.Thread(target=lambda: h.update(b"second"))
         writer.start()

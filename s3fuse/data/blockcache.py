@@ -21,8 +21,8 @@ exceed its limit by that much between two culls.
 from __future__ import annotations
 
 import io
-import os
 import logging
+import os
 import queue
 import threading
 import time
