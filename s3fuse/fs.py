@@ -755,11 +755,15 @@ class Filesystem:
 
     # -- extended attributes -------------------------------------------------------------------
     def _xattr_namespace_ok(self, name: str) -> bool:
+        """Only ``user.*`` is stored.  Other namespaces answer ENOTSUP ("not supported
+        here"), not ENODATA: ``ls -l`` then stops asking for security.selinux and the
+        POSIX ACL of every entry on this filesystem (coreutils caches ENOTSUP per
+        device), and cp/rsync treat it as "no ACLs, no labels"."""
         return name.startswith("user.")
 
     def getxattr(self, path: str, name: str) -> bytes:
         if not self._xattr_namespace_ok(name):
-            raise errors.FsError(name, errno.ENODATA)
+            raise errors.FsError(name, errno.ENOTSUP)
         attr = self._attr_with_xattrs(path)
         value = (attr.xattrs or {}).get(name)
         if value is None:
@@ -784,7 +788,7 @@ class Filesystem:
 
     def removexattr(self, path: str, name: str):
         if not self._xattr_namespace_ok(name):
-            raise errors.FsError(name, errno.ENODATA)
+            raise errors.FsError(name, errno.ENOTSUP)
         current = dict(self._attr_with_xattrs(path).xattrs or {})
         if name not in current:
             raise errors.FsError(name, errno.ENODATA)
@@ -802,6 +806,7 @@ class Filesystem:
         hits, misses = self.blocks.hits, self.blocks.misses
         return {"bucket": self.client.bucket, "prefix": self.mapper.prefix,
                 "requests": dict(self.client.request_counts), "errors": self.client.error_count,
+                "lean_connections_opened": self.client.lean_connections_opened(),
                 "cache": {"hits": hits, "misses": misses, "bytes": self.blocks.volume(),
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
                 "bytes_fetched": self.fetcher.bytes_fetched, "open_handles": len(self._handles),

@@ -3,6 +3,7 @@
 import ctypes
 import errno as _errno
 import os
+import threading
 from ctypes.util import find_library
 
 # mfusepy looks for libfuse 2 first; prefer libfuse 3 (1 MiB requests, partial utimens).
@@ -18,13 +19,38 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
 
 
 
+_thread_pinned = threading.local()
+
+
+def _pin_thread_state():
+    """Keep this thread's Python thread state alive between callbacks.
+
+    libfuse calls back on its own worker threads; for such a thread ctypes creates a
+    Python thread state at the start of every callback and destroys it at the end (its
+    threading.local values, a _DummyThread, allocator state...).  One extra
+    PyGILState_Ensure that is never released keeps the state for the life of the thread.
+    libfuse >= 3.12 never ends idle workers by default (max_idle_threads unlimited), so
+    at most max_threads states live this way; on libfuse 2 the loop has its own threads
+    for the mount's lifetime too."""
+    _thread_pinned.done = True
+    ensure = ctypes.pythonapi.PyGILState_Ensure
+    ensure.restype = ctypes.c_int
+    ensure()
+
+
 class FUSE(_fuse.FUSE):
     """mfusepy drops the flags of libfuse 3's rename; pass them on so that flags S3 cannot
     honour (RENAME_EXCHANGE...) fail with a clear errno instead of being ignored.
 
-    ``ls -l`` asks for security.selinux and system.posix_acl_access on every entry:
-    those (and every non-``user.`` name) are answered ENODATA right here, before any
-    decoding, exception or logging, as they are never stored."""
+    Names outside ``user.`` (security.selinux, system.posix_acl_access, the
+    security.capability the kernel asks for before a write) are answered ENOTSUP right
+    here, before any decoding, exception or logging, as they are never stored (the same
+    answer as ``Filesystem.getxattr``)."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        if not getattr(_thread_pinned, "done", False):
+            _pin_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
@@ -65,7 +91,7 @@ class FUSE(_fuse.FUSE):
 
     def getxattr(self, path, name, value, size, *args):
         if not name.startswith(b"user."):
-            return -_errno.ENODATA
+            return -_errno.ENOTSUP
         return super().getxattr(path, name, value, size, *args)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:

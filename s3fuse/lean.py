@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_IDLE = 32       # idle keep-alive connections kept per kind (more are closed)
 
 
 def _quote(text: str, safe: str = "-_.~") -> str:
@@ -46,23 +47,47 @@ class LeanS3:
         self.region = region
         self.credentials = credentials      # botocore Credentials (refreshable)
         self.timeout = timeout
-        self._local = threading.local()
+        self._idle_lock = threading.Lock()     # leaf lock: guards the two idle lists only
+        self._idle: list = []                  # keep-alive http.client connections
+        self._idle_pipes: list = []            # raw sockets for pipelined HEADs
+        self.connections_opened = 0            # for the status file (and the tests)
         self._keys: dict = {}
 
     # -- plumbing ------------------------------------------------------------------------
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            conn = cls(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    # Connections are checked out of a shared idle list for one request and returned once
+    # its answer is read: FUSE callbacks run on libfuse threads where ctypes gives every
+    # call a fresh Python thread state, so per-thread (threading.local) connections died
+    # with each callback and every PUT from close() paid a new TCP connection.
+    def _checkout(self):
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+            self.connections_opened += 1
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return cls(self.host, self.port, timeout=self.timeout)
 
-    def _drop_conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-        self._local.conn = None
+    def _checkin(self, conn):
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _checkout_pipe(self) -> socket.socket:
+        with self._idle_lock:
+            if self._idle_pipes:
+                return self._idle_pipes.pop()
+            self.connections_opened += 1
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _checkin_pipe(self, sock: socket.socket):
+        with self._idle_lock:
+            if len(self._idle_pipes) < MAX_IDLE:
+                self._idle_pipes.append(sock)
+                return
+        sock.close()
 
     def _signing_key(self, secret: str, datestamp: str) -> bytes:
         cached = self._keys.get((secret, datestamp))
@@ -99,44 +124,58 @@ class LeanS3:
 
     def _open(self, method: str, key: Optional[str], query: Optional[dict] = None,
               headers: Optional[dict] = None, body: bytes = b""):
-        """Send a signed request on this thread's keep-alive connection; the response with
-        its body unread, or None on connection trouble (a stale keep-alive connection is
-        replaced once).  ``key`` None addresses the bucket itself."""
+        """Send a signed request on an idle keep-alive connection: (connection, response
+        with its body unread), or None on connection trouble (a stale keep-alive
+        connection is replaced once).  The caller reads the body, then hands the
+        connection to ``_done``.  ``key`` None addresses the bucket itself."""
         path = self._path(key) if key is not None else self.base_path + "/" + _quote(self.bucket)
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
         for attempt in (0, 1):
-            conn = self._conn()
+            conn = self._checkout()
             try:
                 signed = self._sign(method, path, query, dict(headers or {}),
                                     UNSIGNED if method == "PUT" else EMPTY_SHA256)
                 if method == "PUT":
                     signed["content-length"] = str(len(body))
                 conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
-                return conn.getresponse()
+                return conn, conn.getresponse()
             except TimeoutError:
-                self._drop_conn()
+                conn.close()
                 return None      # a server that does not answer: botocore's retries decide
             except (http.client.HTTPException, OSError):
-                self._drop_conn()     # e.g. a keep-alive connection the server closed
+                conn.close()     # e.g. a keep-alive connection the server closed
                 if attempt:
                     return None
+            except BaseException:
+                conn.close()
+                raise
         return None
+
+    def _done(self, conn, resp, reusable: bool = True):
+        """Give back a connection whose answer was read to its end (``reusable``), or close it."""
+        if reusable and not resp.will_close:
+            self._checkin(conn)
+        else:
+            conn.close()
 
     def _request(self, method: str, key: Optional[str], query: Optional[dict] = None,
                  headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> Optional[tuple]:
         """(status, {lower-case header: value}[, body]) or None on connection trouble."""
-        resp = self._open(method, key, query, headers, body)
-        if resp is None:
+        opened = self._open(method, key, query, headers, body)
+        if opened is None:
             return None
+        conn, resp = opened
         try:
             data = resp.read()
         except (http.client.HTTPException, OSError):
-            self._drop_conn()
+            self._done(conn, resp, reusable=False)
             return None
+        except BaseException:
+            self._done(conn, resp, reusable=False)
+            raise
         answer = {k.lower(): v for k, v in resp.getheaders()}
-        if answer.get("connection", "").lower() == "close":
-            self._drop_conn()
+        self._done(conn, resp, reusable=answer.get("connection", "").lower() != "close")
         return (resp.status, answer, data) if want_body else (resp.status, answer)
 
     # -- operations -------------------------------------------------------------------------
@@ -152,18 +191,21 @@ class LeanS3:
         headers = {"range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["if-match"] = f'"{etag}"'
-        resp = self._open("GET", key, headers=headers)
-        if resp is None:
+        opened = self._open("GET", key, headers=headers)
+        if opened is None:
             return None
+        conn, resp = opened
         if resp.status not in (200, 206):
             try:
                 resp.read()
             except (http.client.HTTPException, OSError):
-                self._drop_conn()
+                self._done(conn, resp, reusable=False)
+            else:
+                self._done(conn, resp)
             return resp.status, start
         length = resp.length
         if length is None or length != end - start:
-            self._drop_conn()     # not the range asked for (a server ignoring Range)
+            self._done(conn, resp, reusable=False)     # not the range asked for (a server ignoring Range)
             return None
         offset = start
         try:
@@ -180,13 +222,12 @@ class LeanS3:
                 deliver(offset, chunk)
                 offset += got
         except (http.client.HTTPException, OSError):
-            self._drop_conn()
+            self._done(conn, resp, reusable=False)
             return resp.status, offset
         except BaseException:
-            self._drop_conn()     # the body was not read to its end
+            self._done(conn, resp, reusable=False)     # the body was not read to its end
             raise
-        if resp.getheader("connection", "").lower() == "close":
-            self._drop_conn()
+        self._done(conn, resp, reusable=resp.getheader("connection", "").lower() != "close")
         return resp.status, offset
 
     def list_objects(self, query: dict) -> Optional[bytes]:
@@ -196,7 +237,7 @@ class LeanS3:
         return answer[2] if answer is not None and answer[0] == 200 else None
 
     def head_many(self, keys: list) -> list:
-        """HEADs of ``keys`` pipelined on one connection of this thread (HTTP/1.1: all
+        """HEADs of ``keys`` pipelined on one idle connection (HTTP/1.1: all
         requests written at once, the answers read in order).  RGW and MinIO answer a
         pipelined batch as fast as parallel connections, for half the client CPU per
         HEAD (no http.client/email header parsing, one send, few receives).  Returns one
@@ -205,12 +246,9 @@ class LeanS3:
         if not keys or self.https:
             return [None] * len(keys)
         results: list = []
-        sock = getattr(self._local, "pipe", None)
+        sock = None
         try:
-            if sock is None:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._local.pipe = sock
+            sock = self._checkout_pipe()
             requests = []
             for key in keys:
                 path = self._path(key)
@@ -240,14 +278,15 @@ class LeanS3:
             if buf:
                 raise ConnectionError("unexpected bytes after the last answer")
         except (OSError, ValueError, IndexError, UnicodeError):
-            self._drop_pipe()
-        return results + [None] * (len(keys) - len(results))
-
-    def _drop_pipe(self):
-        sock = getattr(self._local, "pipe", None)
-        if sock is not None:
-            sock.close()
-        self._local.pipe = None
+            if sock is not None:
+                sock.close()
+            return results + [None] * (len(keys) - len(results))
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        self._checkin_pipe(sock)
+        return results
 
     def head(self, key: str) -> Optional[tuple]:
         answer = self._request("HEAD", key)

@@ -158,6 +158,10 @@ class ObjectClient:
                                            read_timeout=min(read_timeout, 3.0)))
 
     # -- bookkeeping -------------------------------------------------------------------
+    def lean_connections_opened(self) -> int:
+        """TCP connections the lean client has opened so far (0 without it)."""
+        return 0 if self._fast is None else self._fast.connections_opened
+
     def _count(self, op: str):
         with self.stats_lock:
             self.request_counts[op] = self.request_counts.get(op, 0) + 1

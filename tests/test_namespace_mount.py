@@ -665,12 +665,14 @@ def test_xattrs(s3, bucket, mounter):
     os.removexattr(m.p("f"), "user.gone")
     assert errno_of(os.getxattr, m.p("f"), "user.gone") == errno.ENODATA
     assert errno_of(os.removexattr, m.p("f"), "user.gone") == errno.ENODATA
-    # other namespaces: answered at once
+    # other namespaces: not supported, answered at once (ENOTSUP: ls -l stops asking)
     t0 = time.monotonic()
     for _ in range(20):
-        assert errno_of(os.getxattr, m.p("f"), "security.selinux") == errno.ENODATA
-        assert errno_of(os.getxattr, m.p("f"), "security.capability") == errno.ENODATA
+        assert errno_of(os.getxattr, m.p("f"), "security.selinux") == errno.ENOTSUP
+        assert errno_of(os.getxattr, m.p("f"), "security.capability") == errno.ENOTSUP
+        assert errno_of(os.getxattr, m.p("f"), "system.posix_acl_access") == errno.ENOTSUP
     assert time.monotonic() - t0 < 1.0
+    assert errno_of(os.removexattr, m.p("f"), "security.foo") == errno.ENOTSUP
     assert errno_of(os.setxattr, m.p("f"), "security.foo", b"x") == errno.ENOTSUP
     assert errno_of(os.setxattr, m.p("f"), "trusted.foo", b"x") == errno.ENOTSUP
     assert errno_of(os.getxattr, m.p("missing"), "user.x") == errno.ENOENT

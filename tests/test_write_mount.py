@@ -200,6 +200,29 @@ def test_cp_sizes(s3, bucket, mounter, tmp_path):
     assert os.listdir(os.path.join(m.cache_dir, "staging")) == [], "staging files removed after upload"
 
 
+@pytest.mark.servers("rgw")      # moto's werkzeug server closes every connection after its answer
+def test_small_file_closes_reuse_connections(s3, bucket, mounter):
+    """Each close() of a small file is one PutObject sent from a libfuse worker thread.
+    Those requests must share pooled keep-alive connections: per-thread connections
+    died with every FUSE callback (ctypes gives a foreign thread a fresh Python thread
+    state per call), so every close paid a new TCP connection."""
+    m = mounter(bucket)
+    os.makedirs(m.p("small"))
+    before = fresh_status(m, time.time())
+    files = {f"small/f{i:02d}": os.urandom(100 + i) for i in range(40)}
+    for name, data in files.items():
+        with open(m.p(name), "wb") as f:
+            f.write(data)
+    after = fresh_status(m, time.time())
+    for name, data in files.items():
+        assert obj(s3, bucket, name)[0] == data
+    sent = delta(after["requests"], before["requests"])
+    assert sent["put_object"] == 40, sent
+    assert after["lean_connections_opened"] >= 1, "the PUTs went through the lean client"
+    opened = after["lean_connections_opened"] - before["lean_connections_opened"]
+    assert opened <= 4, f"40 serial closes opened {opened} connections"
+
+
 # ---------------------------------------------------------------------------------------
 # changing existing objects
 # ---------------------------------------------------------------------------------------
