@@ -698,6 +698,23 @@ class TestOpenFile:
         recovery.abort_writing(client, j, writing[0])
         assert client.calls == [("abort_multipart", "u")] and j.load("w1") is None
 
+    def test_sort_out_drops_a_cut_record_and_keeps_its_staging_file(self, tmp_path):
+        """A small file's record is written without fsync: after a power loss it may be
+        cut.  It is removed, never resumed, and its staging data is kept in recovery/."""
+        j = Journal(str(tmp_path / "journal"))
+        staging, rec_dir = tmp_path / "staging", tmp_path / "recovery"
+        staging.mkdir()
+        (staging / "s").write_bytes(b"small file")
+        e = Entry(id="s1", key="small", staging=str(staging / "s"), state=CLOSED, size=10)
+        j.save(e, durable=False)
+        assert j.load("s1") == e, "an in-place record reads back whole"
+        record = tmp_path / "journal" / "s1.json"
+        record.write_bytes(record.read_bytes()[:20])
+        closed, writing = recovery.sort_out(j, str(staging), str(rec_dir))
+        assert closed == [] and writing == []
+        assert os.listdir(tmp_path / "journal") == []
+        assert [(rec_dir / p).read_bytes() for p in os.listdir(rec_dir)] == [b"small file"]
+
     def test_sort_out_checks_unsynced_staging_against_its_md5(self, tmp_path):
         """A staging file closed without fsync (MD5 recorded instead) that a power loss
         damaged is never resumed: it goes to recovery and its upload is aborted."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 WRITING = "writing"
@@ -64,19 +64,29 @@ class Journal:
         return os.path.join(self.dir, entry_id + ".json")
 
     def save(self, entry: Entry, durable: bool = True):
-        """Write the record atomically; ``durable`` also fsyncs it and the directory (power
-        loss).  Without it the record still survives a crash of the daemon itself."""
+        """Write the record.  ``durable``: atomically (tmp + rename) and fsynced with its
+        directory (power loss).  Otherwise one write() straight to the record (a small
+        file's one-PutObject record, never updated in place): a crash of the daemon cannot
+        split a write() of a few hundred bytes, and a record cut by a power loss fails to
+        load and is skipped (its staging file then goes to recovery/, see recovery.py)."""
         path = self._path(entry.id)
+        data = json.dumps(vars(entry)).encode()
+        if not durable:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(entry), f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-        if durable:
-            fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def remove(self, entry_id: str, durable: bool = True):
         try:

@@ -47,6 +47,7 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
     """Local part of recovery (no network).  Returns (closed_entries, writing_entries);
     the staging files of WRITING entries and orphans are already moved to recovery."""
     entries = journal.entries()
+    _drop_unreadable_records(journal, {e.id for e in entries})
     entries += _interrupted_saves(journal, {e.id for e in entries})
     closed = [e for e in entries if e.state == CLOSED and os.path.exists(e.staging)]
     writing = [e for e in entries if e.state == WRITING]
@@ -88,6 +89,17 @@ def _staging_intact(entry) -> bool:
         return os.path.getsize(entry.staging) == entry.size and file_md5(entry.staging, entry.size) == entry.md5
     except OSError:
         return False
+
+
+def _drop_unreadable_records(journal: Journal, known: set):
+    """A small file's record is written in place without fsync (Journal.save): a power
+    loss may leave it cut.  Its close() never returned success, so nothing is resumed;
+    the record goes, and its staging file is then an orphan kept in ``recovery/``."""
+    for name in os.listdir(journal.dir):
+        if name.endswith(".json") and not name.startswith("rename-") and name[:-5] not in known:
+            log.error("journal record %s cannot be read; removing it (its staging file, if any, "
+                      "goes to recovery/)", name)
+            journal.remove(name[:-5], durable=False)
 
 
 def _interrupted_saves(journal: Journal, known: set) -> list:
