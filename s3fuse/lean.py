@@ -4,7 +4,7 @@ botocore spends ~1.5 ms of CPU per request (signing, event hooks, parsing) under
 GIL, and over plain HTTP it also SHA-256-hashes every upload body for the signature
 (~2 ms per MiB).  On a 2-core machine shared with the S3 server that CPU is the limit:
 exact POSIX metadata needs one HEAD per object, and a 256 MiB upload paid ~0.6 s of
-hashing.  This module does HEAD (also pipelined batches), GET, ListObjectsV2 and PUT
+hashing.  This module does HEAD (also pipelined batches), GET, ListObjectsV2, DELETE and PUT
 (PutObject, UploadPart) itself: bodies are sent with ``UNSIGNED-PAYLOAD`` and protected
 by ``Content-MD5`` instead.  GET reads bodies straight into block-sized buffers
 (botocore/urllib3 copy each block two or three times).
@@ -291,6 +291,12 @@ class LeanS3:
     def head(self, key: str) -> Optional[tuple]:
         answer = self._request("HEAD", key)
         return answer if answer is not None and answer[0] in (200, 404) else None
+
+    def delete(self, key: str) -> bool:
+        """DeleteObject; True once the server answered 204/200 (S3 answers so for a key
+        that does not exist too), False to fall back to botocore."""
+        answer = self._request("DELETE", key)
+        return answer is not None and answer[0] in (200, 204)
 
     def put(self, key: str, body: bytes, content_md5: str, metadata: Optional[dict] = None,
             content_type: Optional[str] = None, query: Optional[dict] = None) -> Optional[str]:

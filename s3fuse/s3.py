@@ -408,6 +408,9 @@ class ObjectClient:
         return _etag(resp.get("CopyObjectResult", {}).get("ETag")) or self.head(dst).etag
 
     def delete(self, key: str):
+        if self._fast is not None and self._fast.delete(key):
+            self._count("delete_object")
+            return
         self._call("delete_object", f"delete {key!r}", Key=key)
 
     def delete_many(self, keys: list):

@@ -280,7 +280,7 @@ def test_directory_marker_with_a_body(s3, bucket, mounter):
 
 
 def test_lean_client_signs_awkward_keys(s3_server, s3, bucket):
-    """s3fuse's own SigV4 requests (s3fuse/lean.py: HEAD, PutObject, UploadPart) for the
+    """s3fuse's own SigV4 requests (s3fuse/lean.py: HEAD, PutObject, UploadPart, DeleteObject) for the
     names above, straight against the server: each must be accepted as signed (a refused
     signature would silently fall back to botocore, hiding the bug from mount tests)."""
     from s3fuse.s3 import ObjectClient, md5_b64
@@ -299,6 +299,10 @@ def test_lean_client_signs_awkward_keys(s3_server, s3, bucket):
         got = s3.get_object(Bucket=bucket, Key=name)
         assert got["Body"].read() == body and got["Metadata"]["mtime"] == "1600000000", name
     assert lean.head("no such key")[0] == 404
+    # DeleteObject: signed like the rest; a key that is not there is no error (as in S3)
+    for name in AWKWARD[:3] + ["(parens)!'*", "no such key"]:
+        assert lean.delete(name) is True, name
+        assert lean.head(name)[0] == 404, name
     # UploadPart: the query string (partNumber, uploadId) is signed too
     key = "mp parts/ü+%.bin"
     upload_id = client.create_multipart(key)
