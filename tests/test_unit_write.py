@@ -87,8 +87,13 @@ class FakeWriteClient:
         with self._lock:
             self._ids += 1
             uid = f"up{self._ids}"
-            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}}
+            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}, "initiated": time.time()}
         return uid
+
+    def list_uploads(self, prefix=""):
+        self._enter("list_uploads", prefix)
+        return [(u["key"], uid, u["initiated"]) for uid, u in sorted(self.uploads.items())
+                if u["key"].startswith(prefix)]
 
     def upload_part(self, key, upload_id, number, body, content_md5):
         self._enter("upload_part", number)
@@ -697,6 +702,41 @@ class TestOpenFile:
         client = FakeWriteClient()
         recovery.abort_writing(client, j, writing[0])
         assert client.calls == [("abort_multipart", "u")] and j.load("w1") is None
+
+    @pytest.mark.parametrize("state", [WRITING, CLOSED])
+    def test_upload_created_but_never_recorded_is_aborted(self, tmp_path, state):
+        """The server created an upload but its id never reached the record (a crash or a
+        lost answer right after CreateMultipartUpload): the next start finds it by key and
+        time and aborts it - a WRITING record's as it abandons it, a CLOSED record's before
+        its upload starts again.  Other uploads (another key, the same key long ago) stay."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, delays=())
+        old = c.create_multipart("k")
+        c.uploads[old]["initiated"] -= 3600             # the same key, an hour before
+        other = c.create_multipart("k2")
+        real_create = FakeWriteClient.create_multipart
+
+        def create_then_lose_answer(key, metadata=None, content_type=None):
+            real_create(c, key, metadata, content_type)      # the server creates it...
+            raise errors.Unreachable("the answer is lost")
+        c.create_multipart = create_then_lose_answer
+        staging = tmp_path / "s"
+        staging.write_bytes(b"x" * (6 * MiB))
+        e = Entry(id="e1", key="k", staging=str(staging), state=state, size=6 * MiB, created=time.time())
+        with pytest.raises(errors.Unreachable):
+            up.begin_multipart(e)
+        lost = [u for u in c.uploads if u not in (old, other)]
+        assert len(lost) == 1 and j.load("e1").creating and j.load("e1").upload_id is None
+        c.create_multipart = lambda *a, **k: real_create(c, *a, **k)
+        # the next start
+        if state == WRITING:
+            recovery.abort_writing(c, j, j.load("e1"))
+            assert j.load("e1") is None
+        else:
+            recovery.resume(up, j, j.load("e1"))
+            assert c.objects["k"][0] == b"x" * (6 * MiB)
+        assert lost[0] not in c.uploads, "the unrecorded upload is aborted"
+        assert old in c.uploads and other in c.uploads
 
     def test_sort_out_drops_a_cut_record_and_keeps_its_staging_file(self, tmp_path):
         """A small file's record is written without fsync: after a power loss it may be

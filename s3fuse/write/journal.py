@@ -41,6 +41,7 @@ class Entry:
     uploaded_metadata: Optional[dict] = None        # what CreateMultipartUpload was given
     created: float = 0.0
     verify_md5: bool = False       # staging not fsynced: check it against ``md5`` after a restart
+    creating: float = 0.0          # time a CreateMultipartUpload was sent whose id is not recorded yet
 
 
 def fsync_dir(path: str):

@@ -135,7 +135,32 @@ def _interrupted_saves(journal: Journal, known: set) -> list:
     return found
 
 
+CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
+
+
+def abort_unrecorded(client, entry) -> int:
+    """``entry`` crashed while its CreateMultipartUpload was out (``creating`` set, no
+    upload id recorded): abort the uploads of its key the server started around then.
+    Returns how many were aborted.  Raises if the server cannot be asked (the record then
+    stays for the next attempt)."""
+    if entry.upload_id or not entry.creating:
+        return 0
+    aborted = 0
+    for key, upload_id, initiated in client.list_uploads(entry.key):
+        if key == entry.key and abs(initiated - entry.creating) <= CLOCK_SLACK:
+            client.abort_multipart(key, upload_id)
+            log.warning("aborted upload %s of %r: created just before a crash, never recorded", upload_id, key)
+            aborted += 1
+    entry.creating = 0.0
+    return aborted
+
+
 def abort_writing(client, journal: Journal, entry):
+    try:
+        abort_unrecorded(client, entry)
+    except Exception:
+        log.warning("could not look for an unrecorded upload of %r", entry.key, exc_info=True)
+        return
     if entry.upload_id:
         try:
             client.abort_multipart(entry.key, entry.upload_id)
@@ -161,6 +186,8 @@ def supersede(client, journal: Journal, entry, recovery_dir: str):
 
 def resume(uploader, journal: Journal, entry) -> str:
     """Finish one CLOSED upload; on success the record and staging file are removed."""
+    if abort_unrecorded(uploader.client, entry):
+        uploader.journal.save(entry)     # ``creating`` cleared: a new upload is begun below
     etag = uploader.upload(entry, verify_server_parts=True)
     journal.remove(entry.id)
     try:

@@ -132,10 +132,17 @@ class Uploader:
         return etag
 
     def begin_multipart(self, entry: Entry):
+        # The record says an upload is being created before the request goes out: a crash
+        # (or a lost answer) between the server creating it and the id reaching the record
+        # would otherwise leave an upload no record knows, costing money until aborted by
+        # hand.  Recovery looks such uploads up by key and time (recovery.abort_unrecorded).
+        entry.creating = time.time()
+        self.journal.save(entry)
         entry.upload_id = retry(lambda: self.client.create_multipart(entry.key, entry.metadata, entry.content_type),
                                 f"create upload of {entry.key!r}", self.retry_delays)
         entry.part_size = entry.part_size or self.part_size
         entry.uploaded_metadata = dict(entry.metadata)
+        entry.creating = 0.0
         self.journal.save(entry)
 
     # -- a whole file -----------------------------------------------------------------------
