@@ -738,6 +738,26 @@ class TestOpenFile:
         assert lost[0] not in c.uploads, "the unrecorded upload is aborted"
         assert old in c.uploads and other in c.uploads
 
+    def test_upload_of_a_failed_create_attempt_is_aborted_after_the_retry(self, tmp_path):
+        """CreateMultipartUpload answered with an error although the server created the
+        upload; the retry creates another.  The first is aborted at once, the second used."""
+        c = FakeWriteClient()
+        up, j = make_uploader(c, tmp_path, delays=(0.0,))
+        real_create = FakeWriteClient.create_multipart
+        answers = []
+
+        def create_lose_first_answer(key, metadata=None, content_type=None):
+            uid = real_create(c, key, metadata, content_type)
+            answers.append(uid)
+            if len(answers) == 1:
+                raise errors.Unreachable("the answer is lost")
+            return uid
+        c.create_multipart = create_lose_first_answer
+        e = Entry(id="e1", key="k", staging=str(tmp_path / "s"), state=WRITING, created=time.time())
+        up.begin_multipart(e)
+        assert e.upload_id == answers[1] and list(c.uploads) == [answers[1]]
+        assert j.load("e1").upload_id == answers[1] and not j.load("e1").creating
+
     def test_sort_out_drops_a_cut_record_and_keeps_its_staging_file(self, tmp_path):
         """A small file's record is written without fsync: after a power loss it may be
         cut.  It is removed, never resumed, and its staging data is kept in recovery/."""

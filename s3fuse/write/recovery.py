@@ -22,6 +22,7 @@ import logging
 import os
 import time
 import urllib.parse
+from typing import Optional
 
 from .journal import CLOSED, WRITING, Entry, Journal
 from .uploader import file_md5
@@ -138,16 +139,17 @@ def _interrupted_saves(journal: Journal, known: set) -> list:
 CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
 
 
-def abort_unrecorded(client, entry) -> int:
+def abort_unrecorded(client, entry, keep: Optional[str] = None) -> int:
     """``entry`` crashed while its CreateMultipartUpload was out (``creating`` set, no
-    upload id recorded): abort the uploads of its key the server started around then.
-    Returns how many were aborted.  Raises if the server cannot be asked (the record then
-    stays for the next attempt)."""
-    if entry.upload_id or not entry.creating:
+    upload id recorded), or an attempt failed before the one that gave ``keep``: abort
+    the uploads of its key the server started around then, except ``keep``.  Returns
+    how many were aborted.  Raises if the server cannot be asked (the record then stays
+    for the next attempt)."""
+    if (entry.upload_id and keep is None) or not entry.creating:
         return 0
     aborted = 0
     for key, upload_id, initiated in client.list_uploads(entry.key):
-        if key == entry.key and abs(initiated - entry.creating) <= CLOCK_SLACK:
+        if key == entry.key and upload_id != keep and abs(initiated - entry.creating) <= CLOCK_SLACK:
             client.abort_multipart(key, upload_id)
             log.warning("aborted upload %s of %r: created just before a crash, never recorded", upload_id, key)
             aborted += 1

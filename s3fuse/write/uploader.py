@@ -138,10 +138,21 @@ class Uploader:
         # hand.  Recovery looks such uploads up by key and time (recovery.abort_unrecorded).
         entry.creating = time.time()
         self.journal.save(entry)
-        entry.upload_id = retry(lambda: self.client.create_multipart(entry.key, entry.metadata, entry.content_type),
-                                f"create upload of {entry.key!r}", self.retry_delays)
+        attempts = []
+
+        def create():
+            attempts.append(1)
+            return self.client.create_multipart(entry.key, entry.metadata, entry.content_type)
+        entry.upload_id = retry(create, f"create upload of {entry.key!r}", self.retry_delays)
         entry.part_size = entry.part_size or self.part_size
         entry.uploaded_metadata = dict(entry.metadata)
+        if len(attempts) > 1:       # a failed attempt may have created an upload after all
+            self.journal.save(entry)
+            from .recovery import abort_unrecorded
+            try:
+                abort_unrecorded(self.client, entry, keep=entry.upload_id)
+            except Exception:
+                log.warning("could not look for uploads of %r left by a failed attempt", entry.key, exc_info=True)
         entry.creating = 0.0
         self.journal.save(entry)
 
