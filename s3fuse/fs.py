@@ -187,10 +187,11 @@ class Filesystem:
         yield "..", stat.S_IFDIR
         hidden = {p for p in self._deferred_deletes}
         base = path.rstrip("/") + "/"
-        for name, is_dir in list(listing.entries.items()):
+        entries = list(listing.entries.items())
+        attrs = self.cache.get_attrs([base + name for name, _ in entries])
+        for (name, is_dir), attr in zip(entries, attrs):
             if hidden and (base + name) in hidden:
                 continue
-            attr = self.cache.get_attr(base + name)
             if attr is not None and attr.exact and (base + name) not in self._files:
                 yield name, attr       # exact attributes known: READDIRPLUS can carry them
             else:

@@ -43,10 +43,26 @@ class MetaCache:
         with self._lock:
             return self.attrs.get(path)
 
+    def get_attrs(self, paths: list) -> list:
+        """``get_attr`` of many paths under one lock acquisition (a directory listing):
+        taking the lock per entry convoys with the HEAD threads settling entries."""
+        with self._lock:
+            get = self.attrs.get
+            return [get(p) for p in paths]
+
     def put_attr(self, path: str, attr: Attr):
         with self._lock:
             self.attrs[path] = attr
             self.missing.pop(path, None)
+
+    def settle(self, items: list):
+        """For each (path, expected, new): store ``new`` if ``path`` still holds ``expected``
+        (a listing's provisional attributes not replaced meanwhile).  One lock acquisition."""
+        with self._lock:
+            for path, expected, new in items:
+                if self.attrs.get(path) is expected:
+                    self.attrs[path] = new
+                    self.missing.pop(path, None)
 
     def is_missing(self, path: str) -> bool:
         with self._lock:

@@ -183,12 +183,15 @@ class Namespace:
         try:
             files = [(p, a, f) for p, a, f in items if not a.is_dir]
             infos = self.client.head_many([self.mapper.key(p) for p, _, _ in files]) if files else []
-            for (path, listed, future), info in zip(files, infos):
-                if isinstance(info, Exception):
-                    future.set_exception(info)
+            answers = [info if isinstance(info, Exception) else
+                       self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata) for info in infos]
+            self.cache.settle([(path, listed, exact) for (path, listed, _), exact in zip(files, answers)
+                               if not isinstance(exact, Exception)])
+            for (_, _, future), answer in zip(files, answers):
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
                 else:
-                    future.set_result(self._settle(path, listed, self._file_attr(
-                        info.key, info.size, info.mtime, info.etag, info.metadata)))
+                    future.set_result(answer)
             for path, listed, future in items:
                 if listed.is_dir:
                     future.set_result(self._head_entry(path, listed))
@@ -213,8 +216,7 @@ class Namespace:
         return self._settle(path, listed, exact)
 
     def _settle(self, path: str, listed: Attr, exact: Attr) -> Attr:
-        if self.cache.get_attr(path) is listed:
-            self.cache.put_attr(path, exact)
+        self.cache.settle([(path, listed, exact)])
         return exact
 
     # -- listings -------------------------------------------------------------------------
