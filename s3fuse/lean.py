@@ -58,36 +58,29 @@ class LeanS3:
     # its answer is read: FUSE callbacks run on libfuse threads where ctypes gives every
     # call a fresh Python thread state, so per-thread (threading.local) connections died
     # with each callback and every PUT from close() paid a new TCP connection.
-    def _checkout(self):
+    def _take(self, idle: list, connect: Callable):
+        """An idle connection from ``idle`` (``self._idle`` or ``self._idle_pipes``), or a new one."""
         with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
+            if idle:
+                return idle.pop()
             self.connections_opened += 1
-        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=self.timeout)
+        return connect()
 
-    def _checkin(self, conn):
+    def _give_back(self, idle: list, conn):
         with self._idle_lock:
-            if len(self._idle) < MAX_IDLE:
-                self._idle.append(conn)
+            if len(idle) < MAX_IDLE:
+                idle.append(conn)
                 return
         conn.close()
 
-    def _checkout_pipe(self) -> socket.socket:
-        with self._idle_lock:
-            if self._idle_pipes:
-                return self._idle_pipes.pop()
-            self.connections_opened += 1
+    def _new_conn(self):
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return cls(self.host, self.port, timeout=self.timeout)
+
+    def _new_pipe(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-
-    def _checkin_pipe(self, sock: socket.socket):
-        with self._idle_lock:
-            if len(self._idle_pipes) < MAX_IDLE:
-                self._idle_pipes.append(sock)
-                return
-        sock.close()
 
     def _signing_key(self, secret: str, datestamp: str) -> bytes:
         cached = self._keys.get((secret, datestamp))
@@ -132,7 +125,7 @@ class LeanS3:
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
         for attempt in (0, 1):
-            conn = self._checkout()
+            conn = self._take(self._idle, self._new_conn)
             try:
                 signed = self._sign(method, path, query, dict(headers or {}),
                                     UNSIGNED if method == "PUT" else EMPTY_SHA256)
@@ -153,9 +146,10 @@ class LeanS3:
         return None
 
     def _done(self, conn, resp, reusable: bool = True):
-        """Give back a connection whose answer was read to its end (``reusable``), or close it."""
+        """Give back a connection whose answer was read to its end (``reusable``), or close
+        it (also when the server said ``Connection: close``: http.client's ``will_close``)."""
         if reusable and not resp.will_close:
-            self._checkin(conn)
+            self._give_back(self._idle, conn)
         else:
             conn.close()
 
@@ -175,7 +169,7 @@ class LeanS3:
             self._done(conn, resp, reusable=False)
             raise
         answer = {k.lower(): v for k, v in resp.getheaders()}
-        self._done(conn, resp, reusable=answer.get("connection", "").lower() != "close")
+        self._done(conn, resp)
         return (resp.status, answer, data) if want_body else (resp.status, answer)
 
     # -- operations -------------------------------------------------------------------------
@@ -227,7 +221,7 @@ class LeanS3:
         except BaseException:
             self._done(conn, resp, reusable=False)     # the body was not read to its end
             raise
-        self._done(conn, resp, reusable=resp.getheader("connection", "").lower() != "close")
+        self._done(conn, resp)
         return resp.status, offset
 
     def list_objects(self, query: dict) -> Optional[bytes]:
@@ -248,7 +242,7 @@ class LeanS3:
         results: list = []
         sock = None
         try:
-            sock = self._checkout_pipe()
+            sock = self._take(self._idle_pipes, self._new_pipe)
             requests = []
             for key in keys:
                 path = self._path(key)
@@ -285,7 +279,7 @@ class LeanS3:
             if sock is not None:
                 sock.close()
             raise
-        self._checkin_pipe(sock)
+        self._give_back(self._idle_pipes, sock)
         return results
 
     def head(self, key: str) -> Optional[tuple]:

@@ -44,6 +44,16 @@ class Entry:
     creating: float = 0.0          # time a CreateMultipartUpload was sent whose id is not recorded yet
 
 
+def _write(path: str, data: bytes, fsync: bool):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -73,20 +83,10 @@ class Journal:
         path = self._path(entry.id)
         data = json.dumps(vars(entry)).encode()
         if not durable:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            _write(path, data, fsync=False)
             return
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        _write(path + ".tmp", data, fsync=True)
+        os.replace(path + ".tmp", path)
         fsync_dir(self.dir)
 
     def remove(self, entry_id: str, durable: bool = True):

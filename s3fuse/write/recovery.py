@@ -22,10 +22,9 @@ import logging
 import os
 import time
 import urllib.parse
-from typing import Optional
 
 from .journal import CLOSED, WRITING, Entry, Journal
-from .uploader import file_md5
+from .uploader import abort_unrecorded, file_md5
 
 log = logging.getLogger(__name__)
 
@@ -136,27 +135,6 @@ def _interrupted_saves(journal: Journal, known: set) -> list:
     return found
 
 
-CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
-
-
-def abort_unrecorded(client, entry, keep: Optional[str] = None) -> int:
-    """``entry`` crashed while its CreateMultipartUpload was out (``creating`` set, no
-    upload id recorded), or an attempt failed before the one that gave ``keep``: abort
-    the uploads of its key the server started around then, except ``keep``.  Returns
-    how many were aborted.  Raises if the server cannot be asked (the record then stays
-    for the next attempt)."""
-    if (entry.upload_id and keep is None) or not entry.creating:
-        return 0
-    aborted = 0
-    for key, upload_id, initiated in client.list_uploads(entry.key):
-        if key == entry.key and upload_id != keep and abs(initiated - entry.creating) <= CLOCK_SLACK:
-            client.abort_multipart(key, upload_id)
-            log.warning("aborted upload %s of %r: created just before a crash, never recorded", upload_id, key)
-            aborted += 1
-    entry.creating = 0.0
-    return aborted
-
-
 def abort_writing(client, journal: Journal, entry):
     try:
         abort_unrecorded(client, entry)
@@ -189,7 +167,7 @@ def supersede(client, journal: Journal, entry, recovery_dir: str):
 def resume(uploader, journal: Journal, entry) -> str:
     """Finish one CLOSED upload; on success the record and staging file are removed."""
     if abort_unrecorded(uploader.client, entry):
-        uploader.journal.save(entry)     # ``creating`` cleared: a new upload is begun below
+        journal.save(entry)     # ``creating`` cleared: a new upload is begun below
     etag = uploader.upload(entry, verify_server_parts=True)
     journal.remove(entry.id)
     try:

@@ -48,6 +48,27 @@ def retry(fn, what: str, delays=(2.0,)):
             time.sleep(delays[attempt])
 
 
+CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
+
+
+def abort_unrecorded(client, entry, keep: Optional[str] = None) -> int:
+    """``entry`` crashed while its CreateMultipartUpload was out (``creating`` set, no
+    upload id recorded), or an attempt failed before the one that gave ``keep``: abort
+    the uploads of its key the server started around then, except ``keep``.  Returns
+    how many were aborted.  Raises if the server cannot be asked (the record then stays
+    for the next attempt)."""
+    if (entry.upload_id and keep is None) or not entry.creating:
+        return 0
+    aborted = 0
+    for key, upload_id, initiated in client.list_uploads(entry.key):
+        if key == entry.key and upload_id != keep and abs(initiated - entry.creating) <= CLOCK_SLACK:
+            client.abort_multipart(key, upload_id)
+            log.warning("aborted upload %s of %r: created just before a crash, never recorded", upload_id, key)
+            aborted += 1
+    entry.creating = 0.0
+    return aborted
+
+
 def read_range(path: str, start: int, end: int) -> bytes:
     with open(path, "rb") as f:
         return os.pread(f.fileno(), end - start, start)
@@ -135,7 +156,7 @@ class Uploader:
         # The record says an upload is being created before the request goes out: a crash
         # (or a lost answer) between the server creating it and the id reaching the record
         # would otherwise leave an upload no record knows, costing money until aborted by
-        # hand.  Recovery looks such uploads up by key and time (recovery.abort_unrecorded).
+        # hand.  Recovery looks such uploads up by key and time (abort_unrecorded).
         entry.creating = time.time()
         self.journal.save(entry)
         attempts = []
@@ -148,7 +169,6 @@ class Uploader:
         entry.uploaded_metadata = dict(entry.metadata)
         if len(attempts) > 1:       # a failed attempt may have created an upload after all
             self.journal.save(entry)
-            from .recovery import abort_unrecorded
             try:
                 abort_unrecorded(self.client, entry, keep=entry.upload_id)
             except Exception:
