@@ -40,18 +40,13 @@ def main(argv) -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        os.environ.update(env)
         from .s3 import ObjectClient
-        import boto3
-        from botocore.config import Config
-        s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
-        s3.create_bucket(Bucket="demo-bucket")
-        s3.put_object(Bucket="demo-bucket", Key="README.txt", Body=b"Hello from s3fuse: this bucket lives in a local S3 server.\n")
-        s3.put_object(Bucket="demo-bucket", Key="photos/2024/cat.txt", Body=b"meow\n")
-        s3.put_object(Bucket="demo-bucket", Key="docs/", Body=b"", Metadata={"mode": str(0o40750)})
-        s3.put_object(Bucket="demo-bucket", Key="docs/notes.txt", Body=b"notes\n" * 100,
-                      Metadata={"mode": str(0o100640), "mtime": "1700000000"})
-        del ObjectClient
+        s3 = ObjectClient("demo-bucket", endpoint=endpoint, access_key="demo", secret_key="demo")
+        s3.create_bucket()
+        s3.put("README.txt", b"Hello from s3fuse: this bucket lives in a local S3 server.\n")
+        s3.put("photos/2024/cat.txt", b"meow\n")
+        s3.put("docs/", b"", {"mode": str(0o40750)})
+        s3.put("docs/notes.txt", b"notes\n" * 100, {"mode": str(0o100640), "mtime": "1700000000"})
         os.makedirs(mountpoint, exist_ok=True)
         helper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mount.s3fuse")
         cmd = [sys.executable, helper] if os.path.exists(helper) else [sys.executable, "-m", "s3fuse.cli"]

@@ -1,62 +1,182 @@
-"""Typed errors raised below the FUSE adapter.
+"""Error kinds raised below the FUSE adapter, and THE table that gives each its errno.
 
-Every error the filesystem raises on purpose is an ``FsError`` carrying the errno the
-kernel should see.  ``s3fuse.fuse_ops`` is the one place that turns exceptions into
-errno values; everything else raises these types (or lets unexpected exceptions fly,
-which the adapter logs with a traceback and reports as EIO).
+Code below ``fuse_ops`` never picks an errno: it raises a named kind (``NotFound``,
+``NotEmpty``, ``ReadOnly``...).  ``ERRNO`` below is the one place that says what the
+kernel sees for each kind; ``s3fuse.boundary`` is the one place that turns an exception
+into that errno (and logs it).  A kind not in the table inherits its parent's entry.
+
+Kinds that come from S3 (``Unreachable``, ``ServerBusy``, ``BackendError``...) are raised
+by ``s3fuse.s3`` only; ``Transient`` marks those worth another attempt (the retry layer,
+``s3fuse.retry``, is the only code that looks at it).
 """
-import errno
+import errno as _errno
 
 
 class FsError(Exception):
-    """An error with a definite errno."""
+    """Base of every error with a definite errno (see ``ERRNO``)."""
 
-    errno = errno.EIO
-
-    def __init__(self, message="", err=None):
-        super().__init__(message)
-        if err is not None:
-            self.errno = err
+    @property
+    def errno(self) -> int:
+        return errno_of(self)
 
 
+# -- POSIX answers ---------------------------------------------------------------------
 class NotFound(FsError):
-    errno = errno.ENOENT
+    """No such file or directory."""
 
 
+class Exists(FsError):
+    """The name is taken."""
+
+
+class NotEmpty(FsError):
+    """rmdir (or rename onto) a directory that still has entries."""
+
+
+class IsADirectory(FsError):
+    pass
+
+
+class NotADirectory(FsError):
+    pass
+
+
+class ReadOnly(FsError):
+    """A change on a read-only mount."""
+
+
+class NameTooLong(FsError):
+    """A name over 255 bytes or a key over S3's 1,024."""
+
+
+class InvalidArgument(FsError):
+    pass
+
+
+class NotPermitted(FsError):
+    """An operation this filesystem refuses by design (hard link of a directory, ...)."""
+
+
+class Busy(FsError):
+    """The mount root cannot be removed or renamed."""
+
+
+class BadHandle(FsError):
+    """A file handle that is unknown or not open for the operation."""
+
+
+class NoSuchAttribute(FsError):
+    """No extended attribute of that name."""
+
+
+class NotSupported(FsError):
+    """An extended attribute namespace that is never stored, a rename flag S3 cannot honour."""
+
+
+class TooLarge(FsError):
+    """Beyond what S3 can hold (10,000 parts, EntityTooLarge)."""
+
+
+class Stale(FsError):
+    """The kernel knows a name or an object version S3 no longer has."""
+
+
+class ObjectChanged(Stale):
+    """The object's ETag is no longer the one pinned at open (412 on If-Match, or 404)."""
+
+
+class WriteFailed(FsError):
+    """A local write to the staging file failed earlier; the file is never uploaded.
+    Carries the errno of that failure (ENOSPC, EDQUOT...), else EIO."""
+
+    def __init__(self, message: str = "", local_errno: int = 0):
+        super().__init__(message)
+        self.local_errno = local_errno
+
+
+# -- S3 answers (raised by s3fuse.s3 only) -----------------------------------------------
 class AccessDenied(FsError):
-    errno = errno.EACCES
+    pass
 
 
-class NoSuchBucket(FsError):
-    errno = errno.ENOENT
+class NoCredentials(AccessDenied):
+    pass
 
 
-class ObjectChanged(FsError):
-    """The object's ETag is no longer the one pinned at open (412 on If-Match)."""
-
-    errno = errno.ESTALE
-
-
-class Unreachable(FsError):
-    """The endpoint did not answer (connection refused, DNS, timeouts) after retries."""
-
-    errno = errno.EIO
+class NoSuchBucket(NotFound):
+    pass
 
 
 class BackendError(FsError):
-    """Any other S3 failure that survived the retries."""
-
-    errno = errno.EIO
+    """An S3 failure that another attempt will not change (a 4xx the mount did not expect)."""
 
 
-class UploadGone(FsError):
+class UploadGone(BackendError):
     """A multipart upload id the server no longer knows (NoSuchUpload)."""
 
-    errno = errno.EIO
+
+class Transient(BackendError):
+    """A failure worth another attempt (see s3fuse.retry)."""
 
 
-class NoCredentials(FsError):
-    errno = errno.EACCES
+class Unreachable(Transient):
+    """The endpoint did not answer (connection refused, DNS, timeouts, a body cut short)."""
+
+
+class ServerBusy(Transient):
+    """5xx, 503 SlowDown, 429, RequestTimeout: the server asks to come back later."""
+
+
+# -- everything the kernel may see -----------------------------------------------------
+# kind -> (errno, quiet).  ``quiet`` answers are ordinary (ENOENT from a stat...): logged at
+# debug level only; the others are failures, logged with their traceback.
+ERRNO = {
+    NotFound: (_errno.ENOENT, True),
+    Exists: (_errno.EEXIST, True),
+    NotEmpty: (_errno.ENOTEMPTY, True),
+    IsADirectory: (_errno.EISDIR, True),
+    NotADirectory: (_errno.ENOTDIR, True),
+    ReadOnly: (_errno.EROFS, True),
+    NameTooLong: (_errno.ENAMETOOLONG, True),
+    InvalidArgument: (_errno.EINVAL, True),
+    NotPermitted: (_errno.EPERM, True),
+    Busy: (_errno.EBUSY, True),
+    BadHandle: (_errno.EBADF, False),
+    NoSuchAttribute: (_errno.ENODATA, True),
+    NotSupported: (_errno.ENOTSUP, True),
+    TooLarge: (_errno.EFBIG, False),
+    Stale: (_errno.ESTALE, True),
+    WriteFailed: (_errno.EIO, False),
+    AccessDenied: (_errno.EACCES, True),
+    BackendError: (_errno.EIO, False),
+    FsError: (_errno.EIO, False),
+}
+
+
+def _entry(exc: BaseException):
+    for kind in type(exc).__mro__:
+        found = ERRNO.get(kind)
+        if found is not None:
+            return found
+    return None
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno the kernel sees for ``exc``: its kind's from ``ERRNO``; a local failure
+    (``WriteFailed``, an ``OSError`` from the cache disk) keeps its own; anything else
+    (a bug) is EIO."""
+    if isinstance(exc, WriteFailed) and exc.local_errno > 0:
+        return exc.local_errno
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return exc.errno
+    found = _entry(exc)
+    return found[0] if found is not None else _errno.EIO
+
+
+def is_quiet(exc: BaseException) -> bool:
+    """An everyday answer (logged without a traceback)."""
+    found = _entry(exc)
+    return found is not None and found[1]
 
 
 class ConfigError(Exception):

@@ -1,7 +1,7 @@
 """The FUSE binding: mfusepy (maintained fork, libfuse 3) when installed, else fusepy
 (libfuse 2).  Both expose fusepy's Operations API; this module hides which one it is."""
 import ctypes
-import errno as _errno
+import functools
 import os
 import threading
 from ctypes.util import find_library
@@ -17,7 +17,10 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
     import fuse as _fuse
     BINDING = "fusepy"
 
+from . import boundary, errors  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
+from .meta.attrs import xattr_name_stored  # noqa: E402
 
+_NOT_STORED = errors.errno_of(errors.NotSupported())
 
 _thread_pinned = threading.local()
 
@@ -38,6 +41,22 @@ def _pin_thread_state():
     ensure()
 
 
+def _guarded(method):
+    """The binding's own ctypes-level callbacks answer like the adapter's: an exception
+    becomes its errno through ``boundary.to_errno`` (mfusepy would answer EINVAL)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except _fuse.FuseOSError:
+            raise                       # mfusepy's _wrapper answers -errno
+        except Exception as exc:
+            return -boundary.to_errno(name, args[:1], exc)
+    return wrapper
+
+
 class FUSE(_fuse.FUSE):
     """mfusepy drops the flags of libfuse 3's rename; pass them on so that flags S3 cannot
     honour (RENAME_EXCHANGE...) fail with a clear errno instead of being ignored.
@@ -45,7 +64,8 @@ class FUSE(_fuse.FUSE):
     Names outside ``user.`` (security.selinux, system.posix_acl_access, the
     security.capability the kernel asks for before a write) are answered ENOTSUP right
     here, before any decoding, exception or logging, as they are never stored (the same
-    answer as ``Filesystem.getxattr``)."""
+    answer as ``AttrOps.getxattr``, by the same rule: ``xattr_name_stored``).  Every
+    override here is ``_guarded``: its exceptions go through the errno boundary too."""
 
     def _wrapper(self, func, *args, **kwargs):
         if not getattr(_thread_pinned, "done", False):
@@ -53,6 +73,7 @@ class FUSE(_fuse.FUSE):
         return super()._wrapper(func, *args, **kwargs)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:
+        @_guarded
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
             """readdir, and READDIRPLUS when the kernel asks for it: entries whose exact
             attributes are known go with them (FUSE_FILL_DIR_PLUS), so ``ls -l`` needs no
@@ -72,6 +93,7 @@ class FUSE(_fuse.FUSE):
                     break
             return 0
 
+    @_guarded
     def read(self, path, buf, size, offset, fip):
         """As fusepy's, but the data may be any buffer (bytes, bytearray, memoryview): a
         block cache block is copied into libfuse's buffer once, never sliced first."""
@@ -82,19 +104,21 @@ class FUSE(_fuse.FUSE):
             return 0
         n = len(data) if type(data) is bytes else memoryview(data).nbytes
         if n > size:
-            return -_errno.EIO
+            raise errors.FsError(f"read of {size} bytes answered {n}")
         if type(data) is not bytes:
             view = memoryview(data)
             data = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
         ctypes.memmove(buf, data, n)
         return n
 
+    @_guarded
     def getxattr(self, path, name, value, size, *args):
-        if not name.startswith(b"user."):
-            return -_errno.ENOTSUP
+        if not xattr_name_stored(name):
+            return -_NOT_STORED
         return super().getxattr(path, name, value, size, *args)
 
     if getattr(_fuse, "fuse_version_major", 2) == 3:
+        @_guarded
         def truncate_fuse_3(self, path, length, fip):
             """mfusepy drops libfuse 3's file info here: ftruncate() of an open file whose
             name is gone (unlinked: path NULL) could not find its handle."""
@@ -104,6 +128,7 @@ class FUSE(_fuse.FUSE):
             decoded = None if path is None else path.decode(self.encoding, self.errors)
             return self.operations.truncate(decoded, length, fh)
 
+        @_guarded
         def rename_fuse_3(self, old, new, flags):
             return self.operations.rename(old.decode(self.encoding, self.errors),
                                           new.decode(self.encoding, self.errors), flags)

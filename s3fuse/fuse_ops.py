@@ -1,26 +1,17 @@
 """Thin fusepy Operations adapter over ``s3fuse.fs.Filesystem``.
 
-THE one place where exceptions become errno: every callback runs inside
-``_errno_boundary``.  A typed ``FsError`` becomes its errno (logged with a traceback
-unless it is an everyday answer such as ENOENT); any other exception is a bug or an
-unexpected failure: logged with its traceback and reported as EIO - never fusepy's
-accidental EINVAL.  Runs with ``raw_fi`` so open can set keep_cache.
+Turns FUSE calls into Filesystem calls and Filesystem answers (``Attr``, ``StatFs``)
+into fusepy's dicts.  Every callback runs inside ``_errno_boundary``, which hands any
+exception to ``s3fuse.boundary.to_errno`` - the one place where an exception becomes an
+errno (from the table in ``s3fuse.errors``).  Runs with ``raw_fi`` so open can set
+keep_cache.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import logging
 
-from . import errors
+from . import boundary
 from .fuse_binding import FuseOSError, Operations, fuse_get_context
-
-log = logging.getLogger(__name__)
-
-# errno values that are ordinary answers, not failures worth a traceback.
-_QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EISDIR,
-          errno.ENOTDIR, errno.EROFS, errno.EPERM, errno.EACCES, errno.ENAMETOOLONG, errno.EXDEV,
-          errno.ERANGE, errno.EINVAL, errno.ESTALE}
 
 
 def _errno_boundary(method):
@@ -32,19 +23,8 @@ def _errno_boundary(method):
             return method(self, *args)
         except FuseOSError:
             raise
-        except errors.FsError as exc:
-            if exc.errno in _QUIET:
-                log.debug("%s%r: %s", name, args[:1], exc)
-            else:
-                log.error("%s%r failed: %s", name, args[:1], exc, exc_info=True)
-            raise FuseOSError(exc.errno) from None
-        except OSError as exc:
-            code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else errno.EIO
-            log.error("%s%r failed: %s", name, args[:1], exc, exc_info=True)
-            raise FuseOSError(code) from None
-        except Exception:
-            log.exception("%s%r failed unexpectedly; returning EIO", name, args[:1])
-            raise FuseOSError(errno.EIO) from None
+        except Exception as exc:
+            raise FuseOSError(boundary.to_errno(name, args, exc)) from None
 
     return wrapper
 
@@ -58,6 +38,24 @@ def _wrap_callbacks(cls):
 
 def _fh(fi):
     return None if fi is None else fi.fh
+
+
+def stat_dict(attr) -> dict:
+    """An ``Attr`` as fusepy's stat dict (times in ns: ``use_ns``)."""
+    return {
+        "st_mode": attr.mode, "st_uid": attr.uid, "st_gid": attr.gid,
+        "st_size": 4096 if attr.is_dir else attr.size,
+        "st_nlink": 2 if attr.is_dir else attr.nlink,
+        "st_mtime": attr.mtime_ns, "st_atime": attr.atime_ns or attr.mtime_ns,
+        "st_ctime": attr.ctime_ns or attr.mtime_ns,
+        "st_blksize": 1 << 20, "st_blocks": (attr.size + 511) // 512,
+    }
+
+
+def statfs_dict(s) -> dict:
+    return {"f_bsize": s.block_size, "f_frsize": s.block_size, "f_blocks": s.blocks, "f_bfree": s.blocks,
+            "f_bavail": s.blocks, "f_files": s.files, "f_ffree": s.files, "f_favail": s.files,
+            "f_namemax": s.name_max}
 
 
 @_wrap_callbacks
@@ -88,17 +86,17 @@ class S3FuseOperations(Operations):
 
     # -- metadata ----------------------------------------------------------------------------
     def getattr(self, path, fi=None):
-        return self.fs.getattr(path, _fh(fi))
+        return stat_dict(self.fs.getattr(path, _fh(fi)))
 
     def readdir(self, path, fh):
-        return [(name, {"st_mode": entry} if isinstance(entry, int) else entry.to_stat(), 0)
+        return [(name, {"st_mode": entry} if isinstance(entry, int) else stat_dict(entry), 0)
                 for name, entry in self.fs.readdir(path)]
 
     def readlink(self, path):
         return self.fs.readlink(path)
 
     def statfs(self, path):
-        return self.fs.statfs()
+        return statfs_dict(self.fs.statfs())
 
     def access(self, path, amode):
         self.fs.access(path, amode)

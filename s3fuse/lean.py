@@ -1,22 +1,21 @@
 """Lean requests for path-style endpoints: SigV4 by hand over keep-alive http.client.
 
-botocore spends ~1.5 ms of CPU per request (signing, event hooks, parsing) under the
-GIL, and over plain HTTP it also SHA-256-hashes every upload body for the signature
-(~2 ms per MiB).  On a 2-core machine shared with the S3 server that CPU is the limit:
-exact POSIX metadata needs one HEAD per object, and a 256 MiB upload paid ~0.6 s of
-hashing.  This module does HEAD (also pipelined batches), GET, ListObjectsV2, DELETE and PUT
+botocore's CPU per request (signing, event hooks, parsing) runs under the GIL, and over
+plain HTTP it also SHA-256-hashes every upload body for the signature (figures in
+docs/design/reads.md and writes.md).  On a machine shared with the S3 server that CPU
+is the limit: exact POSIX metadata needs one HEAD per object.  This module does HEAD (also pipelined batches), GET, ListObjectsV2, DELETE and PUT
 (PutObject, UploadPart) itself: bodies are sent with ``UNSIGNED-PAYLOAD`` and protected
 by ``Content-MD5`` instead.  GET reads bodies straight into block-sized buffers
 (botocore/urllib3 copy each block two or three times).
 
-Used only by ``s3.ObjectClient`` for custom (path-style) endpoints.  Any answer it does
-not fully understand (3xx, 4xx other than a HEAD's 404, 5xx, connection trouble after
-one reconnect) returns None and the caller repeats the request through botocore, which
-owns retries and error translation.
+Used only by ``s3.ObjectClient`` for custom (path-style) endpoints, inside its retry
+layer.  Connection trouble (after replacing a stale keep-alive connection once) raises
+``errors.Unreachable`` and 5xx/429 raise ``errors.ServerBusy``: the retry layer backs
+off at once.  Any other answer it does not fully understand (3xx, 4xx other than a
+HEAD's 404) returns None and the caller asks botocore for the typed error.
 """
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import hmac
 import http.client
@@ -25,6 +24,8 @@ import threading
 import time
 import urllib.parse
 from typing import Callable, Optional
+
+from . import errors
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -36,7 +37,8 @@ def _quote(text: str, safe: str = "-_.~") -> str:
 
 
 class LeanS3:
-    def __init__(self, endpoint: str, bucket: str, region: str, credentials, timeout: float = 30.0):
+    def __init__(self, endpoint: str, bucket: str, region: str, credentials, timeout: float = 30.0,
+                 connect_timeout: float = 10.0):
         u = urllib.parse.urlparse(endpoint)
         self.https = u.scheme == "https"
         self.host = u.hostname
@@ -47,6 +49,7 @@ class LeanS3:
         self.region = region
         self.credentials = credentials      # botocore Credentials (refreshable)
         self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
         self._idle_lock = threading.Lock()     # leaf lock: guards the two idle lists only
         self._idle: list = []                  # keep-alive http.client connections
         self._idle_pipes: list = []            # raw sockets for pipelined HEADs
@@ -74,11 +77,17 @@ class LeanS3:
         conn.close()
 
     def _new_conn(self):
+        """A connected keep-alive connection: ``connect_timeout`` to connect, then
+        ``timeout`` for every read."""
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=self.timeout)
+        conn = cls(self.host, self.port, timeout=self.connect_timeout)
+        conn.connect()
+        conn.sock.settimeout(self.timeout)
+        return conn
 
     def _new_pipe(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        sock.settimeout(self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -118,32 +127,54 @@ class LeanS3:
     def _open(self, method: str, key: Optional[str], query: Optional[dict] = None,
               headers: Optional[dict] = None, body: bytes = b""):
         """Send a signed request on an idle keep-alive connection: (connection, response
-        with its body unread), or None on connection trouble (a stale keep-alive
-        connection is replaced once).  The caller reads the body, then hands the
-        connection to ``_done``.  ``key`` None addresses the bucket itself."""
+        with its body unread).  A stale keep-alive connection is replaced once; other
+        connection trouble raises Unreachable, and a 5xx/429 answer ServerBusy.  The
+        caller reads the body, then hands the connection to ``_done``.  ``key`` None
+        addresses the bucket itself."""
         path = self._path(key) if key is not None else self.base_path + "/" + _quote(self.bucket)
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
+        what = f"{method} {key!r}"
         for attempt in (0, 1):
-            conn = self._take(self._idle, self._new_conn)
+            conn = None
             try:
+                if attempt:      # the pooled one was stale: so may be the others
+                    with self._idle_lock:
+                        self.connections_opened += 1
+                    conn = self._new_conn()
+                else:
+                    conn = self._take(self._idle, self._new_conn)
                 signed = self._sign(method, path, query, dict(headers or {}),
                                     UNSIGNED if method == "PUT" else EMPTY_SHA256)
                 if method == "PUT":
                     signed["content-length"] = str(len(body))
                 conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
-                return conn, conn.getresponse()
+                resp = conn.getresponse()
             except TimeoutError:
-                conn.close()
-                return None      # a server that does not answer: botocore's retries decide
-            except (http.client.HTTPException, OSError):
-                conn.close()     # e.g. a keep-alive connection the server closed
+                if conn is not None:
+                    conn.close()
+                raise errors.Unreachable(f"{what}: timed out") from None
+            except (http.client.HTTPException, OSError) as exc:
+                if conn is not None:
+                    conn.close()     # e.g. a keep-alive connection the server closed
                 if attempt:
-                    return None
+                    raise errors.Unreachable(f"{what}: {exc or exc.__class__.__name__}") from None
+                continue
             except BaseException:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise
-        return None
+            if resp.status >= 500 or resp.status == 429:
+                try:
+                    detail = resp.read()[:2000]
+                    self._done(conn, resp)
+                except (http.client.HTTPException, OSError):
+                    detail = b""
+                    self._done(conn, resp, reusable=False)
+                code = _error_code(detail)
+                raise errors.ServerBusy(f"{what}: {resp.status}{' ' + code if code else ''}")
+            return conn, resp
+        raise AssertionError("not reached")
 
     def _done(self, conn, resp, reusable: bool = True):
         """Give back a connection whose answer was read to its end (``reusable``), or close
@@ -154,17 +185,14 @@ class LeanS3:
             conn.close()
 
     def _request(self, method: str, key: Optional[str], query: Optional[dict] = None,
-                 headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> Optional[tuple]:
-        """(status, {lower-case header: value}[, body]) or None on connection trouble."""
-        opened = self._open(method, key, query, headers, body)
-        if opened is None:
-            return None
-        conn, resp = opened
+                 headers: Optional[dict] = None, body: bytes = b"", want_body: bool = False) -> tuple:
+        """(status, {lower-case header: value}[, body])."""
+        conn, resp = self._open(method, key, query, headers, body)
         try:
             data = resp.read()
-        except (http.client.HTTPException, OSError):
+        except (http.client.HTTPException, OSError) as exc:
             self._done(conn, resp, reusable=False)
-            return None
+            raise errors.Unreachable(f"{method} {key!r}: answer cut ({exc.__class__.__name__})") from None
         except BaseException:
             self._done(conn, resp, reusable=False)
             raise
@@ -181,14 +209,11 @@ class LeanS3:
 
         Returns (status, offset reached).  For 200/206 the offset is ``end`` unless the
         body was cut (the caller asks again from there); other statuses deliver nothing.
-        None: connection trouble before the status line (the caller uses botocore)."""
+        None: an answer that is not the range asked for (the caller uses botocore)."""
         headers = {"range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["if-match"] = f'"{etag}"'
-        opened = self._open("GET", key, headers=headers)
-        if opened is None:
-            return None
-        conn, resp = opened
+        conn, resp = self._open("GET", key, headers=headers)
         if resp.status not in (200, 206):
             try:
                 resp.read()
@@ -226,9 +251,9 @@ class LeanS3:
 
     def list_objects(self, query: dict) -> Optional[bytes]:
         """ListObjectsV2 with ``query`` (list-type=2 added); the XML body of a 200, else
-        None (botocore asks again and owns errors)."""
+        None (botocore asks again for the typed error)."""
         answer = self._request("GET", None, query=dict(query, **{"list-type": "2"}), want_body=True)
-        return answer[2] if answer is not None and answer[0] == 200 else None
+        return answer[2] if answer[0] == 200 else None
 
     def head_many(self, keys: list) -> list:
         """HEADs of ``keys`` pipelined on one idle connection (HTTP/1.1: all
@@ -284,13 +309,12 @@ class LeanS3:
 
     def head(self, key: str) -> Optional[tuple]:
         answer = self._request("HEAD", key)
-        return answer if answer is not None and answer[0] in (200, 404) else None
+        return answer if answer[0] in (200, 404) else None
 
     def delete(self, key: str) -> bool:
         """DeleteObject; True once the server answered 204/200 (S3 answers so for a key
-        that does not exist too), False to fall back to botocore."""
-        answer = self._request("DELETE", key)
-        return answer is not None and answer[0] in (200, 204)
+        that does not exist too), False to ask botocore."""
+        return self._request("DELETE", key)[0] in (200, 204)
 
     def put(self, key: str, body: bytes, content_md5: str, metadata: Optional[dict] = None,
             content_type: Optional[str] = None, query: Optional[dict] = None) -> Optional[str]:
@@ -303,15 +327,13 @@ class LeanS3:
                 return None     # botocore knows how to send those
             headers[f"x-amz-meta-{name}"] = value
         answer = self._request("PUT", key, query=query, headers=headers, body=body)
-        if answer is None or answer[0] != 200:
+        if answer[0] != 200:
             return None
         return answer[1].get("etag", "").strip('"') or None
 
 
-def parse_http_date(value: Optional[str]) -> float:
-    if not value:
-        return 0.0
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
+def _error_code(body: bytes) -> str:
+    """The <Code> of an S3 error document ("SlowDown"...), or ""."""
+    start = body.find(b"<Code>")
+    end = body.find(b"</Code>", start)
+    return body[start + 6:end].decode("ascii", "replace") if 0 <= start < end else ""

@@ -6,7 +6,6 @@ Directory keys end with ``/``.  Names that cannot be path components (empty, ``.
 holding them (with a log line) instead of exposing wrong paths.
 """
 NAME_MAX = 255
-KEY_MAX = 1024
 
 
 def normalize_prefix(prefix: str) -> str:

@@ -2,27 +2,27 @@
 
 It builds one botocore client (path-style for custom endpoints, CRC checksums only when
 required so S3-compatible servers work, a connection pool sized to the threads that use
-it, standard retries for throttling and 5xx) and turns S3 errors into the typed errors
-of ``s3fuse.errors``.  Callers never see botocore exceptions.
+it, botocore's own retries off) and turns every botocore exception - session and client
+creation included - into the error kinds of ``s3fuse.errors``: callers never see one.
+Every request runs through one ``retry.RetryPolicy``; on path-style endpoints most of
+them go through ``lean.LeanS3`` first (hand-signed, pooled keep-alive connections),
+botocore answering what lean does not understand.
 """
 from __future__ import annotations
 
-import base64
-import calendar
-import datetime
-import hashlib
 import logging
 import threading
-import urllib.parse
-from xml.etree import ElementTree
-from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
 from . import errors, strict_http
+from .objects import (ListPage, ObjectInfo, datetime_timestamp, http_timestamp, parse_list_page,
+                      strip_etag)
+from .retry import RetryPolicy
+from .s3_uploads import MultipartRequests
 
 log = logging.getLogger(__name__)
 strict_http.install()     # a response cut inside its headers is an error, not an empty answer
@@ -35,53 +35,21 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
 _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
-# A connection lost while reading a body that botocore already handed over.
-_BODY_ERRORS = tuple(getattr(botocore.exceptions, name) for name in
-                     ("ResponseStreamingError", "IncompleteReadError", "ReadTimeoutError", "ConnectionClosedError")
-                     if hasattr(botocore.exceptions, name))
-
-
-@dataclass
-class ObjectInfo:
-    """What S3 says about one object.  ``metadata`` is None when it came from a listing
-    (ListObjectsV2 carries no user metadata)."""
-
-    key: str
-    size: int
-    etag: str
-    mtime: float
-    metadata: Optional[dict] = None
-    content_type: Optional[str] = None
-
-
-@dataclass
-class ListPage:
-    objects: list = field(default_factory=list)      # [ObjectInfo]
-    prefixes: list = field(default_factory=list)     # ["a/b/", ...] (full keys)
-    next_token: Optional[str] = None
-
-
-@dataclass
-class Part:
-    number: int
-    etag: str
-    size: int
-
-
-def md5_b64(data) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
-
-
-def _etag(raw: Optional[str]) -> str:
-    return (raw or "").strip('"')
+_BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+         "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
+# Connection trouble, including a body cut after botocore handed it over.
+_UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
+                     ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                      "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
+                      "ProxyConnectionError", "HTTPClientError") if hasattr(botocore.exceptions, name))
 
 
 def _translate(exc: Exception, what: str) -> Exception:
-    """Map a botocore exception to one of ours (the only place that knows botocore's)."""
+    """A botocore exception as one of ours (the only place that knows botocore's)."""
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         msg = f"{what}: {code or status} {err.get('Message', '')}".strip()
         if code in _NO_BUCKET:
             return errors.NoSuchBucket(msg)
@@ -94,22 +62,30 @@ def _translate(exc: Exception, what: str) -> Exception:
         if code in _NO_UPLOAD:
             return errors.UploadGone(msg)
         if code in _TOO_LARGE:
-            import errno as _errno
-            return errors.BackendError(msg, _errno.EFBIG)
+            return errors.TooLarge(msg)
+        if code in _BUSY or status >= 500 or status == 429:
+            return errors.ServerBusy(msg)
         return errors.BackendError(msg)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return errors.NoCredentials(f"{what}: no AWS credentials found (env, ~/.aws, instance role)")
-    if isinstance(exc, (botocore.exceptions.EndpointConnectionError,
-                        botocore.exceptions.ConnectTimeoutError,
-                        botocore.exceptions.ReadTimeoutError,
-                        botocore.exceptions.ConnectionClosedError)):
+    if isinstance(exc, _UNREACHABLE):
         return errors.Unreachable(f"{what}: {exc}")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return errors.BackendError(f"{what}: {exc}")
     return exc
 
 
-class ObjectClient:
+def _session(profile, access_key, secret_key, region):
+    try:
+        return boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key or None,
+                                     aws_secret_access_key=secret_key or None, region_name=region or None)
+    except botocore.exceptions.ProfileNotFound:
+        raise errors.ConfigError(f"profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise errors.ConfigError(f"AWS configuration: {exc}") from None
+
+
+class ObjectClient(MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
     def __init__(self, bucket: str, *, endpoint: Optional[str] = None, region: Optional[str] = None,
@@ -119,43 +95,37 @@ class ObjectClient:
                  connect_timeout: float = 10.0, read_timeout: float = 60.0):
         self.bucket = bucket
         self.endpoint = endpoint
-        self.max_attempts = max(1, max_attempts)
         self.stats_lock = threading.Lock()
         self.request_counts: dict = {}
         self.error_count = 0
-        session = boto3.session.Session(profile_name=profile or None,
-                                        aws_access_key_id=access_key or None,
-                                        aws_secret_access_key=secret_key or None,
-                                        region_name=region or None)
+        # Attempts never start later than ``attempts`` request timeouts after the first.
+        self.retry = RetryPolicy(attempts=max_attempts, budget=max_attempts * read_timeout)
+        session = _session(profile, access_key, secret_key, region)
         if path_style is None:
             path_style = bool(endpoint)
-        cfg = dict(
-            max_pool_connections=max_connections,
-            # total_max_attempts counts the first try; botocore's "max_attempts" key would
-            # count retries only (one attempt more than asked for).
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            s3={"addressing_style": "path" if path_style else "auto"},
-        )
+        cfg = dict(max_pool_connections=max_connections, retries={"mode": "standard", "total_max_attempts": 1},
+                   connect_timeout=connect_timeout, read_timeout=read_timeout,
+                   s3={"addressing_style": "path" if path_style else "auto"})
         if endpoint:
-            cfg.update(request_checksum_calculation="when_required",
-                       response_checksum_validation="when_required")
-        self._session = session
+            cfg.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
         self._client_kwargs = dict(endpoint_url=endpoint or None,
                                    region_name=region or session.region_name or "us-east-1")
-        self._client = session.client("s3", config=Config(**cfg), **self._client_kwargs)
+        try:
+            self._client = session.client("s3", config=Config(**cfg), **self._client_kwargs)
+            credentials = session.get_credentials()
+            # The mount-time probe fails within seconds even against a server that accepts
+            # connections and never answers: 2 attempts of at most 3 s each.
+            self._probe_client = session.client("s3", config=Config(**dict(
+                cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))),
+                **self._client_kwargs)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        self._probe_retry = RetryPolicy(attempts=2, first_delay=0.5, budget=8.0)
         self._fast = None
-        credentials = session.get_credentials()
         if endpoint and path_style and credentials is not None:
             from .lean import LeanS3
             self._fast = LeanS3(endpoint, bucket, self._client_kwargs["region_name"], credentials,
-                                timeout=read_timeout)
-        # The mount-time probe must fail within seconds even against a server that accepts
-        # connections and never answers: 2 attempts of at most 3 s each, plus backoff.
-        self._probe_config = Config(**dict(cfg, retries={"mode": "standard", "total_max_attempts": 2},
-                                           connect_timeout=min(connect_timeout, 3.0),
-                                           read_timeout=min(read_timeout, 3.0)))
+                                timeout=read_timeout, connect_timeout=connect_timeout)
 
     # -- bookkeeping -------------------------------------------------------------------
     def lean_connections_opened(self) -> int:
@@ -166,31 +136,51 @@ class ObjectClient:
         with self.stats_lock:
             self.request_counts[op] = self.request_counts.get(op, 0) + 1
 
-    def _call(self, op: str, what: str, **kwargs):
+    def _call(self, op: str, what: str, client=None, **kwargs):
+        """One botocore request (no retry: the caller's policy decides)."""
         self._count(op)
         try:
-            return getattr(self._client, op)(Bucket=self.bucket, **kwargs)
-        except Exception as exc:  # translated here, the one place that knows botocore
+            return getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
+        except Exception as exc:
             translated = _translate(exc, what)
-            if not isinstance(translated, errors.NotFound):   # a 404 is an answer, not a failure
-                with self.stats_lock:
-                    self.error_count += 1
             if translated is exc:
                 raise
             raise translated from exc
+
+    def _run(self, what: str, attempt: Callable):
+        """``attempt`` under the retry policy; ``error_count`` counts the operations that
+        failed in the end (a 404 is an answer, not a failure)."""
+        try:
+            return self.retry.run(attempt, what)
+        except errors.NotFound:
+            raise
+        except errors.FsError:
+            with self.stats_lock:
+                self.error_count += 1
+            raise
+
+    def _op(self, op: str, what: str, **kwargs):
+        """A botocore request under the retry policy."""
+        return self._run(what, lambda: self._call(op, what, **kwargs))
 
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
         """Fail fast (seconds) if the bucket cannot be used: no such bucket, bad
         credentials, unreachable endpoint.  Raises typed errors with readable messages."""
-        client = self._session.client("s3", config=self._probe_config, **self._client_kwargs)
+        what = f"bucket {self.bucket!r}"
         try:
-            client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
-        except Exception as exc:
-            translated = _translate(exc, f"bucket {self.bucket!r}")
-            if isinstance(translated, errors.NotFound):
-                translated = errors.NoSuchBucket(str(translated))
-            raise translated from exc
+            self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
+                                                     MaxKeys=1), what)
+        except errors.NotFound as exc:
+            raise errors.NoSuchBucket(str(exc)) from exc
+
+    def create_bucket(self):
+        """CreateBucket (the demo's local server); an existing bucket of ours is fine."""
+        try:
+            self._op("create_bucket", f"create bucket {self.bucket!r}")
+        except errors.BackendError as exc:
+            if "BucketAlreadyOwnedByYou" not in str(exc):
+                raise
 
     # -- reads ---------------------------------------------------------------------------
     def list_page(self, prefix: str, token: Optional[str] = None, delimiter: str = "/",
@@ -200,57 +190,30 @@ class ObjectClient:
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
+        return self._run(f"list {prefix!r}", lambda: self._list_once(kwargs))
+
+    def _list_once(self, kwargs: dict) -> ListPage:
         if self._fast is not None:
-            page = self._lean_list_page(kwargs)
+            # ListObjectsV2 parsed with ElementTree: botocore parses each page's timestamps
+            # with dateutil, most of its CPU per page (docs/design/metadata.md).
+            names = {"Prefix": "prefix", "Delimiter": "delimiter", "MaxKeys": "max-keys",
+                     "ContinuationToken": "continuation-token"}
+            query = {names[k]: str(v) for k, v in kwargs.items()}
+            query["encoding-type"] = "url"
+            body = self._fast.list_objects(query)
+            page = parse_list_page(body) if body is not None else None
             if page is not None:
+                self._count("list_objects_v2")
                 return page
-        resp = self._call("list_objects_v2", f"list {prefix!r}", **kwargs)
+        resp = self._call("list_objects_v2", f"list {kwargs['Prefix']!r}", **kwargs)
         page = ListPage()
         for item in resp.get("Contents", ()):
             page.objects.append(ObjectInfo(key=item["Key"], size=int(item.get("Size", 0)),
-                                           etag=_etag(item.get("ETag")),
-                                           mtime=_timestamp(item.get("LastModified"))))
+                                           etag=strip_etag(item.get("ETag")),
+                                           mtime=datetime_timestamp(item.get("LastModified"))))
         page.prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", ())]
         if resp.get("IsTruncated"):
             page.next_token = resp.get("NextContinuationToken")
-        return page
-
-    def _lean_list_page(self, kwargs: dict) -> Optional[ListPage]:
-        """ListObjectsV2 through lean.py, parsed with ElementTree: botocore spends ~60 ms
-        of CPU per 1,000-key page (a dateutil parse per timestamp), and pages come one
-        after the other.  Keys are asked URL-encoded (as botocore does): XML 1.0 cannot
-        carry every byte a key may hold."""
-        names = {"Prefix": "prefix", "Delimiter": "delimiter", "MaxKeys": "max-keys",
-                 "ContinuationToken": "continuation-token"}
-        query = {names[k]: str(v) for k, v in kwargs.items()}
-        query["encoding-type"] = "url"
-        body = self._fast.list_objects(query)
-        if body is None:
-            return None
-        try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError:
-            return None
-        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
-
-        def text(el, name, default=""):
-            value = el.findtext(ns + name)
-            if value is None:
-                return default
-            return urllib.parse.unquote(value, errors="surrogateescape") if encoded and name in ("Key", "Prefix") \
-                else value
-        self._count("list_objects_v2")
-        page = ListPage()
-        for item in root.iterfind(ns + "Contents"):
-            page.objects.append(ObjectInfo(key=text(item, "Key"), size=int(text(item, "Size", "0")),
-                                           etag=_etag(text(item, "ETag")),
-                                           mtime=_iso_timestamp(text(item, "LastModified"))))
-        page.prefixes = [text(p, "Prefix") for p in root.iterfind(ns + "CommonPrefixes")]
-        if text(root, "IsTruncated").lower() == "true":
-            page.next_token = text(root, "NextContinuationToken") or None
-            if page.next_token is None:
-                return None          # truncated without a token: let botocore sort it out
         return page
 
     def list_all(self, prefix: str, delimiter: str = "/") -> Iterator[ListPage]:
@@ -283,21 +246,22 @@ class ObjectClient:
         status, h = answer
         if status == 404:
             raise errors.NotFound(f"head {key!r}: 404")
-        from .lean import parse_http_date
-        return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=_etag(h.get("etag")),
-                          mtime=parse_http_date(h.get("last-modified")),
+        return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=strip_etag(h.get("etag")),
+                          mtime=http_timestamp(h.get("last-modified")),
                           metadata={k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")},
                           content_type=h.get("content-type"))
 
     def head(self, key: str) -> ObjectInfo:
+        return self._run(f"head {key!r}", lambda: self._head_once(key))
+
+    def _head_once(self, key: str) -> ObjectInfo:
         if self._fast is not None:
             answer = self._fast.head(key)
-            if answer is not None and answer[0] in (200, 404):
+            if answer is not None:
                 return self._lean_head_info(key, answer)
-        # other answers (403, 5xx, redirects, connection trouble): botocore decides and retries
         resp = self._call("head_object", f"head {key!r}", Key=key)
-        return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=_etag(resp.get("ETag")),
-                          mtime=_timestamp(resp.get("LastModified")),
+        return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=strip_etag(resp.get("ETag")),
+                          mtime=datetime_timestamp(resp.get("LastModified")),
                           metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
                           content_type=resp.get("ContentType"))
 
@@ -305,97 +269,94 @@ class ObjectClient:
                   chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
         """GET bytes [start, end) of ``key``.  With ``etag`` the server must still have that
         version (If-Match; a changed object raises ObjectChanged).  With ``sink`` the body is
-        streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned."""
+        streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned.
+        A body cut short is an attempt that failed: the next one asks for the rest."""
         if end <= start:
             return b""
         pieces: list = []
-        delivered = start       # bytes before this went to ``sink`` (or ``pieces``)
-        if self._fast is not None:
-            delivered = self._lean_get(key, start, end, etag, chunk_size, sink, pieces)
-            if delivered == end:
-                return b"" if sink is not None else b"".join(pieces)
-        for attempt in range(1, self.max_attempts + 1):
-            kwargs = dict(Key=key, Range=f"bytes={delivered}-{end - 1}")
-            if etag:
-                kwargs["IfMatch"] = f'"{etag}"'
-            resp = self._call("get_object", f"get {key!r} [{delivered},{end})", **kwargs)
-            body = resp["Body"]
-            begin = delivered
-            try:
-                pending = b""
-                while True:
-                    chunk = body.read(chunk_size - len(pending))
-                    if not chunk:
-                        break
-                    pending += chunk
-                    if len(pending) >= chunk_size:
-                        delivered = self._deliver(sink, pieces, delivered, pending)
-                        pending = b""
-                if pending:
-                    delivered = self._deliver(sink, pieces, delivered, pending)
-            except _BODY_ERRORS as exc:
-                # The connection broke inside the body (botocore retries only up to the
-                # headers): ask again for the part not delivered yet.
-                if attempt == self.max_attempts:
-                    raise _translate(exc, f"get {key!r}") from exc
-                log.warning("get %r: body cut after %d bytes (%s); fetching the rest again",
-                            key, delivered - begin, exc)
-                continue
-            except botocore.exceptions.BotoCoreError as exc:
-                raise _translate(exc, f"get {key!r}") from exc
-            finally:
-                body.close()
-            if delivered != end and delivered - begin != int(resp.get("ContentLength", delivered - begin)):
-                raise errors.BackendError(f"get {key!r}: short body ({delivered - start} of {end - start} bytes)")
-            return b"" if sink is not None else b"".join(pieces)
-        raise errors.BackendError(f"get {key!r}: no attempt left")   # not reached
+        reached = [start]       # bytes before this went to ``sink`` (or ``pieces``)
 
-    def _lean_get(self, key, start, end, etag, chunk_size, sink, pieces) -> int:
-        """Ranged GET through lean.py; returns the offset delivered up to.  404 and 412
-        are answers (typed errors); a cut body or anything else leaves the rest to
-        botocore, which owns retries."""
-        delivered = start
-        for _ in range(self.max_attempts):
-            answer = self._fast.get(key, delivered, end, etag, chunk_size,
-                                    lambda off, chunk: self._deliver(sink, pieces, off, chunk))
-            if answer is None:
-                return delivered
-            self._count("get_object")
-            status, reached = answer
-            if status == 404:
-                raise errors.NotFound(f"get {key!r}: 404")
-            if status == 412:
-                raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)")
-            if status not in (200, 206) or reached == delivered:
-                return delivered
-            delivered = reached
-            if delivered == end:
-                break
-            log.warning("get %r: body cut at %d of [%d,%d); fetching the rest again", key, delivered, start, end)
-        return delivered
+        def deliver(offset: int, chunk):
+            if sink is None:
+                pieces.append(chunk)
+            else:
+                sink(offset, chunk)
+            reached[0] = offset + len(chunk)
 
-    @staticmethod
-    def _deliver(sink, pieces: list, offset: int, data: bytes) -> int:
-        if sink is None:
-            pieces.append(data)
-        else:
-            sink(offset, data)
-        return offset + len(data)
+        def once():
+            if self._fast is not None and self._lean_get(key, reached[0], end, etag, chunk_size, deliver):
+                return
+            self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
+        self._run(f"get {key!r} [{start},{end})", once)
+        return b"" if sink is not None else b"".join(pieces)
+
+    def _lean_get(self, key, start, end, etag, chunk_size, deliver) -> bool:
+        """One ranged GET through lean.py; True when it delivered everything.  404 and 412
+        are answers (typed errors), a cut body is an attempt that failed; False leaves
+        the request to botocore."""
+        answer = self._fast.get(key, start, end, etag, chunk_size, deliver)
+        if answer is None:
+            return False
+        self._count("get_object")
+        status, reached = answer
+        if status == 404:
+            raise errors.NotFound(f"get {key!r}: 404")
+        if status == 412:
+            raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)")
+        if status not in (200, 206):
+            return False
+        if reached != end:
+            raise errors.Unreachable(f"get {key!r}: body cut at {reached} of [{start},{end})")
+        return True
+
+    def _boto_get(self, key, start, end, etag, chunk_size, deliver):
+        what = f"get {key!r} [{start},{end})"
+        kwargs = dict(Key=key, Range=f"bytes={start}-{end - 1}")
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        resp = self._call("get_object", what, **kwargs)
+        body = resp["Body"]
+        offset = start
+        try:
+            pending = b""
+            while True:
+                chunk = body.read(chunk_size - len(pending))
+                if not chunk:
+                    break
+                pending += chunk
+                if len(pending) >= chunk_size:
+                    deliver(offset, pending)
+                    offset += len(pending)
+                    pending = b""
+            if pending:
+                deliver(offset, pending)
+                offset += len(pending)
+        except Exception as exc:
+            translated = _translate(exc, what)     # the connection broke inside the body
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            body.close()
+        if offset != end:
+            raise errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)")
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
             content_type: Optional[str] = None) -> str:
-        if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
-            etag = self._fast.put(key, bytes(body), content_md5, metadata, content_type)
-            if etag is not None:
-                self._count("put_object")
-                return etag
-        kwargs = dict(Key=key, Body=body, Metadata=metadata or {})
-        if content_md5:
-            kwargs["ContentMD5"] = content_md5
-        if content_type:
-            kwargs["ContentType"] = content_type
-        return _etag(self._call("put_object", f"put {key!r}", **kwargs).get("ETag"))
+        def once():
+            if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
+                etag = self._fast.put(key, bytes(body), content_md5, metadata, content_type)
+                if etag is not None:
+                    self._count("put_object")
+                    return etag
+            kwargs = dict(Key=key, Body=body, Metadata=metadata or {})
+            if content_md5:
+                kwargs["ContentMD5"] = content_md5
+            if content_type:
+                kwargs["ContentType"] = content_type
+            return strip_etag(self._call("put_object", f"put {key!r}", **kwargs).get("ETag"))
+        return self._run(f"put {key!r}", once)
 
     def copy(self, src: str, dst: str, metadata: Optional[dict] = None,
              content_type: Optional[str] = None) -> str:
@@ -404,112 +365,22 @@ class ObjectClient:
         if metadata is not None:
             kwargs.update(Metadata=metadata, MetadataDirective="REPLACE",
                           ContentType=content_type or "application/octet-stream")
-        resp = self._call("copy_object", f"copy {src!r} -> {dst!r}", **kwargs)
-        return _etag(resp.get("CopyObjectResult", {}).get("ETag")) or self.head(dst).etag
+        resp = self._op("copy_object", f"copy {src!r} -> {dst!r}", **kwargs)
+        return strip_etag(resp.get("CopyObjectResult", {}).get("ETag")) or self.head(dst).etag
 
     def delete(self, key: str):
-        if self._fast is not None and self._fast.delete(key):
-            self._count("delete_object")
-            return
-        self._call("delete_object", f"delete {key!r}", Key=key)
+        def once():
+            if self._fast is not None and self._fast.delete(key):
+                self._count("delete_object")
+                return
+            self._call("delete_object", f"delete {key!r}", Key=key)
+        self._run(f"delete {key!r}", once)
 
     def delete_many(self, keys: list):
         for i in range(0, len(keys), 1000):
             chunk = keys[i:i + 1000]
-            resp = self._call("delete_objects", f"delete {len(chunk)} keys",
-                              Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            resp = self._op("delete_objects", f"delete {len(chunk)} keys",
+                            Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
             failed = resp.get("Errors") or []
             if failed:
                 raise errors.BackendError(f"delete {failed[0].get('Key')!r}: {failed[0].get('Code')}")
-
-    # -- multipart -------------------------------------------------------------------------
-    def create_multipart(self, key: str, metadata: Optional[dict] = None,
-                         content_type: Optional[str] = None) -> str:
-        kwargs = dict(Key=key, Metadata=metadata or {})
-        if content_type:
-            kwargs["ContentType"] = content_type
-        return self._call("create_multipart_upload", f"create upload {key!r}", **kwargs)["UploadId"]
-
-    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
-        if self._fast is not None and isinstance(body, (bytes, bytearray)):
-            etag = self._fast.put(key, bytes(body), content_md5,
-                                  query={"partNumber": str(number), "uploadId": upload_id})
-            if etag is not None:
-                self._count("upload_part")
-                return etag
-        resp = self._call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
-                          PartNumber=number, Body=body, ContentMD5=content_md5)
-        return _etag(resp.get("ETag"))
-
-    def upload_part_copy(self, key: str, upload_id: str, number: int, src: str, start: int, end: int,
-                         src_etag: Optional[str] = None) -> str:
-        kwargs = dict(Key=key, UploadId=upload_id, PartNumber=number,
-                      CopySource={"Bucket": self.bucket, "Key": src},
-                      CopySourceRange=f"bytes={start}-{end - 1}")
-        if src_etag:
-            kwargs["CopySourceIfMatch"] = f'"{src_etag}"'
-        resp = self._call("upload_part_copy", f"copy part {number} of {src!r} -> {key!r}", **kwargs)
-        return _etag(resp.get("CopyPartResult", {}).get("ETag"))
-
-    def complete_multipart(self, key: str, upload_id: str, parts: list) -> str:
-        resp = self._call("complete_multipart_upload", f"complete upload {key!r}", Key=key, UploadId=upload_id,
-                          MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]})
-        # Ceph RGW (Pacific) answers an empty ETag here; the ETag keys caches: ask for it.
-        return _etag(resp.get("ETag")) or self.head(key).etag
-
-    def abort_multipart(self, key: str, upload_id: str):
-        try:
-            self._call("abort_multipart_upload", f"abort upload {key!r}", Key=key, UploadId=upload_id)
-        except errors.UploadGone:
-            pass
-
-    def list_parts(self, key: str, upload_id: str) -> list:
-        parts, marker = [], None
-        while True:
-            kwargs = dict(Key=key, UploadId=upload_id)
-            if marker:
-                kwargs["PartNumberMarker"] = marker
-            try:
-                resp = self._call("list_parts", f"list parts {key!r}", **kwargs)
-            except errors.NotFound as exc:
-                # Ceph RGW answers NoSuchKey (404), not NoSuchUpload, for an upload id it
-                # does not know (completed or aborted): for ListParts that means the same.
-                raise errors.UploadGone(str(exc)) from exc
-            for p in resp.get("Parts", ()):
-                parts.append(Part(int(p["PartNumber"]), _etag(p.get("ETag")), int(p.get("Size", 0))))
-            if not resp.get("IsTruncated"):
-                return parts
-            marker = resp.get("NextPartNumberMarker")
-
-    def list_uploads(self, prefix: str = "") -> list:
-        """[(key, upload_id, initiated_timestamp)] of multipart uploads in progress."""
-        out, key_marker, id_marker = [], None, None
-        while True:
-            kwargs = dict(Prefix=prefix)
-            if key_marker:
-                kwargs.update(KeyMarker=key_marker, UploadIdMarker=id_marker or "")
-            resp = self._call("list_multipart_uploads", f"list uploads {prefix!r}", **kwargs)
-            for u in resp.get("Uploads", ()):
-                out.append((u["Key"], u["UploadId"], _timestamp(u.get("Initiated"))))
-            if not resp.get("IsTruncated"):
-                return out
-            key_marker, id_marker = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")
-
-
-def _timestamp(dt) -> float:
-    if dt is None:
-        return 0.0
-    return calendar.timegm(dt.utctimetuple()) + dt.microsecond / 1e6
-
-
-def _iso_timestamp(text: str) -> float:
-    """ListObjects' LastModified (e.g. 2026-11-21T22:31:00.123Z) as seconds."""
-    if not text:
-        return 0.0
-    try:
-        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=datetime.timezone.utc)
-    return dt.timestamp()

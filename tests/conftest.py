@@ -206,3 +206,22 @@ def mounter(s3_server, tmp_path):
     for m in mounts:
         log = m.log()
         assert "failed unexpectedly" not in log, f"unexpected exception in {m.log_file}:\n{log[-4000:]}"
+
+
+@pytest.fixture
+def make_fs(tmp_path):
+    """``make_fs(client, **options)``: a Filesystem (no mount) around a fake client."""
+    from s3fuse.config import MountConfig
+    from s3fuse.fs import Filesystem
+    made = []
+
+    def make(client, **options):
+        cfg = MountConfig(bucket=client.bucket, cache_dir=str(tmp_path / f"cache{len(made)}"), uid=0, gid=0,
+                          **options)
+        fs = Filesystem.for_mount(cfg, client)
+        made.append(fs)
+        return fs
+
+    yield make
+    for fs in made:
+        fs.close()

@@ -283,7 +283,8 @@ def test_lean_client_signs_awkward_keys(s3_server, s3, bucket):
     """s3fuse's own SigV4 requests (s3fuse/lean.py: HEAD, PutObject, UploadPart, DeleteObject) for the
     names above, straight against the server: each must be accepted as signed (a refused
     signature would silently fall back to botocore, hiding the bug from mount tests)."""
-    from s3fuse.s3 import ObjectClient, md5_b64
+    from s3fuse.objects import content_md5 as md5_b64
+    from s3fuse.s3 import ObjectClient
 
     client = ObjectClient(bucket, endpoint=s3_server.endpoint, access_key=s3_server.access_key,
                           secret_key=s3_server.secret_key)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from s3fuse.fuse_ops import stat_dict
 from s3fuse.config import OPTIONS, MountConfig, apply_option, parse_size, parse_source, split_options
 from s3fuse.credentials import parse_passwd_line
 from s3fuse.errors import ConfigError
@@ -252,7 +253,7 @@ def test_apply_metadata_is_never_fatal(meta, is_dir):
     assert kind == (stat.S_IFDIR if is_dir else kind) and kind in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK)
     assert 0 <= stat.S_IMODE(out.mode) <= 0o7777
     assert 0 <= out.uid < 1 << 32 and 0 <= out.gid < 1 << 32, "ids the kernel can take"
-    assert out.to_stat()["st_mode"] == out.mode
+    assert stat_dict(out)["st_mode"] == out.mode
 
 
 xattr_name = st.text(min_size=1, max_size=20).map(lambda s: "user." + s)

@@ -15,13 +15,13 @@ import urllib.parse
 import pytest
 
 from s3fuse import errors
-from s3fuse.config import MountConfig
-from s3fuse.fs import Filesystem
+from s3fuse.fuse_ops import stat_dict
 from s3fuse.meta.attrs import NS, decode_xattrs, encode_xattrs
-from s3fuse.s3 import ListPage, ObjectInfo
-from s3fuse.write.copy import COPY_PART, MAX_SINGLE_COPY, copy_object, copy_part_plan
+from s3fuse.objects import ObjectInfo
+from s3fuse.objects import MAX_PART as MAX_SINGLE_COPY
+from s3fuse.write.copy import COPY_PART, copy_object, copy_part_plan
 
-from .fakes import head_each
+from .fakes import FakeS3
 
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
 MIN_PART, MAX_PART, MAX_PARTS = 5 * MiB, 5 * GiB, 10_000
@@ -152,119 +152,13 @@ def test_xattr_header_malformed_is_not_fatal(caplog):
 # ---------------------------------------------------------------------------------------
 # Filesystem against a fake bucket
 # ---------------------------------------------------------------------------------------
-def _etag(data: bytes, metadata: dict) -> str:
-    return hashlib.md5(data + repr(sorted(metadata.items())).encode()).hexdigest()
-
-
-class FakeBucket:
-    """In-memory bucket with the ObjectClient API the namespace operations use."""
-
-    def __init__(self, bucket="fake"):
-        self.bucket = bucket
-        self.objects: dict = {}      # key -> (data, metadata, etag)
-        self.calls: list = []
-        self.request_counts: dict = {}
-        self.error_count = 0
-        self._lock = threading.Lock()
-
-    def _rec(self, op, *args):
-        with self._lock:
-            self.calls.append((op, args))
-            self.request_counts[op] = self.request_counts.get(op, 0) + 1
-
-    def count(self, op=None):
-        return sum(1 for o, _ in self.calls if op is None or o == op)
-
-    def seed(self, key, data=b"", metadata=None):
-        meta = dict(metadata or {})
-        self.objects[key] = (data, meta, _etag(data, meta))
-
-    # read API
-    def list_page(self, prefix, token=None, delimiter="/", max_keys=1000):
-        self._rec("list_objects_v2", prefix)
-        entries, seen = [], set()
-        for key in sorted(self.objects):
-            if not key.startswith(prefix):
-                continue
-            rest = key[len(prefix):]
-            if delimiter and delimiter in rest:
-                cp = prefix + rest[:rest.index(delimiter) + 1]
-                if cp not in seen:
-                    seen.add(cp)
-                    entries.append((cp, True))
-            else:
-                entries.append((key, False))
-        page = ListPage()
-        for name, is_prefix in entries[:max_keys]:
-            if is_prefix:
-                page.prefixes.append(name)
-            else:
-                data, _, etag = self.objects[name]
-                page.objects.append(ObjectInfo(key=name, size=len(data), etag=etag, mtime=1_700_000_000.0))
-        return page
-
-    def list_all(self, prefix, delimiter="/"):
-        yield self.list_page(prefix, None, delimiter, 10 ** 9)
-
-    def head(self, key):
-        self._rec("head_object", key)
-        if key not in self.objects:
-            raise errors.NotFound(key)
-        data, meta, etag = self.objects[key]
-        return ObjectInfo(key=key, size=len(data), etag=etag, mtime=1_700_000_000.0, metadata=dict(meta))
-
-    def head_many(self, keys):
-        return head_each(self, keys)
-
-    def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
-        self._rec("get_object", key)
-        data = self.objects[key][0][start:end]
-        if sink is not None:
-            sink(start, data)
-            return b""
-        return data
-
-    # write API
-    def put(self, key, body, metadata=None, content_md5=None, content_type=None):
-        self._rec("put_object", key)
-        self.seed(key, bytes(body), metadata)
-        return self.objects[key][2]
-
-    def copy(self, src, dst, metadata=None, content_type=None):
-        self._rec("copy_object", src, dst)
-        data, meta, _ = self.objects[src]
-        self.seed(dst, data, dict(metadata) if metadata is not None else meta)
-        return self.objects[dst][2]
-
-    def delete(self, key):
-        self._rec("delete_object", key)
-        self.objects.pop(key, None)
-
-    def delete_many(self, keys):
-        self._rec("delete_objects", len(keys))
-        for k in keys:
-            self.objects.pop(k, None)
+def stat_of(fs, path):
+    return stat_dict(fs.getattr(path))
 
 
 @pytest.fixture
 def fake():
-    return FakeBucket()
-
-
-@pytest.fixture
-def make_fs(tmp_path):
-    made = []
-
-    def make(client, **options):
-        cfg = MountConfig(bucket=client.bucket, cache_dir=str(tmp_path / f"cache{len(made)}"), uid=0, gid=0,
-                          **options)
-        fs = Filesystem(cfg, client)
-        made.append(fs)
-        return fs
-
-    yield make
-    for fs in made:
-        fs.close()
+    return FakeS3()
 
 
 T0 = 1_600_000_000 * NS + 123_456_789
@@ -277,7 +171,7 @@ FILE_META = {"mode": str(stat.S_IFREG | 0o640), "uid": "1001", "gid": "1002",
 def test_utimens_omit_now_and_explicit(fake, make_fs):
     fake.seed("f", b"payload", FILE_META)
     fs = make_fs(fake)
-    st = fs.getattr("/f")
+    st = stat_of(fs, "/f")
     assert (st["st_mtime"], st["st_atime"]) == (T0, T1)
 
     # tar's pattern: atime omitted, mtime explicit (nanoseconds)
@@ -288,25 +182,25 @@ def test_utimens_omit_now_and_explicit(fake, make_fs):
     assert fake.objects["f"][0] == b"payload", "a metadata change never touches the data"
     assert meta["s3fuse-md5"] == FILE_META["s3fuse-md5"], "the stored MD5 survives a metadata copy"
     assert meta["mode"] == FILE_META["mode"] and meta["uid"] == "1001"
-    assert fs.getattr("/f")["st_mtime"] == new_m
+    assert stat_of(fs, "/f")["st_mtime"] == new_m
 
     # atime now, mtime omitted
     before = time.time_ns()
     fs.utimens("/f", (fs.UTIME_NOW, fs.UTIME_OMIT))
     after = time.time_ns()
-    st = fs.getattr("/f")
+    st = stat_of(fs, "/f")
     assert st["st_mtime"] == new_m and before <= st["st_atime"] <= after
     assert fake.objects["f"][1]["mtime"] == "1400000000.000000001"
 
     # both omitted: nothing but ctime changes; times=None: both now
     fs.utimens("/f", (fs.UTIME_OMIT, fs.UTIME_OMIT))
-    assert fs.getattr("/f")["st_mtime"] == new_m
+    assert stat_of(fs, "/f")["st_mtime"] == new_m
     fs.utimens("/f", None)
-    st = fs.getattr("/f")
+    st = stat_of(fs, "/f")
     assert st["st_mtime"] >= after and st["st_atime"] >= after
     # every change was a metadata-only server-side copy of the object onto itself
-    assert fake.count("put_object") == 0 and fake.count("copy_object") == 4
-    assert all(args == ("f", "f") for op, args in fake.calls if op == "copy_object")
+    assert fake.count("put") == 0 and fake.count("copy") == 4
+    assert all(args == ("f", "f") for op, args in fake.calls if op == "copy")
 
 
 def test_chmod_chown_keep_type_and_unchanged_ids(fake, make_fs):
@@ -322,12 +216,12 @@ def test_chmod_chown_keep_type_and_unchanged_ids(fake, make_fs):
     assert fake.objects["f"][0] == b"payload"
     fs.chmod("/d", 0o700)
     assert fake.objects["d/"][1]["mode"] == str(stat.S_IFDIR | 0o700)
-    assert stat.S_ISDIR(fs.getattr("/d")["st_mode"])
+    assert stat.S_ISDIR(stat_of(fs, "/d")["st_mode"])
     # an implied directory gets a marker carrying the change
     fake.seed("imp/x", b"1")
     fs.chown("/imp", 3, 4)
     assert (fake.objects["imp/"][1]["uid"], fake.objects["imp/"][1]["gid"]) == ("3", "4")
-    assert fs.getattr("/imp")["st_uid"] == 3
+    assert stat_of(fs, "/imp")["st_uid"] == 3
 
 
 def test_rename_flags(fake, make_fs):
@@ -351,7 +245,7 @@ def test_rename_flags(fake, make_fs):
     assert fake.objects["b"][0] == b"A" and fake.objects["b"][1]["uid"] == "1001"
     assert sorted(fake.objects) == ["b"]
     with pytest.raises(errors.NotFound):
-        fs.getattr("/c")
+        stat_of(fs, "/c")
 
 
 def test_rmdir_enotempty_and_errors(fake, make_fs):

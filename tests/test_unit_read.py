@@ -4,15 +4,14 @@ BlockFetcher), each against a fake S3 client that counts what it is asked."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import random
 import stat
 import threading
-import time
 
 import pytest
 
+from s3fuse.fuse_ops import stat_dict
 from s3fuse import errors
 from s3fuse.cli import parse_mount_args
 from s3fuse.config import (MountConfig, apply_option, parse_bool, parse_octal, parse_size, parse_source,
@@ -25,119 +24,8 @@ from s3fuse.meta.attrs import (NS, Attr, Defaults, apply_metadata, default_attr,
 from s3fuse.meta.cache import KnownMetadata, MetaCache
 from s3fuse.meta.namespace import Namespace
 from s3fuse.paths import KeyMapper, join, split, valid_name
-from s3fuse.s3 import ListPage, ObjectInfo
 
-from .fakes import head_each
-
-
-# ---------------------------------------------------------------------------------------
-# A fake S3 client: an in-memory bucket that counts every request it serves.
-# ---------------------------------------------------------------------------------------
-class FakeClient:
-    def __init__(self, bucket="fake", page_size=1000, get_delay=0.0):
-        self.bucket = bucket
-        self.objects: dict = {}          # key -> (data, metadata, etag, mtime)
-        self.page_size = page_size
-        self.get_delay = get_delay
-        self.calls: list = []            # (op, args)
-        self._lock = threading.Lock()
-        self.active_gets = 0
-        self.max_active_gets = 0
-        self.fail_gets = 0               # fail this many GETs with BackendError
-
-    # -- setup ---------------------------------------------------------------------------
-    def put(self, key, data=b"", metadata=None, mtime=1_700_000_000.0):
-        etag = hashlib.md5(data + repr(sorted((metadata or {}).items())).encode()).hexdigest()
-        self.objects[key] = (data, dict(metadata or {}), etag, mtime)
-        return etag
-
-    def count(self, op):
-        return sum(1 for o, _ in self.calls if o == op)
-
-    def _record(self, op, *args):
-        with self._lock:
-            self.calls.append((op, args))
-
-    # -- the ObjectClient read API ---------------------------------------------------------
-    def list_page(self, prefix, token=None, delimiter="/", max_keys=1000):
-        self._record("list_objects_v2", prefix, token)
-        max_keys = min(max_keys, self.page_size)
-        entries = []   # sorted (name, is_prefix)
-        seen = set()
-        for key in sorted(self.objects):
-            if not key.startswith(prefix):
-                continue
-            rest = key[len(prefix):]
-            if delimiter and delimiter in rest:
-                cp = prefix + rest[:rest.index(delimiter) + 1]
-                if cp not in seen:
-                    seen.add(cp)
-                    entries.append((cp, True))
-            else:
-                entries.append((key, False))
-        start = int(token) if token else 0
-        chunk = entries[start:start + max_keys]
-        page = ListPage()
-        for name, is_prefix in chunk:
-            if is_prefix:
-                page.prefixes.append(name)
-            else:
-                data, _, etag, mtime = self.objects[name]
-                page.objects.append(ObjectInfo(key=name, size=len(data), etag=etag, mtime=mtime))
-        if start + max_keys < len(entries):
-            page.next_token = str(start + max_keys)
-        return page
-
-    def list_all(self, prefix, delimiter="/"):
-        token = None
-        while True:
-            page = self.list_page(prefix, token, delimiter)
-            yield page
-            token = page.next_token
-            if not token:
-                return
-
-    def head(self, key):
-        self._record("head_object", key)
-        if key not in self.objects:
-            raise errors.NotFound(key)
-        data, meta, etag, mtime = self.objects[key]
-        return ObjectInfo(key=key, size=len(data), etag=etag, mtime=mtime, metadata=dict(meta))
-
-    def head_many(self, keys):
-        self._record("head_many", len(keys))
-        return head_each(self, keys)
-
-    def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
-        self._record("get_object", key, start, end, etag)
-        with self._lock:
-            self.active_gets += 1
-            self.max_active_gets = max(self.max_active_gets, self.active_gets)
-            fail = self.fail_gets > 0
-            if fail:
-                self.fail_gets -= 1
-        try:
-            if self.get_delay:
-                time.sleep(self.get_delay)
-            if fail:
-                raise errors.BackendError(f"get {key!r}: injected failure")
-            if key not in self.objects:
-                raise errors.NotFound(key)
-            data, _, cur_etag, _ = self.objects[key]
-            if etag and etag != cur_etag:
-                raise errors.ObjectChanged(f"get {key!r}: 412")
-            body = data[start:end]
-            if sink is None:
-                return body
-            for off in range(0, len(body), chunk_size):
-                sink(start + off, body[off:off + chunk_size])
-            return b""
-        finally:
-            with self._lock:
-                self.active_gets -= 1
-
-    def gets(self):
-        return [args for op, args in self.calls if op == "get_object"]
+from .fakes import FakeS3 as FakeClient
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,16 +122,6 @@ class TestConfig:
             parse_mount_args(["b", str(tmp_path), "-o"])
 
 
-def test_retries_option_counts_attempts():
-    """-o retries=N means N attempts in all (botocore's own "max_attempts" key would mean N
-    retries after the first); the mount-time probe makes 2 short attempts."""
-    from s3fuse.s3 import ObjectClient
-    client = ObjectClient("b", endpoint="http://127.0.0.1:9", access_key="a", secret_key="s", max_attempts=5)
-    assert client._client.meta.config.retries["total_max_attempts"] == 5
-    assert client._probe_config.retries["total_max_attempts"] == 2
-    assert client._probe_config.read_timeout <= 3 and client._probe_config.connect_timeout <= 3
-
-
 # ---------------------------------------------------------------------------------------
 # POSIX metadata headers
 # ---------------------------------------------------------------------------------------
@@ -281,7 +159,7 @@ class TestAttrs:
         assert (attr.uid, attr.gid, attr.size, attr.etag) == (1001, 1002, 10, "e")
         assert attr.mtime_ns == 1_600_000_000_500_000_000
         assert attr.atime_ns == attr.ctime_ns == attr.mtime_ns   # only mtime given
-        st = attr.to_stat()
+        st = stat_dict(attr)
         assert st["st_mode"] == stat.S_IFREG | 0o751 and st["st_mtime"] == 1_600_000_000_500_000_000
         assert st["st_nlink"] == 1 and st["st_blocks"] == 1
         assert base.uid == 7, "apply_metadata must not modify its input"
@@ -361,8 +239,8 @@ def make_ns(client, tmp_path, exact=True, prefix="", defaults=None, name="meta")
 def many_client():
     client = FakeClient()
     for i in range(2300):
-        client.put(f"many/f{i:04d}", b"x" * (i % 7))
-    client.put("many/f0042", b"meta", {"mode": str(stat.S_IFREG | 0o751), "uid": "1001", "gid": "1002",
+        client.seed(f"many/f{i:04d}", b"x" * (i % 7))
+    client.seed("many/f0042", b"meta", {"mode": str(stat.S_IFREG | 0o751), "uid": "1001", "gid": "1002",
                                       "mtime": "1600000000.5"})
     return client
 
@@ -374,15 +252,15 @@ class TestNamespace:
         assert len(listing.entries) == 2300
         assert set(listing.entries) == {f"f{i:04d}" for i in range(2300)}
         assert not any(listing.entries.values())
-        assert many_client.count("list_objects_v2") == 3, "2,300 keys = 3 pages of 1,000"
+        assert many_client.count("list_page") == 3, "2,300 keys = 3 pages of 1,000"
         # every entry's attributes came with the listing: stat costs nothing
         for i in range(2300):
             a = ns.lookup(f"/many/f{i:04d}")
             assert a.size == (4 if i == 42 else i % 7) and a.mode == stat.S_IFREG | 0o640 and a.uid == 500
-        assert many_client.count("head_object") == 0
-        assert many_client.count("list_objects_v2") == 3
+        assert many_client.count("head") == 0
+        assert many_client.count("list_page") == 3
         ns.list_dir("/many")     # listing cached
-        assert many_client.count("list_objects_v2") == 3
+        assert many_client.count("list_page") == 3
         ns.close()
         known.close()
 
@@ -390,12 +268,12 @@ class TestNamespace:
         ns, known = make_ns(many_client, tmp_path, exact=True)
         ns.list_dir("/many")
         attrs = {i: ns.lookup(f"/many/f{i:04d}") for i in range(2300)}
-        assert many_client.count("list_objects_v2") == 3
-        assert many_client.count("head_object") == 2300, "one HEAD per object, never two"
+        assert many_client.count("list_page") == 3
+        assert many_client.count("head") == 2300, "one HEAD per object, never two"
         a = attrs[42]
         assert (a.mode, a.uid, a.gid, a.mtime_ns) == (stat.S_IFREG | 0o751, 1001, 1002, 1_600_000_000_500_000_000)
         assert attrs[43].uid == 500 and attrs[43].exact
-        batches = [args[0] for op, args in many_client.calls if op == "head_many"]
+        batches = many_client.details("head_many")
         assert batches and max(batches) == Namespace.HEAD_BATCH, "the listing's HEADs went in pipelined batches"
         assert sum(batches) <= 2300
         ns.close()
@@ -409,26 +287,26 @@ class TestNamespace:
         assert (a.mode, a.uid, a.mtime_ns) == (stat.S_IFREG | 0o751, 1001, 1_600_000_000_500_000_000)
         for i in range(2300):
             ns2.lookup(f"/many/f{i:04d}")
-        assert fresh.count("head_object") == 0 and fresh.count("list_objects_v2") == 3
+        assert fresh.count("head") == 0 and fresh.count("list_page") == 3
         # ... until the object changes: a new ETag means a new HEAD.
-        fresh.put("many/f0042", b"changed", {"uid": "77"})
+        fresh.seed("many/f0042", b"changed", {"uid": "77"})
         ns2.cache.invalidate("/many/f0042")
         ns2.cache.dirs.clear()
         ns2.list_dir("/many")
         assert ns2.lookup("/many/f0042").uid == 77
-        assert fresh.count("head_object") == 1
+        assert fresh.count("head") == 1
         ns2.close()
         known2.close()
 
     def test_implied_dirs_markers_and_shadowing(self, tmp_path):
         c = FakeClient()
-        c.put("a/b/c", b"deep")
-        c.put("d/", b"", {"mode": str(stat.S_IFDIR | 0o700), "uid": "1001", "gid": "1002", "mtime": "1600000000"})
-        c.put("d/inner", b"i")
-        c.put("empty/", b"")
-        c.put("both", b"file hidden by dir")
-        c.put("both/x", b"x")
-        c.put("top", b"t")
+        c.seed("a/b/c", b"deep")
+        c.seed("d/", b"", {"mode": str(stat.S_IFDIR | 0o700), "uid": "1001", "gid": "1002", "mtime": "1600000000"})
+        c.seed("d/inner", b"i")
+        c.seed("empty/", b"")
+        c.seed("both", b"file hidden by dir")
+        c.seed("both/x", b"x")
+        c.seed("top", b"t")
         ns, known = make_ns(c, tmp_path)
         root = ns.list_dir("/")
         assert root.entries == {"a": True, "d": True, "empty": True, "both": True, "top": False}
@@ -446,9 +324,9 @@ class TestNamespace:
 
     def test_cold_lookups(self, tmp_path):
         c = FakeClient()
-        c.put("dir/", b"", {"mode": str(stat.S_IFDIR | 0o711)})
-        c.put("implied/x", b"")
-        c.put("file", b"12345", {"mode": str(stat.S_IFREG | 0o600), "mtime": "1600000000.5"})
+        c.seed("dir/", b"", {"mode": str(stat.S_IFDIR | 0o711)})
+        c.seed("implied/x", b"")
+        c.seed("file", b"12345", {"mode": str(stat.S_IFREG | 0o600), "mtime": "1600000000.5"})
         ns, known = make_ns(c, tmp_path)
         assert ns.lookup("/dir").mode == stat.S_IFDIR | 0o711
         assert ns.lookup("/implied").mode == stat.S_IFDIR | 0o750
@@ -476,7 +354,7 @@ class TestNamespace:
     def test_invalid_keys_skipped_with_log(self, tmp_path, caplog):
         c = FakeClient()
         for key in ("bad/x//y", "bad/./z", "bad/../w", "bad/" + "n" * 256, "bad/ok", "bad/" + "é" * 128):
-            c.put(key, b"v")
+            c.seed(key, b"v")
         ns, known = make_ns(c, tmp_path, exact=False)
         with caplog.at_level(logging.WARNING):
             assert ns.list_dir("/bad").entries == {"ok": False, "x": True}
@@ -490,11 +368,11 @@ class TestNamespace:
 
     def test_prefix(self, tmp_path):
         c = FakeClient()
-        c.put("top", b"")
-        c.put("some/prefix/", b"", {"mode": str(stat.S_IFDIR | 0o701)})
-        c.put("some/prefix/x", b"xx")
-        c.put("some/prefix/sub/y", b"y")
-        c.put("some/prefixed", b"sibling")
+        c.seed("top", b"")
+        c.seed("some/prefix/", b"", {"mode": str(stat.S_IFDIR | 0o701)})
+        c.seed("some/prefix/x", b"xx")
+        c.seed("some/prefix/sub/y", b"y")
+        c.seed("some/prefixed", b"sibling")
         ns, known = make_ns(c, tmp_path, prefix="some/prefix")
         assert ns.list_dir("/").entries == {"x": False, "sub": True}
         assert ns.lookup("/").mode == stat.S_IFDIR | 0o701
@@ -523,7 +401,7 @@ def blocks(tmp_path):
 
 def fetched_blocks(client, key=None):
     out = []
-    for k, start, end, _ in client.gets():
+    for k, start, end, _ in client.details("get_range"):
         if key is None or k == key:
             assert start % BS == 0, "GETs start on block boundaries"
             out.extend(range(start // BS, (end + BS - 1) // BS))
@@ -534,7 +412,7 @@ class TestReader:
     def test_sequential_reads_prefetch_parallel_spans(self, blocks):
         data = blob(64 * BS + 1234)
         c = FakeClient(get_delay=0.02)
-        etag = c.put("big", data)
+        etag = c.seed("big", data)
         fetcher = BlockFetcher(c, blocks, BS, threads=8, span_blocks=4)
         reader = Reader(fetcher, PinnedObject("big", etag, len(data)), max_readahead_blocks=32)
         out, off = [], 0
@@ -548,17 +426,17 @@ class TestReader:
         assert b"".join(out) == data
         got = fetched_blocks(c)
         assert sorted(got) == list(range(65)), "every block fetched exactly once"
-        spans = [end - start for _, start, end, _ in c.gets()]
+        spans = [end - start for _, start, end, _ in c.details("get_range")]
         assert max(spans) > BS, "read-ahead fetches multi-block spans"
-        assert len(c.gets()) <= 65 // 3, "a full window is topped up in batches, not block by block"
+        assert len(c.details("get_range")) <= 65 // 3, "a full window is topped up in batches, not block by block"
         assert c.max_active_gets >= 2, "read-ahead spans are fetched in parallel"
-        assert all(e == etag for *_, e in c.gets()), "GETs pin the ETag seen at open (If-Match)"
+        assert all(e == etag for *_, e in c.details("get_range")), "GETs pin the ETag seen at open (If-Match)"
         assert fetcher.bytes_fetched == len(data)
 
     def test_random_reads_fetch_only_touched_blocks(self, blocks):
         data = blob(40 * BS)
         c = FakeClient()
-        etag = c.put("obj", data)
+        etag = c.seed("obj", data)
         fetcher = BlockFetcher(c, blocks, BS, threads=4)
         reader = Reader(fetcher, PinnedObject("obj", etag, len(data)))
         rng = random.Random(7)
@@ -581,26 +459,26 @@ class TestReader:
         bs = 1 << 20
         data = blob(8 * bs)
         c = FakeClient()
-        etag = c.put("obj", data)
+        etag = c.seed("obj", data)
         cache = BlockCache(str(tmp_path / "pieces"), 1 << 30, "b")
         fetcher = BlockFetcher(c, cache, bs, threads=2)
         reader = Reader(fetcher, PinnedObject("obj", etag, len(data)))
         off = 5 * bs + 300_000
         assert reader.read(off, 4096) == data[off:off + 4096]
-        (k, start, end, e), = c.gets()
+        (k, start, end, e), = c.details("get_range")
         assert (start, end) == (off - off % (64 << 10), off - off % (64 << 10) + (64 << 10)) and e == etag
         assert reader.read(2 * bs + 10, 100) == data[2 * bs + 10:2 * bs + 110]      # another block
         assert reader.read(off + 500_000, 4096) == data[off + 500_000:off + 504_096]  # block 5 again
-        assert [(s, en) for _, s, en, _ in c.gets()][-1] == (5 * bs, 6 * bs), "second touch: whole block"
-        n = len(c.gets())
-        assert reader.read(off + 7, 10) == data[off + 7:off + 17] and len(c.gets()) == n, "now cached"
+        assert [(s, en) for _, s, en, _ in c.details("get_range")][-1] == (5 * bs, 6 * bs), "second touch: whole block"
+        n = len(c.details("get_range"))
+        assert reader.read(off + 7, 10) == data[off + 7:off + 17] and len(c.details("get_range")) == n, "now cached"
         fetcher.close()
         cache.close()
 
     def test_block_boundaries_and_eof(self, blocks):
         data = blob(3 * BS + 100)
         c = FakeClient()
-        etag = c.put("o", data)
+        etag = c.seed("o", data)
         fetcher = BlockFetcher(c, blocks, BS)
         reader = Reader(fetcher, PinnedObject("o", etag, len(data)))
         assert reader.read(BS - 10, 20) == data[BS - 10:BS + 10]
@@ -616,18 +494,18 @@ class TestReader:
         old = blob(4 * BS, seed=1)
         new = blob(4 * BS, seed=2)
         c = FakeClient()
-        old_etag = c.put("k", old)
+        old_etag = c.seed("k", old)
         fetcher = BlockFetcher(c, blocks, BS)
         assert Reader(fetcher, PinnedObject("k", old_etag, len(old))).read(0, len(old)) == old
-        n = len(c.gets())
+        n = len(c.details("get_range"))
         # Served again from the cache: no GET.
         assert Reader(fetcher, PinnedObject("k", old_etag, len(old))).read(0, len(old)) == old
-        assert len(c.gets()) == n
+        assert len(c.details("get_range")) == n
         # The object changes: same key, new ETag -> new blocks, never the stale ones.
-        new_etag = c.put("k", new)
+        new_etag = c.seed("k", new)
         assert new_etag != old_etag
         assert Reader(fetcher, PinnedObject("k", new_etag, len(new))).read(0, len(new)) == new
-        assert len(c.gets()) > n
+        assert len(c.details("get_range")) > n
         assert blocks.get("k", old_etag, 0) == old[:BS] and blocks.get("k", new_etag, 0) == new[:BS]
         # A reader pinned to the old version, asking for an uncached block, gets ObjectChanged.
         blocks.clear()
@@ -638,17 +516,17 @@ class TestReader:
     def test_cache_survives_a_new_fetcher(self, tmp_path):
         data = blob(5 * BS)
         c = FakeClient()
-        etag = c.put("k", data)
+        etag = c.seed("k", data)
         cache = BlockCache(str(tmp_path / "b"), 1 << 30, "fake")
         f1 = BlockFetcher(c, cache, BS)
         assert Reader(f1, PinnedObject("k", etag, len(data))).read(0, len(data)) == data
         f1.close()
         cache.close()
-        n = len(c.gets())
+        n = len(c.details("get_range"))
         cache = BlockCache(str(tmp_path / "b"), 1 << 30, "fake")
         f2 = BlockFetcher(c, cache, BS)
         assert Reader(f2, PinnedObject("k", etag, len(data))).read(0, len(data)) == data
-        assert len(c.gets()) == n, "blocks persist in cache_dir across mounts"
+        assert len(c.details("get_range")) == n, "blocks persist in cache_dir across mounts"
         f2.close()
         cache.close()
 
@@ -669,7 +547,7 @@ class TestReader:
     def test_concurrent_readers_share_one_fetch(self, blocks):
         data = blob(2 * BS)
         c = FakeClient(get_delay=0.1)
-        etag = c.put("k", data)
+        etag = c.seed("k", data)
         fetcher = BlockFetcher(c, blocks, BS)
         obj = PinnedObject("k", etag, len(data))
         results = []
@@ -686,7 +564,7 @@ class TestReader:
     def test_failed_fetch_raises_and_can_be_retried(self, blocks):
         data = blob(3 * BS)
         c = FakeClient()
-        etag = c.put("k", data)
+        etag = c.seed("k", data)
         c.fail_gets = 1
         fetcher = BlockFetcher(c, blocks, BS)
         obj = PinnedObject("k", etag, len(data))

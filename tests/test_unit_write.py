@@ -3,7 +3,6 @@ the Uploader (against a fake S3 client that counts calls, checks Content-MD5 and
 sizes like S3 does, and injects failures), OpenFile streaming/commit and crash recovery."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import pytest
 
 from s3fuse import errors
 from s3fuse.meta.attrs import MD5_HEADER, Attr
-from s3fuse.s3 import Part
 from s3fuse.write import recovery
 from s3fuse.write.journal import CLOSED, WRITING, Entry, Journal
 from s3fuse.write.openfile import OpenFile
@@ -24,129 +22,15 @@ from s3fuse.write.parts import MAX_PART, MAX_PARTS, MIN_PART, PartPlan
 from s3fuse.write.ranges import RangeSet
 from s3fuse.write.uploader import Uploader
 
+from .fakes import FakeS3 as FakeWriteClient, md5
+
 MiB = 1 << 20
 TiB = 1 << 40
 
 
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def multipart_etag(part_md5s: list) -> str:
-    joined = b"".join(bytes.fromhex(m) for m in part_md5s)
-    return f"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"
-
-
-# ---------------------------------------------------------------------------------------
-# A fake S3 client for the write API: in-memory objects and multipart uploads, S3's own
-# checks (Content-MD5, 5 MiB minimum for all parts but the last, ETags in Complete), a
-# count of every call and failures injected per operation.
-# ---------------------------------------------------------------------------------------
-class FakeWriteClient:
-    def __init__(self, bucket="fake"):
-        self.bucket = bucket
-        self.objects: dict = {}          # key -> (data, metadata, etag)
-        self.uploads: dict = {}          # upload id -> {"key", "metadata", "parts": {n: (data, etag)}}
-        self.calls: list = []            # (op, detail)
-        self.fail: dict = {}             # op -> list of exceptions raised by the next calls
-        self.fail_when = None            # callable(op, detail) -> exception or None
-        self.block = None                # callable(op, detail): may wait (threading tests)
-        self._lock = threading.Lock()
-        self._ids = 0
-
-    def count(self, op, detail=None):
-        return sum(1 for o, d in self.calls if o == op and (detail is None or d == detail))
-
-    def _enter(self, op, detail=None):
-        with self._lock:
-            self.calls.append((op, detail))
-            queue = self.fail.get(op)
-            exc = queue.pop(0) if queue else None
-        if exc is None and self.fail_when is not None:
-            exc = self.fail_when(op, detail)
-        if exc is not None:
-            raise exc
-        if self.block is not None:
-            self.block(op, detail)
-
-    @staticmethod
-    def _check_md5(data, content_md5):
-        if content_md5 is not None and base64.b64decode(content_md5) != hashlib.md5(data).digest():
-            raise errors.BackendError("BadDigest")
-
-    # -- the ObjectClient write API ---------------------------------------------------------
-    def put(self, key, body, metadata=None, content_md5=None, content_type=None):
-        self._enter("put", key)
-        data = bytes(body)
-        self._check_md5(data, content_md5)
-        self.objects[key] = (data, dict(metadata or {}), md5(data))
-        return md5(data)
-
-    def create_multipart(self, key, metadata=None, content_type=None):
-        self._enter("create_multipart", key)
-        with self._lock:
-            self._ids += 1
-            uid = f"up{self._ids}"
-            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}, "initiated": time.time()}
-        return uid
-
-    def list_uploads(self, prefix=""):
-        self._enter("list_uploads", prefix)
-        return [(u["key"], uid, u["initiated"]) for uid, u in sorted(self.uploads.items())
-                if u["key"].startswith(prefix)]
-
-    def upload_part(self, key, upload_id, number, body, content_md5):
-        self._enter("upload_part", number)
-        if upload_id not in self.uploads:
-            raise errors.UploadGone(upload_id)
-        data = bytes(body)
-        self._check_md5(data, content_md5)
-        self.uploads[upload_id]["parts"][number] = (data, md5(data))
-        return md5(data)
-
-    def list_parts(self, key, upload_id):
-        self._enter("list_parts", upload_id)
-        if upload_id not in self.uploads:
-            raise errors.UploadGone(upload_id)
-        parts = self.uploads[upload_id]["parts"]
-        return [Part(n, parts[n][1], len(parts[n][0])) for n in sorted(parts)]
-
-    def complete_multipart(self, key, upload_id, parts):
-        self._enter("complete_multipart", key)
-        up = self.uploads.get(upload_id)
-        if up is None:
-            raise errors.UploadGone(upload_id)
-        numbers = [n for n, _ in parts]
-        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), "parts in ascending order"
-        chunks = []
-        for i, (n, etag) in enumerate(parts):
-            data, server_etag = up["parts"][n]
-            if etag != server_etag:
-                raise errors.BackendError(f"InvalidPart {n}")
-            if i < len(parts) - 1 and len(data) < MIN_PART:
-                raise errors.BackendError(f"EntityTooSmall part {n}")
-            chunks.append(data)
-        del self.uploads[upload_id]
-        etag = multipart_etag([e for _, e in parts])
-        self.objects[key] = (b"".join(chunks), up["metadata"], etag)
-        return etag
-
-    def abort_multipart(self, key, upload_id):
-        self._enter("abort_multipart", upload_id)
-        self.uploads.pop(upload_id, None)
-
-    def copy(self, src, dst, metadata=None, content_type=None):
-        self._enter("copy", dst)
-        data, meta, _ = self.objects[src]
-        etag = "copy-" + md5(data)
-        self.objects[dst] = (data, dict(metadata) if metadata is not None else meta, etag)
-        return etag
-
-
-def make_uploader(client, tmp_path, threads=4, part_size=5 * MiB, delays=(0.0, 0.0, 0.0), threshold=None):
+def make_uploader(client, tmp_path, threads=4, part_size=5 * MiB, threshold=None):
     journal = Journal(str(tmp_path / "journal"))
-    return Uploader(client, journal, threads=threads, part_size=part_size, threshold=threshold,
-                    retry_delays=delays), journal
+    return Uploader(client, journal, threads=threads, part_size=part_size, threshold=threshold), journal
 
 
 def staged(tmp_path, data: bytes, name="stage") -> str:
@@ -183,7 +67,7 @@ class TestRangeSet:
         assert r.missing(0, 70) == [(40, 50), (60, 70)]
         assert r.missing(45, 55) == [(45, 50)]
         assert r.missing(5, 35) == []
-        assert r.covers(50, 60) and not r.covers(39, 51)
+        assert not r.missing(50, 60) and r.missing(39, 51) == [(40, 50)]
         assert r.contiguous_from_zero() == 40
         r.clip(55)
         assert list(r) == [(0, 40), (50, 55)]
@@ -383,36 +267,17 @@ class TestUploader:
         assert up.parts_sent == nparts
         assert set(j.load(e.id).parts) == {str(n) for n in range(1, nparts + 1)}, "every part journaled"
 
-    def test_transient_errors_are_retried(self, tmp_path):
+    def test_a_part_that_failed_for_good_keeps_the_record(self, tmp_path):
+        """The client's retry layer gave up on part 3: the uploader does not retry on top
+        of it; the upload fails, and the record keeps the parts already sent."""
         c = FakeWriteClient()
         up, j = make_uploader(c, tmp_path)
-        data = os.urandom(11 * MiB)
-        e = closed_entry(j, "k", staged(tmp_path, data), data)
-        failures = {2: 2}       # part 2 fails twice, then works
-
-        def fail_when(op, detail):
-            if op == "upload_part" and failures.get(detail, 0) > 0:
-                failures[detail] -= 1
-                return errors.Unreachable("connection refused")
-            return None
-        c.fail_when = fail_when
-        c.fail["create_multipart"] = [errors.BackendError("500 InternalError")]
-        c.fail["complete_multipart"] = [errors.BackendError("503 SlowDown")]
-        up.upload(e)
-        assert c.count("upload_part", 2) == 3
-        assert c.count("upload_part", 1) == 1 and c.count("upload_part", 3) == 1
-        assert c.count("create_multipart") == 2 and c.count("complete_multipart") == 2
-        assert c.objects["k"][0] == data
-
-    def test_retries_are_bounded_and_the_record_stays(self, tmp_path):
-        c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, delays=(0.0, 0.0))
         data = os.urandom(11 * MiB)
         e = closed_entry(j, "k", staged(tmp_path, data), data)
         c.fail_when = lambda op, d: errors.Unreachable("down") if (op, d) == ("upload_part", 3) else None
         with pytest.raises(errors.Unreachable):
             up.upload(e)
-        assert c.count("upload_part", 3) == 3, "1 try + 2 retries"
+        assert c.count("upload_part", 3) == 1, "one retry layer: the client's"
         assert "k" not in c.objects
         rec = j.load(e.id)
         assert rec is not None and rec.upload_id and set(rec.parts) == {"1", "2"}
@@ -432,7 +297,7 @@ class TestUploader:
         must not go on retrying against the failing server (holding up the shared pool), and
         nothing may touch the journal record after upload() has raised."""
         c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, threads=1, delays=(0.0,))
+        up, j = make_uploader(c, tmp_path, threads=1)
         data = os.urandom(30 * MiB)
         e = closed_entry(j, "k", staged(tmp_path, data), data)
 
@@ -544,7 +409,7 @@ class TestOpenFile:
         body, meta, _ = c.objects["f"]
         assert body == data and meta[MD5_HEADER] == md5(data)
         assert j.entries() == []
-        assert f.discard() is False and not os.path.exists(f.staging)
+        assert f.discard() is None and not os.path.exists(f.staging)
 
     def test_streaming_waits_for_the_multipart_threshold(self, tmp_path):
         """multipart_threshold above part_size: nothing streams while the file may still end
@@ -621,14 +486,15 @@ class TestOpenFile:
 
     def test_failed_upload_keeps_record_and_staging_then_resumes(self, tmp_path):
         c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, delays=(0.0,))
+        up, j = make_uploader(c, tmp_path)
         f = new_file(tmp_path, up, j)
         data = os.urandom(12 * MiB + 1)
         c.fail_when = lambda op, d: errors.Unreachable("down") if op != "abort_multipart" else None
         write_all(f, data)
         with pytest.raises(errors.Unreachable):
             f.commit()
-        assert f.discard() is True, "the staging file is kept for the retry"
+        pending = f.discard()
+        assert pending is not None and pending.staging == f.staging, "the staging file is kept for the retry"
         [rec] = j.entries()
         assert rec.state == CLOSED and os.path.exists(rec.staging)
         c.fail_when = None
@@ -643,7 +509,7 @@ class TestOpenFile:
         commit replaces the record of the previous one (one record per staging file, the
         earlier multipart uploads aborted), and the last commit uploads everything."""
         c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, delays=(0.0,))
+        up, j = make_uploader(c, tmp_path)
         f = new_file(tmp_path, up, j)
         data = os.urandom(23 * MiB)
         write_all(f, data[:6 * MiB])
@@ -662,7 +528,7 @@ class TestOpenFile:
         f.commit()
         assert c.objects["f"][0] == data and c.objects["f"][1][MD5_HEADER] == md5(data)
         assert j.entries() == [] and c.uploads == {}, "no record and no multipart upload left behind"
-        assert f.discard() is False
+        assert f.discard() is None
 
     def test_failed_staging_write_poisons_the_file(self, tmp_path):
         c = FakeWriteClient()
@@ -677,7 +543,7 @@ class TestOpenFile:
             f.commit()
         assert info.value.errno == 28       # ENOSPC reported to close too
         assert c.objects == {}
-        assert f.discard() is False and not os.path.exists(f.staging)
+        assert f.discard() is None and not os.path.exists(f.staging)
 
     def test_sort_out_after_crash(self, tmp_path):
         j = Journal(str(tmp_path / "journal"))
@@ -710,7 +576,7 @@ class TestOpenFile:
         time and aborts it - a WRITING record's as it abandons it, a CLOSED record's before
         its upload starts again.  Other uploads (another key, the same key long ago) stay."""
         c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, delays=())
+        up, j = make_uploader(c, tmp_path)
         old = c.create_multipart("k")
         c.uploads[old]["initiated"] -= 3600             # the same key, an hour before
         other = c.create_multipart("k2")
@@ -737,26 +603,6 @@ class TestOpenFile:
             assert c.objects["k"][0] == b"x" * (6 * MiB)
         assert lost[0] not in c.uploads, "the unrecorded upload is aborted"
         assert old in c.uploads and other in c.uploads
-
-    def test_upload_of_a_failed_create_attempt_is_aborted_after_the_retry(self, tmp_path):
-        """CreateMultipartUpload answered with an error although the server created the
-        upload; the retry creates another.  The first is aborted at once, the second used."""
-        c = FakeWriteClient()
-        up, j = make_uploader(c, tmp_path, delays=(0.0,))
-        real_create = FakeWriteClient.create_multipart
-        answers = []
-
-        def create_lose_first_answer(key, metadata=None, content_type=None):
-            uid = real_create(c, key, metadata, content_type)
-            answers.append(uid)
-            if len(answers) == 1:
-                raise errors.Unreachable("the answer is lost")
-            return uid
-        c.create_multipart = create_lose_first_answer
-        e = Entry(id="e1", key="k", staging=str(tmp_path / "s"), state=WRITING, created=time.time())
-        up.begin_multipart(e)
-        assert e.upload_id == answers[1] and list(c.uploads) == [answers[1]]
-        assert j.load("e1").upload_id == answers[1] and not j.load("e1").creating
 
     def test_sort_out_drops_a_cut_record_and_keeps_its_staging_file(self, tmp_path):
         """A small file's record is written without fsync: after a power loss it may be
@@ -878,14 +724,21 @@ def gated_md5(monkeypatch):
 
 
 class TestSequentialMD5:
-    def test_digest_equals_hashlib_across_inline_and_thread(self):
-        from s3fuse.write.hashing import SequentialMD5
-        h = SequentialMD5(inline_limit=100 << 10, max_queued=256 << 10)
+    def test_digest_equals_hashlib_across_inline_and_thread(self, monkeypatch):
+        from s3fuse.write import hashing
+        hashed_by = []
+        real_run = hashing.SequentialMD5._run
+
+        def run(self):
+            hashed_by.append(threading.current_thread().name)
+            real_run(self)
+        monkeypatch.setattr(hashing.SequentialMD5, "_run", run)
+        h = hashing.SequentialMD5(inline_limit=100 << 10, max_queued=256 << 10)
         data = os.urandom(3 * MiB + 7)
         for off in range(0, len(data), 64 << 10):
             h.update(data[off:off + (64 << 10)])
-        assert h._thread is not None or h._fed > h._inline_limit, "large input went to the thread"
         assert h.hexdigest() == md5(data)
+        assert hashed_by == ["md5"], "beyond the inline limit, the hasher's own thread took over"
         more = os.urandom(1000)
         h.update(more)
         assert h.hexdigest() == md5(data + more), "usable again after a digest"

@@ -87,7 +87,7 @@ class BlockCache:
         self._writer.start()
         self.hits = 0
         self.misses = 0
-        self.dropped = 0
+        self.dropped = 0          # blocks not cached because the disk writer was stuck (status)
 
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"

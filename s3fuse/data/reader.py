@@ -75,6 +75,13 @@ class BlockFetcher:
         if wanted:
             self._schedule(obj, wanted)
 
+    def fetch_piece(self, obj: PinnedObject, start: int, end: int) -> bytes:
+        """GET [start, end) of ``obj`` now, bypassing the cache (a small random read)."""
+        data = pinned_get(self.client, obj, start, end)
+        with self._lock:
+            self.bytes_fetched += len(data)
+        return data
+
     def in_flight(self, obj: PinnedObject, index: int) -> bool:
         with self._lock:
             return (obj.key, obj.etag, index) in self._inflight
@@ -229,9 +236,7 @@ class Reader:
             return None
         lo = offset - offset % self.PIECE_ALIGN
         hi = min(obj.size, -(-end // self.PIECE_ALIGN) * self.PIECE_ALIGN)
-        data = pinned_get(self.fetcher.client, obj, lo, hi)
-        with self.fetcher._lock:
-            self.fetcher.bytes_fetched += len(data)
+        data = self.fetcher.fetch_piece(obj, lo, hi)
         return data[offset - lo:end - lo]
 
     def _block(self, index: int) -> bytes:

@@ -55,16 +55,6 @@ class Attr:
     def is_link(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
-    def to_stat(self) -> dict:
-        return {
-            "st_mode": self.mode, "st_uid": self.uid, "st_gid": self.gid,
-            "st_size": 4096 if self.is_dir else self.size,
-            "st_nlink": 2 if self.is_dir else self.nlink,
-            "st_mtime": self.mtime_ns, "st_atime": self.atime_ns or self.mtime_ns,
-            "st_ctime": self.ctime_ns or self.mtime_ns,
-            "st_blksize": 1 << 20, "st_blocks": (self.size + 511) // 512,
-        }
-
     def copy(self, **changes) -> "Attr":
         return replace(self, **changes)
 
@@ -146,6 +136,14 @@ def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
     if extra:
         meta.update(extra)
     return meta
+
+
+def xattr_name_stored(name) -> bool:
+    """Only ``user.*`` extended attributes are stored (``name`` as str or bytes).  Other
+    namespaces answer ENOTSUP ("not supported here"), not ENODATA: ``ls -l`` then stops
+    asking for security.selinux and the POSIX ACL of every entry (coreutils caches
+    ENOTSUP per device), and cp/rsync treat it as "no ACLs, no labels"."""
+    return name.startswith(b"user." if isinstance(name, bytes) else "user.")
 
 
 def encode_xattrs(xattrs: dict) -> str:

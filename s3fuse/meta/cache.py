@@ -4,7 +4,8 @@ persistent store of object metadata keyed by (key, ETag).
 Invariants
 - ``attrs[path]`` is what ``stat`` shows until its TTL runs out; ``missing`` holds paths
   known absent (negative cache); ``dirs[path]`` is a complete listing {name: is_dir}.
-- Every namespace change made through the mount updates all three (see ``forget``/``add``).
+- Every namespace change made through the mount updates all three (see ``forget``/``add``);
+  a cached listing changes in place under the lock, so readers get copies (``get_dir``).
 - The persistent ``known`` store maps (bucket, key, etag) to the object's user metadata;
   an ETag changes with every write, so an entry can never describe a newer object.
 
@@ -25,9 +26,36 @@ from .attrs import Attr
 class DirListing:
     __slots__ = ("entries", "marker")
 
-    def __init__(self):
-        self.entries: dict = {}    # name -> is_dir
-        self.marker = False         # a "dir/" marker object exists
+    def __init__(self, entries=None, marker=False):
+        self.entries: dict = dict(entries or {})    # name -> is_dir
+        self.marker = marker                         # a "dir/" marker object exists
+
+    def copy(self) -> "DirListing":
+        return DirListing(self.entries, self.marker)
+
+
+class _ChangeClock(cachetools.LRUCache):
+    """When each directory last changed through the mount (a counter, not a time).  A
+    listing fetched from S3 while a change to its directory was made through the mount
+    may predate that change: it must not be cached over it.  Bounded: a directory pushed
+    out counts as changed at the newest tick it could have had (``floor``)."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.tick = 0
+        self.floor = 0
+
+    def touch(self, path: str):
+        self.tick += 1
+        self[path] = self.tick
+
+    def changed_since(self, path: str, tick: int) -> bool:
+        return self.get(path, self.floor) > tick
+
+    def popitem(self):
+        key, value = super().popitem()
+        self.floor = max(self.floor, value)
+        return key, value
 
 
 class MetaCache:
@@ -37,6 +65,7 @@ class MetaCache:
         self.attrs = cachetools.TTLCache(maxsize, max(attr_ttl, 1e-9))
         self.missing = cachetools.TTLCache(maxsize, max(negative_ttl, 1e-9))
         self.dirs = cachetools.TTLCache(max(1000, maxsize // 100), max(dir_ttl, 1e-9))
+        self._changes = _ChangeClock(max(1000, maxsize // 10))
 
     # -- attributes ---------------------------------------------------------------------
     def get_attr(self, path: str) -> Optional[Attr]:
@@ -75,12 +104,25 @@ class MetaCache:
 
     # -- listings -------------------------------------------------------------------------
     def get_dir(self, path: str) -> Optional[DirListing]:
+        """A snapshot of the cached listing (``add``/``forget`` change the cached one in
+        place, under the lock; a reader iterates its own copy)."""
         with self._lock:
-            return self.dirs.get(path)
+            listing = self.dirs.get(path)
+            return None if listing is None else listing.copy()
 
-    def put_dir(self, path: str, listing: DirListing):
+    def listing_started(self) -> int:
+        """Call before fetching a listing; pass the answer to ``put_dir``."""
         with self._lock:
+            return self._changes.tick
+
+    def put_dir(self, path: str, listing: DirListing, started: Optional[int] = None):
+        """Cache ``listing`` unless ``path`` changed through the mount since ``started``
+        (the listing may miss that change).  Returns whether it was cached."""
+        with self._lock:
+            if started is not None and self._changes.changed_since(path, started):
+                return False
             self.dirs[path] = listing
+            return True
 
     def listed_absent(self, parent: str, name: str) -> bool:
         """True if a fresh complete listing of ``parent`` does not hold ``name``."""
@@ -91,6 +133,7 @@ class MetaCache:
     # -- namespace changes made through the mount -------------------------------------
     def add(self, parent: str, name: str, path: str, attr: Attr):
         with self._lock:
+            self._changes.touch(parent)
             self.attrs[path] = attr
             self.missing.pop(path, None)
             listing = self.dirs.get(parent)
@@ -99,6 +142,7 @@ class MetaCache:
 
     def forget(self, parent: str, name: str, path: str, negative: bool = True):
         with self._lock:
+            self._changes.touch(parent)
             self.attrs.pop(path, None)
             self.dirs.pop(path, None)
             if negative:
@@ -109,6 +153,7 @@ class MetaCache:
 
     def invalidate(self, path: str):
         with self._lock:
+            self._changes.touch(path)
             self.attrs.pop(path, None)
             self.missing.pop(path, None)
             self.dirs.pop(path, None)
@@ -117,6 +162,7 @@ class MetaCache:
         """Drop everything at or below ``path`` (after a directory rename or delete)."""
         below = path.rstrip("/") + "/"
         with self._lock:
+            self._changes.touch(path)
             for cache in (self.attrs, self.missing, self.dirs):
                 for p in [p for p in list(cache.keys()) if p == path or p.startswith(below)]:
                     cache.pop(p, None)

@@ -14,13 +14,10 @@ no HEAD is made: attributes come from the listing and the mount defaults.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import stat
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional
 
 from .. import errors
 from ..paths import KeyMapper, join, split, valid_name
@@ -224,6 +221,7 @@ class Namespace:
         listing = self.cache.get_dir(path)
         if listing is not None:
             return listing
+        started = self.cache.listing_started()
         prefix = self.mapper.dir_prefix(path)
         listing = DirListing()
         files: dict = {}
@@ -251,9 +249,10 @@ class Namespace:
             # Nothing under the prefix: the directory exists only if lookup says so.
             attr = self.lookup(path)
             if not attr.is_dir:
-                raise errors.FsError(path, errno.ENOTDIR)
-        self.cache.put_dir(path, listing)
-        return listing
+                raise errors.NotADirectory(path)
+        snapshot = listing.copy()          # the cached one changes under the cache's lock
+        self.cache.put_dir(path, listing, started)
+        return snapshot
 
     def _fill_files(self, path: str, listing: DirListing, files: dict):
         wanted = []
@@ -286,9 +285,6 @@ class Namespace:
         if message not in self._warned and len(self._warned) < 10_000:
             self._warned.add(message)
             log.warning(message)
-
-    def is_dir(self, path: str) -> bool:
-        return stat.S_ISDIR(self.lookup(path).mode)
 
 
 class _Batch:

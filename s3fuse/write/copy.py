@@ -14,24 +14,24 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from ..objects import MAX_PART, MAX_PARTS
 from .journal import fsync_dir
 
 log = logging.getLogger(__name__)
 
-MAX_SINGLE_COPY = 5 << 30
 COPY_PART = 1 << 30       # UploadPartCopy part size for big objects (5 MiB..5 GiB allowed)
 
 
 def copy_part_plan(size: int, part: int = COPY_PART) -> list:
     """[(number, start, end)] for a multipart copy of ``size`` bytes (<= 10,000 parts)."""
-    while (size + part - 1) // part > 10_000:
+    while (size + part - 1) // part > MAX_PARTS:
         part *= 2
     return [(n + 1, start, min(start + part, size)) for n, start in enumerate(range(0, size, part))]
 
 
 def copy_object(client, src: str, dst: str, size: int, metadata=None, etag=None, pool=None) -> str:
     """Copy ``src`` to ``dst`` on the server.  ``metadata`` None keeps the source's."""
-    if size <= MAX_SINGLE_COPY:
+    if size <= MAX_PART:
         return client.copy(src, dst, metadata)
     if metadata is None:
         metadata = client.head(src).metadata or {}

@@ -1,6 +1,6 @@
 """Whole-file MD5 of a sequential writer, computed beside the FUSE write path.
 
-MD5 runs at ~700 MB/s here: inline in each 1 MiB write callback it was a quarter of the
+MD5 is slow enough that inline in each 1 MiB write callback it was a large share of the
 write latency of a large copy.  ``SequentialMD5`` hashes the first ``inline_limit``
 bytes inline (small files: no thread, no queue), then hands the writes to a thread of
 its own, in order, holding at most ``max_queued`` bytes (a writer faster than the

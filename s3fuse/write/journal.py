@@ -80,11 +80,19 @@ class Journal:
         file's one-PutObject record, never updated in place): a crash of the daemon cannot
         split a write() of a few hundred bytes, and a record cut by a power loss fails to
         load and is skipped (its staging file then goes to recovery/, see recovery.py)."""
-        path = self._path(entry.id)
-        data = json.dumps(vars(entry)).encode()
-        if not durable:
-            _write(path, data, fsync=False)
-            return
+        data = self.encode(entry)
+        if durable:
+            self.write(entry.id, data)
+        else:
+            _write(self._path(entry.id), data, fsync=False)
+
+    @staticmethod
+    def encode(entry: Entry) -> bytes:
+        return json.dumps(vars(entry)).encode()
+
+    def write(self, entry_id: str, data: bytes):
+        """Durably replace record ``entry_id`` by ``data`` (from ``encode``)."""
+        path = self._path(entry_id)
         _write(path + ".tmp", data, fsync=True)
         os.replace(path + ".tmp", path)
         fsync_dir(self.dir)

@@ -18,7 +18,7 @@ Lock order: OpenFile.lock -> Uploader._lock.  OpenFile.lock is held across a com
 """
 from __future__ import annotations
 
-import errno
+import dataclasses
 import logging
 import os
 import threading
@@ -94,11 +94,29 @@ class OpenFile:
                 os.pwrite(self._fd, block[b_lo - index * bs:b_hi - index * bs], b_lo)
             self.present.add(lo, hi)
 
+    def detach_from_base(self, stop_stream: bool = False):
+        """Stage every byte still only in the original object and stop reading it: the
+        file no longer depends on the object at its key (unlink, rename while dirty).
+        ``stop_stream``: the key changes, so a streamed upload to the old key is aborted."""
+        with self.lock:
+            self._fill(0, self.size)
+            if stop_stream:
+                self._stop_stream()
+            self.base = None
+
+    def rebase(self, key: str, etag: str):
+        """The original object was copied to ``key`` as ``etag`` (a rename): bytes not
+        staged yet come from there, and ``attr`` carries the new ETag."""
+        with self.lock:
+            if self.base is not None:
+                self.base = dataclasses.replace(self.base, key=key, etag=etag)
+            self.attr = self.attr.copy(etag=etag)
+
     # -- writing -----------------------------------------------------------------------------
     def write(self, offset: int, data: bytes) -> int:
         with self.lock:
             if self.failed is not None:
-                raise errors.FsError(f"{self.path}: earlier write failed", errno.EIO)
+                raise errors.WriteFailed(f"{self.path}: earlier write failed")
             end = offset + len(data)
             try:
                 written = os.pwrite(self._fd, data, offset)
@@ -213,8 +231,8 @@ class OpenFile:
         """Make the bucket hold this file.  Returns (etag, metadata), or None if nothing changed."""
         with self.lock:
             if self.failed is not None:
-                code = getattr(self.failed, "errno", None) or errno.EIO
-                raise errors.FsError(f"{self.path}: not uploaded after a failed write", code)
+                raise errors.WriteFailed(f"{self.path}: not uploaded after a failed write",
+                                         getattr(self.failed, "errno", None) or 0)
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
             self._fill(0, self.size)
@@ -254,18 +272,19 @@ class OpenFile:
             begin_failed = self._stream_begin.exception() is not None
             self._wait_stream(only=set(self._redo_parts))
             last = self._plan.number_at(self.size - 1) if self.size else 1
-            with self.uploader.lock:            # send_part updates entry.parts under it
+
+            def close_record(e):       # under the uploader's bookkeeping lock (parts change under it)
                 if begin_failed:
-                    entry.upload_id, entry.parts = None, {}
+                    e.upload_id, e.parts = None, {}
                 for n in self._redo_parts:
-                    entry.parts.pop(str(n), None)
-                for n in [int(k) for k in entry.parts if int(k) > last]:
-                    entry.parts.pop(str(n))
+                    e.parts.pop(str(n), None)
+                for n in [int(k) for k in e.parts if int(k) > last]:
+                    e.parts.pop(str(n))
                 if self._plan.range_of(last)[1] != self.size or self.size == 0:
-                    entry.parts.pop(str(last), None)    # the last part changed size
-                entry.state, entry.size, entry.md5, entry.metadata = CLOSED, self.size, md5, metadata
-                entry.verify_md5 = md5 is not None
-                self.journal.save(entry)
+                    e.parts.pop(str(last), None)    # the last part changed size
+                e.state, e.size, e.md5, e.metadata = CLOSED, self.size, md5, metadata
+                e.verify_md5 = md5 is not None
+            self.uploader.save_record(entry, close_record)
             self._wait_stream()
             with self.uploader.lock:
                 for n in self._redo_parts:          # streamed parts that failed
@@ -288,9 +307,10 @@ class OpenFile:
         self.journal.remove(old.id)
 
     # -- end of life ---------------------------------------------------------------------------
-    def discard(self) -> bool:
-        """Close the staging file and delete it, unless a failed upload still needs it
-        (then the journal keeps it and True is returned)."""
+    def discard(self):
+        """Close the staging file and delete it, unless a failed upload still needs it:
+        then the journal keeps both and that upload's record is returned (the caller
+        retries it later); else None."""
         with self.lock:
             self._stop_stream()        # a stream never handed to close(): abort it
             if self._hasher is not None:
@@ -299,17 +319,18 @@ class OpenFile:
                 os.close(self._fd)
             except OSError:
                 pass
-            if self._pending is not None and not self.unlinked and self.failed is None:
-                return True
-            if self._pending is not None:
-                if self._pending.upload_id:
+            pending = self._pending
+            if pending is not None and not self.unlinked and self.failed is None:
+                return pending
+            if pending is not None:
+                if pending.upload_id:
                     try:
-                        self.uploader.client.abort_multipart(self._pending.key, self._pending.upload_id)
+                        self.uploader.client.abort_multipart(pending.key, pending.upload_id)
                     except Exception:
                         log.warning("%s: could not abort upload", self.path, exc_info=True)
-                self.journal.remove(self._pending.id)
+                self.journal.remove(pending.id)
             try:
                 os.unlink(self.staging)
             except FileNotFoundError:
                 pass
-            return False
+            return None

@@ -13,9 +13,7 @@ from __future__ import annotations
 import bisect
 import functools
 
-MIN_PART = 5 << 20
-MAX_PART = 5 << 30
-MAX_PARTS = 10_000
+from ..objects import MAX_PART, MAX_PARTS, MIN_PART
 GROUP = 1000
 
 

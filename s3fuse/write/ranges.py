@@ -51,8 +51,5 @@ class RangeSet:
             out.append((pos, end))
         return out
 
-    def covers(self, start: int, end: int) -> bool:
-        return not self.missing(start, end)
-
     def contiguous_from_zero(self) -> int:
         return self._r[0][1] if self._r and self._r[0][0] == 0 else 0

@@ -3,49 +3,35 @@ ones, and resume of interrupted multipart uploads from the journal.
 
 Every request carries Content-MD5.  The whole-object MD5 goes in the metadata
 (``x-amz-meta-s3fuse-md5``) because a multipart ETag is not an MD5.  Transient failures
-(connection errors, timeouts, 5xx, SlowDown) are retried by botocore (``retries``
-attempts, ``request_timeout`` each) and then once more per part by ``retry`` after a
-pause, so a dead server turns into EIO at close within ~2 x retries x request_timeout.  On final failure the journal record stays,
-so nothing accepted by close() is lost: the next mount or ``s3fuse resume`` finishes it.
+are retried by the client's retry layer (``retries`` attempts, growing delays, bounded
+by ``retries x request_timeout``); the uploader does not retry requests itself.  On
+final failure the journal record stays, so nothing accepted by close() is lost: the
+mount retries it later, and the next mount or ``s3fuse resume`` finishes it.
 
-Lock order: Uploader._lock is a leaf (journal/progress bookkeeping only).
+Locks: ``_lock`` is a leaf guarding bookkeeping only (entry.parts, progress, counters).
+``_save_lock`` serialises the journal writes (fsyncs) of multipart records outside it,
+in the order of the changes they record (``save_record``).
 """
 from __future__ import annotations
 
-import base64
-import errno
 import hashlib
+import itertools
 import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Optional
+from typing import Callable, Optional
+
+import cachetools
 
 from .. import errors
 from ..meta.attrs import MD5_HEADER
+from ..objects import MAX_PART, md5_header
 from .journal import CLOSED, Entry, Journal
 from .parts import PartPlan
 
 log = logging.getLogger(__name__)
-
-MAX_COPY = 5 << 30
-TRANSIENT = (errors.Unreachable, errors.BackendError)
-PERMANENT = (errors.AccessDenied, errors.NotFound, errors.UploadGone, errors.NoSuchBucket)
-
-
-def retry(fn, what: str, delays=(2.0,)):
-    """Call ``fn``; on a transient error wait and try again, at most len(delays) times."""
-    for attempt in range(len(delays) + 1):
-        try:
-            return fn()
-        except PERMANENT:
-            raise
-        except TRANSIENT as exc:
-            if attempt == len(delays):
-                raise
-            log.warning("%s failed (%s); retrying in %.0fs", what, exc, delays[attempt])
-            time.sleep(delays[attempt])
 
 
 CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
@@ -101,18 +87,33 @@ class Progress:
 
 class Uploader:
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
-                 threshold: Optional[int] = None, retry_delays=(2.0,)):
+                 threshold: Optional[int] = None):
         self.client = client
         self.journal = journal
         self.part_size = part_size
         self.threshold = threshold or part_size
-        self.retry_delays = retry_delays
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
         self._lock = threading.Lock()
         self.lock = self._lock          # for OpenFile: entry.parts changes under it
         self.progress: dict = {}        # entry id -> Progress
         self.parts_sent = 0
         self.parts_reused = 0
+        self._save_lock = threading.Lock()
+        self._changes = itertools.count(1)
+        self._saved = cachetools.LRUCache(4096)     # entry id -> number of the change on disk
+
+    def save_record(self, entry: Entry, change: Optional[Callable[[Entry], None]] = None):
+        """Apply ``change(entry)`` (under the bookkeeping lock) and write the record,
+        durably.  Part threads and close() save one entry concurrently: each record on
+        disk holds a later change than the one before, never an older snapshot."""
+        with self._lock:
+            if change is not None:
+                change(entry)
+            number, data = next(self._changes), self.journal.encode(entry)
+        with self._save_lock:
+            if number > self._saved.get(entry.id, 0):
+                self.journal.write(entry.id, data)
+                self._saved[entry.id] = number
 
     def close(self):
         self.pool.shutdown(wait=True)
@@ -136,45 +137,36 @@ class Uploader:
         """Upload part ``number`` = bytes [start, end) of the staging file; record it."""
         data = read_range(entry.staging, start, end)
         if len(data) != end - start:
-            raise errors.FsError(f"staging file {entry.staging} is short", errno.EIO)
+            raise errors.WriteFailed(f"staging file {entry.staging} is short")
         digest = hashlib.md5(data)
-        md5_b64 = base64.b64encode(digest.digest()).decode()
-        etag = retry(lambda: self.client.upload_part(entry.key, entry.upload_id, number, data, md5_b64),
-                     f"part {number} of {entry.key!r}", self.retry_delays)
+        etag = self.client.upload_part(entry.key, entry.upload_id, number, data, md5_header(digest))
         if etag and etag != digest.hexdigest():
             raise errors.BackendError(f"part {number} of {entry.key!r}: server ETag {etag} != MD5")
-        with self._lock:
-            entry.parts[str(number)] = digest.hexdigest()
+
+        def record(e):
+            e.parts[str(number)] = digest.hexdigest()
             self.parts_sent += 1
-            progress = self.progress.get(entry.id)
+            progress = self.progress.get(e.id)
             if progress:
                 progress.done += end - start
-            self.journal.save(entry)
+        self.save_record(entry, record)
         return etag
 
     def begin_multipart(self, entry: Entry):
         # The record says an upload is being created before the request goes out: a crash
         # (or a lost answer) between the server creating it and the id reaching the record
         # would otherwise leave an upload no record knows, costing money until aborted by
-        # hand.  Recovery looks such uploads up by key and time (abort_unrecorded).
-        entry.creating = time.time()
-        self.journal.save(entry)
-        attempts = []
+        # hand.  Recovery looks such uploads up by key and time (abort_unrecorded); the
+        # client itself aborts those its own failed attempts left (create_multipart).
+        self.save_record(entry, lambda e: setattr(e, "creating", time.time()))
+        upload_id = self.client.create_multipart(entry.key, entry.metadata, entry.content_type)
 
-        def create():
-            attempts.append(1)
-            return self.client.create_multipart(entry.key, entry.metadata, entry.content_type)
-        entry.upload_id = retry(create, f"create upload of {entry.key!r}", self.retry_delays)
-        entry.part_size = entry.part_size or self.part_size
-        entry.uploaded_metadata = dict(entry.metadata)
-        if len(attempts) > 1:       # a failed attempt may have created an upload after all
-            self.journal.save(entry)
-            try:
-                abort_unrecorded(self.client, entry, keep=entry.upload_id)
-            except Exception:
-                log.warning("could not look for uploads of %r left by a failed attempt", entry.key, exc_info=True)
-        entry.creating = 0.0
-        self.journal.save(entry)
+        def created(e):
+            e.upload_id = upload_id
+            e.part_size = e.part_size or self.part_size
+            e.uploaded_metadata = dict(e.metadata)
+            e.creating = 0.0
+        self.save_record(entry, created)
 
     # -- a whole file -----------------------------------------------------------------------
     def upload(self, entry: Entry, verify_server_parts: bool = False) -> str:
@@ -196,12 +188,10 @@ class Uploader:
     def _put_single(self, entry: Entry) -> str:
         data = read_range(entry.staging, 0, entry.size)
         if len(data) != entry.size:
-            raise errors.FsError(f"staging file {entry.staging} is short", errno.EIO)
+            raise errors.WriteFailed(f"staging file {entry.staging} is short")
         digest = hashlib.md5(data)
         metadata = dict(entry.metadata, **{MD5_HEADER: digest.hexdigest()})
-        md5_b64 = base64.b64encode(digest.digest()).decode()
-        etag = retry(lambda: self.client.put(entry.key, data, metadata, md5_b64, entry.content_type),
-                     f"put {entry.key!r}", self.retry_delays)
+        etag = self.client.put(entry.key, data, metadata, md5_header(digest), entry.content_type)
         entry.metadata = metadata
         with self._lock:
             self.progress[entry.id].done = entry.size
@@ -213,7 +203,7 @@ class Uploader:
         try:
             wanted = plan.parts(entry.size)
         except ValueError as exc:
-            raise errors.FsError(str(exc), errno.EFBIG) from None
+            raise errors.TooLarge(str(exc)) from None
         if entry.upload_id is None:
             if not entry.md5:
                 entry.md5 = file_md5(entry.staging, entry.size)
@@ -239,17 +229,15 @@ class Uploader:
             wait(futures)
             raise
         parts = [(n, entry.parts[str(n)]) for n, _, _ in wanted]
-        etag = retry(lambda: self.client.complete_multipart(entry.key, entry.upload_id, parts),
-                     f"complete {entry.key!r}", self.retry_delays)
+        etag = self.client.complete_multipart(entry.key, entry.upload_id, parts)
         if not entry.md5:
             entry.md5 = file_md5(entry.staging, entry.size)
         final = dict(entry.metadata, **{MD5_HEADER: entry.md5})
         if entry.uploaded_metadata is not None and final != entry.uploaded_metadata:
             # Metadata changed after the upload began (streamed file, chmod while open):
             # one metadata-only copy sets the final headers.
-            if entry.size <= MAX_COPY:
-                etag = retry(lambda: self.client.copy(entry.key, entry.key, final, entry.content_type),
-                             f"set metadata of {entry.key!r}", self.retry_delays)
+            if entry.size <= MAX_PART:
+                etag = self.client.copy(entry.key, entry.key, final, entry.content_type)
             else:
                 log.warning("%r: over 5 GiB, metadata set at upload start kept (no MD5 header)", entry.key)
                 final = entry.uploaded_metadata
@@ -276,9 +264,9 @@ class Uploader:
                 local = hashlib.md5(read_range(entry.staging, start, end)).hexdigest()
             if local == etag:
                 kept[str(n)] = local
-        with self._lock:
+        def keep(e):
             self.parts_reused += len(kept)
-            entry.parts = kept
-            self.journal.save(entry)
+            e.parts = kept
+        self.save_record(entry, keep)
         log.warning("resuming upload of %r: %d of %d parts already on the server",
                     entry.key, len(kept), len(wanted))

@@ -1,0 +1,98 @@
+"""POSIX semantics in plain Python: the filesystem the FUSE adapter exposes.
+
+Testable without a mount.  Raises the error kinds of ``s3fuse.errors`` and returns plain
+types (``Attr``, ``StatFs``); never picks an errno or builds a FUSE structure.  This
+facade only routes: the work is done by
+
+- ``files.FileOps``    lookups, listings, open/read/write/truncate/flush/release
+- ``names.NameOps``    mkdir, rmdir, unlink, symlink, link, rename
+- ``setattr.AttrOps``  chmod, chown, utimens, extended attributes
+- ``handles.HandleTable``       open handles, files, deferred deletes, kernel-cache map
+- ``commits.CommitScheduler``   key locks, pending uploads and their retries, wait_idle
+- ``parts.build``               builds the subsystems (meta/, data/, write/) for a mount
+
+See docs/design/core.md for the lock order and the errno rule.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..write import recovery
+from .files import FileOps, StatFs
+from .names import NameOps
+from .parts import Parts, build, lock_cache_dir
+from .setattr import UTIME_NOW, UTIME_OMIT, AttrOps
+
+__all__ = ["Filesystem", "StatFs", "build", "lock_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+
+class Filesystem:
+    UTIME_NOW, UTIME_OMIT = UTIME_NOW, UTIME_OMIT
+
+    def __init__(self, parts: Parts):
+        self.parts = parts
+        self.cfg = parts.cfg
+        self.client = parts.client
+        self.cache = parts.cache
+        self.files = FileOps(parts)
+        self.names = NameOps(parts, self.files)
+        self.attrs = AttrOps(parts, self.files)
+        f, n, a = self.files, self.names, self.attrs
+        # the operations, as the FUSE adapter calls them
+        self.getattr, self.readdir, self.readlink = f.getattr, f.readdir, f.readlink
+        self.statfs, self.access = f.statfs, f.access
+        self.open, self.create, self.read, self.write = f.open, f.create, f.read, f.write
+        self.truncate, self.flush, self.fsync, self.release = f.truncate, f.flush, f.fsync, f.release
+        self.mkdir, self.rmdir, self.unlink = n.mkdir, n.rmdir, n.unlink
+        self.symlink, self.link, self.rename = n.symlink, n.link, n.rename
+        self.chmod, self.chown, self.utimens = a.chmod, a.chown, a.utimens
+        self.getxattr, self.listxattr = a.getxattr, a.listxattr
+        self.setxattr, self.removexattr = a.setxattr, a.removexattr
+
+    @classmethod
+    def for_mount(cls, cfg, client) -> "Filesystem":
+        return cls(build(cfg, client))
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start_background(self, retry_interval: float = 30.0):
+        """After mount: finish what a crash left (renames, abandoned writes), then retry
+        failed uploads every ``retry_interval`` seconds."""
+        p = self.parts
+
+        def leftovers():
+            p.mover.recover()
+            for entry in p.writing_leftovers:
+                recovery.abort_writing(p.client, p.journal, entry)
+            p.writing_leftovers = []
+        p.commits.start(retry_interval, leftovers)
+
+    def retry_pending(self) -> int:
+        return self.parts.commits.retry_pending()
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self.parts.commits.wait_idle(timeout)
+
+    def shutdown(self):
+        """Unmount: commit what is still open (best effort); pending uploads stay in the journal."""
+        self.parts.commits.stop()
+        self.files.commit_all()
+
+    def close(self):
+        if not self.wait_idle(300):
+            log.warning("unmount: uploads still running after 300 s; they stay in the journal")
+        self.shutdown()
+        self.parts.close()
+
+    def stats(self) -> dict:
+        p = self.parts
+        hits, misses = p.blocks.hits, p.blocks.misses
+        return {"bucket": p.client.bucket, "prefix": p.mapper.prefix,
+                "requests": dict(p.client.request_counts), "errors": p.client.error_count,
+                "lean_connections_opened": p.client.lean_connections_opened(),
+                "cache": {"hits": hits, "misses": misses, "bytes": p.blocks.volume(), "dropped": p.blocks.dropped,
+                          "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
+                "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
+                "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
+                "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused}

@@ -1,0 +1,135 @@
+"""The commit scheduler: when and in what order uploads of a key happen.
+
+- ``commit(f)`` runs an OpenFile's upload under the lock of its key; a commit and a
+  resume of one key never overlap, and once a commit succeeds every older pending upload
+  of that key is superseded (its staging file to ``recovery/``, never resumed over the
+  newer object).
+- Uploads that failed stay pending (``add_pending``): retried in the background every
+  ``interval`` seconds, and at the next mount from the journal.
+- ``wait_idle`` lets unmount and SIGTERM wait for commits in progress.
+
+Locks: a key lock (one per key with a commit or resume running or waiting; the map
+entry is dropped when the last user leaves, so the map stays as small as the work in
+progress) is taken before ``OpenFile.lock``.  ``_lock`` is a leaf guarding
+``_key_locks`` and ``_pending``; ``_busy`` is a leaf counting commits in progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Callable
+
+from ..write import recovery
+
+log = logging.getLogger(__name__)
+
+
+class CommitScheduler:
+    def __init__(self, client, uploader, journal, recovery_dir: str,
+                 on_uploaded: Callable[[str, str, dict], None]):
+        self.client = client
+        self.uploader = uploader
+        self.journal = journal
+        self.recovery_dir = recovery_dir
+        self._on_uploaded = on_uploaded       # (key, etag, metadata) after a resumed upload
+        self._lock = threading.Lock()
+        self._key_locks: dict = {}            # key -> [Lock, users]
+        self._pending: dict = {}              # journal id -> Entry waiting for a retry
+        self._busy = threading.Condition()
+        self._commits = 0
+        self._stop = threading.Event()
+
+    # -- key locks ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def key_lock(self, key: str):
+        with self._lock:
+            slot = self._key_locks.get(key)
+            if slot is None:
+                slot = self._key_locks[key] = [threading.Lock(), 0]
+            slot[1] += 1
+        try:
+            with slot[0]:
+                yield
+        finally:
+            with self._lock:
+                slot[1] -= 1
+                if slot[1] == 0:
+                    del self._key_locks[key]
+
+    def key_locks_held(self) -> int:
+        with self._lock:
+            return len(self._key_locks)
+
+    # -- commits ---------------------------------------------------------------------------
+    def commit(self, f):
+        """Upload ``f`` (OpenFile.commit) under its key's lock.  Returns (etag, metadata), or
+        None if there was nothing to upload; raises if the upload failed (the journal keeps it)."""
+        with self._busy:
+            self._commits += 1
+        try:
+            with self.key_lock(f.key):
+                result = f.commit()
+                if result is not None:
+                    self._supersede(f.key)
+        finally:
+            with self._busy:
+                self._commits -= 1
+                self._busy.notify_all()
+        return result
+
+    def _supersede(self, key: str):
+        with self._lock:
+            stale = [e for e in self._pending.values() if e.key == key]
+            for e in stale:
+                del self._pending[e.id]
+        for e in stale:
+            recovery.supersede(self.client, self.journal, e, self.recovery_dir)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no commit is running (unmount, SIGTERM)."""
+        with self._busy:
+            return self._busy.wait_for(lambda: self._commits == 0, timeout)
+
+    # -- pending uploads ---------------------------------------------------------------------
+    def add_pending(self, entry):
+        with self._lock:
+            self._pending[entry.id] = entry
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def retry_pending(self) -> int:
+        """Try every pending upload once; returns how many are still pending."""
+        with self._lock:
+            entries = list(self._pending.values())
+        for entry in entries:
+            if self._stop.is_set():
+                break
+            with self.key_lock(entry.key):
+                with self._lock:
+                    if entry.id not in self._pending:      # superseded by a later close meanwhile
+                        continue
+                try:
+                    etag = recovery.resume(self.uploader, self.journal, entry)
+                except Exception as exc:
+                    log.error("upload of %r still failing (%s); staging kept, will retry", entry.key, exc)
+                    continue
+            with self._lock:
+                self._pending.pop(entry.id, None)
+            self._on_uploaded(entry.key, etag, entry.metadata)
+        return self.pending_count()
+
+    def start(self, interval: float, first: Callable[[], None]):
+        """Background thread: ``first()`` (crash leftovers), then retry pending uploads
+        every ``interval`` seconds until ``stop``."""
+        def loop():
+            first()
+            while not self._stop.is_set():
+                self.retry_pending()
+                self._stop.wait(interval)
+        threading.Thread(target=loop, name="resume", daemon=True).start()
+
+    def stop(self):
+        self._stop.set()

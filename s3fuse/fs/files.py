@@ -1,0 +1,265 @@
+"""File operations: lookups as this mount sees them, listings, and the life of a file
+handle (open/create, read, write, truncate, flush, release).
+
+A path's attributes come from, in order: its OpenFile while open for writing (size and
+times move with each write), nothing if it waits for a deferred delete (hidden), the
+namespace (caches, then S3).  Writes go to the OpenFile's staging file and reach S3 at
+flush/fsync/last close through the commit scheduler.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import errors
+from ..data.reader import PinnedObject, Reader
+from ..meta.attrs import Attr, now_ns
+from ..objects import KEY_MAX
+from ..paths import NAME_MAX, split, valid_name
+from ..write.openfile import OpenFile
+from .handles import Handle
+from .parts import Parts
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class StatFs:
+    """What statvfs reports: object storage has no meaningful limit, tools need room."""
+    block_size: int = 1 << 20
+    blocks: int = (1 << 50) >> 20          # 1 PiB
+    files: int = 1 << 32
+    name_max: int = NAME_MAX
+
+
+class FileOps:
+    def __init__(self, parts: Parts):
+        self.p = parts
+        self.cfg = parts.cfg
+        self.handles = parts.handles
+
+    # -- lookups ---------------------------------------------------------------------------
+    def attr(self, path: str) -> Attr:
+        """Attributes of ``path`` as this mount sees it; raises NotFound."""
+        f = self.handles.live_file(path)
+        if f is not None:
+            return f.attr
+        if self.handles.is_hidden(path):
+            raise errors.NotFound(path)
+        return self.p.ns.lookup(path)
+
+    def exists(self, path: str) -> Optional[Attr]:
+        try:
+            return self.attr(path)
+        except errors.NotFound:
+            return None
+
+    def getattr(self, path: Optional[str], fh: Optional[int] = None) -> Attr:
+        if path is None and fh is not None:
+            handle = self.handles.get(fh)
+            if handle.file is not None:
+                return handle.file.attr
+            return self.p.ns.lookup(handle.path)
+        return self.attr(path)
+
+    def check_writable(self, path: str):
+        if self.cfg.ro:
+            raise errors.ReadOnly(path)
+
+    def new_name(self, path: str, is_dir: bool = False):
+        """Checks for a name about to be created: its length (name, and the object key
+        with the '/' a directory marker adds), its form, a directory as parent.
+        Returns (parent, name)."""
+        parent, name = split(path)
+        key = self.p.mapper.key(path) + ("/" if is_dir else "")
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX or \
+                len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
+            raise errors.NameTooLong(path)
+        if not valid_name(name):
+            raise errors.InvalidArgument(f"{path}: not a valid name")
+        if not self.p.ns.lookup(parent).is_dir:
+            raise errors.NotADirectory(parent)
+        return parent, name
+
+    def readdir(self, path: str):
+        """(name, Attr) where exact attributes are known (READDIRPLUS may carry them), else
+        (name, S_IFDIR or S_IFREG)."""
+        listing = self.p.ns.list_dir(path)
+        view = self.handles.dir_view(path)
+        yield ".", stat.S_IFDIR
+        yield "..", stat.S_IFDIR
+        base = path.rstrip("/") + "/"
+        entries = [(n, d) for n, d in listing.entries.items() if n not in view.hidden]
+        attrs = self.p.cache.get_attrs([base + name for name, _ in entries])
+        for (name, is_dir), attr in zip(entries, attrs):
+            if attr is not None and attr.exact and name not in view.writing:
+                yield name, attr
+            else:
+                yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
+        for name in view.new:
+            if name not in listing.entries:
+                yield name, stat.S_IFREG
+
+    def readlink(self, path: str) -> str:
+        attr = self.p.ns.lookup(path)
+        if not attr.is_link:
+            raise errors.InvalidArgument(f"{path}: not a symbolic link")
+        data = self.p.client.get_range(self.p.mapper.key(path), 0, attr.size) if attr.size else b""
+        return data.decode("utf-8", "surrogateescape")
+
+    def statfs(self) -> StatFs:
+        return StatFs()
+
+    def access(self, path: str, mode: int):
+        self.p.ns.lookup(path)
+
+    # -- open / create -----------------------------------------------------------------------
+    def _acquire(self, path: str, attr: Attr, truncate: bool = False, new: bool = False) -> OpenFile:
+        """The OpenFile of ``path`` (created if needed), with one more reference."""
+        key = self.p.mapper.key(path)
+
+        def make():
+            base = None if new else PinnedObject(key, attr.etag or "", attr.size)
+            return OpenFile(path, key, attr, self.p.staging_dir, self.p.uploader, self.p.journal,
+                            fetcher=self.p.fetcher, base=base, truncate=truncate, new=new)
+        return self.handles.acquire_file(path, make)
+
+    def open(self, path: str, flags: int):
+        """Returns (fh, keep_kernel_cache)."""
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR)) or bool(flags & os.O_TRUNC)
+        if writable:
+            self.check_writable(path)
+        try:
+            attr = self.attr(path)
+        except errors.NotFound:
+            # The kernel sent OPEN, so it still caches the name, but S3 has no such object
+            # (a failed upload, a delete by another client).  ESTALE makes the VFS walk the
+            # path again with a fresh LOOKUP: then CREATE for O_CREAT, else ENOENT.
+            raise errors.Stale(f"{path}: gone from the server") from None
+        if attr.is_dir:
+            raise errors.IsADirectory(path)
+        if writable or self.handles.live_file(path) is not None:
+            f = self._acquire(path, attr, truncate=bool(flags & os.O_TRUNC))
+            if flags & os.O_TRUNC and writable and f.size:
+                f.truncate(0)
+            return self.handles.add(Handle(path, flags, file=f, writable=writable)), False
+        obj = PinnedObject(self.p.mapper.key(path), attr.etag or "", attr.size)
+        reader = Reader(self.p.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
+        fh = self.handles.add(Handle(path, flags, reader))
+        return fh, self.handles.keep_kernel_cache(path, obj.etag)
+
+    def create(self, path: str, mode: int, uid: int, gid: int, flags: int = 0) -> int:
+        self.check_writable(path)
+        parent, name = self.new_name(path)
+        existing = self.exists(path)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise errors.Exists(path)
+            if existing.is_dir:
+                raise errors.IsADirectory(path)
+            fh, _ = self.open(path, flags)     # O_CREAT on an existing file: a plain open
+            return fh
+        now = now_ns()
+        attr = Attr(mode=stat.S_IFREG | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True)
+        self.handles.claim_name(path, same_key=True)
+        f = self._acquire(path, attr, new=True)
+        self.p.cache.add(parent, name, path, f.attr)
+        self.handles.forget_kernel_cache(path)
+        return self.handles.add(Handle(path, flags, file=f, writable=True))
+
+    # -- data ----------------------------------------------------------------------------------
+    def read(self, fh: int, size: int, offset: int):
+        handle = self.handles.get(fh)
+        if handle.file is not None:
+            return handle.file.read(offset, size)
+        try:
+            return handle.reader.read(offset, size)
+        except errors.ObjectChanged:
+            # The object changed on the server since open: the next open must look again.
+            self.p.cache.invalidate(handle.path)
+            raise
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        handle = self.handles.get(fh)
+        if not handle.writable:
+            raise errors.BadHandle(f"{handle.path}: not open for writing")
+        return handle.file.write(offset, data)
+
+    def truncate(self, path: Optional[str], length: int, fh: Optional[int] = None):
+        if length < 0:
+            raise errors.InvalidArgument(f"{path}: negative length")
+        if fh is not None:
+            handle = self.handles.get(fh)
+            if handle.file is None:
+                raise errors.BadHandle(f"{path}: not open for writing")
+            handle.file.truncate(length)
+            return
+        self.check_writable(path)
+        attr = self.attr(path)
+        if attr.is_dir:
+            raise errors.IsADirectory(path)
+        f = self._acquire(path, attr)
+        try:
+            f.truncate(length)
+            self.commit(f)
+        finally:
+            self._release_file(f)
+
+    def commit(self, f: OpenFile):
+        """Upload ``f`` now (flush, fsync, last close, before a rename or link)."""
+        result = self.p.commits.commit(f)
+        if result is None:
+            return
+        etag, metadata = result
+        self.p.known.put(f.key, etag, metadata)
+        if not f.unlinked:
+            parent, name = split(f.path)
+            self.p.cache.add(parent, name, f.path, f.attr)
+
+    def flush(self, fh: int):
+        handle = self.handles.get(fh)
+        if handle.writable:
+            self.commit(handle.file)
+
+    def fsync(self, fh: int):
+        self.flush(fh)
+
+    def release(self, fh: int):
+        handle, key, ended = self.handles.release(fh)
+        if key is not None:
+            self.p.client.delete(key)
+            for p in ended:        # a listing made meanwhile still holds the name
+                self.p.cache.forget(*split(p), p)
+        if handle is not None and handle.file is not None:
+            self._release_file(handle.file)
+
+    def _release_file(self, f: OpenFile):
+        if not self.handles.drop_file_ref(f):
+            return
+        if (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None:
+            try:
+                self.commit(f)
+            except Exception:
+                log.error("%s: upload at release failed; kept for retry", f.path, exc_info=True)
+        pending = f.discard()
+        if pending is not None:
+            self.p.commits.add_pending(pending)
+        if not f.unlinked and f.dirty:
+            self.p.cache.invalidate(f.path)
+
+    def delete_or_defer(self, path: str, key: str):
+        """Delete the object of ``path`` now, or when the last descriptor reading it closes
+        (its name is hidden from then on)."""
+        if not self.handles.defer_delete(path, key):
+            self.p.client.delete(key)
+
+    def commit_all(self):
+        """Unmount: commit what is still open (best effort); failures stay in the journal."""
+        for f in self.handles.open_files():
+            try:
+                self.commit(f)
+            except Exception:
+                log.error("%s: upload at unmount failed; kept in the journal", f.path, exc_info=True)

@@ -1,0 +1,179 @@
+"""Namespace operations: mkdir, rmdir, unlink, symlink, link, rename.
+
+S3 has no rename and no directories: a directory is a ``dir/`` marker or a prefix other
+keys imply; a rename is a server-side copy then a delete (a directory rename copies every
+key below it, with a crash record, see write/copy.py); a hard link is a copy.  Names of
+objects still read by open descriptors are hidden and deleted at their last close
+(``FileOps.delete_or_defer``).
+"""
+from __future__ import annotations
+
+import stat
+
+from .. import errors
+from ..meta.attrs import Attr, now_ns, to_metadata
+from ..meta.cache import DirListing
+from ..paths import split
+from ..write.copy import copy_object
+from .files import FileOps
+from .parts import Parts
+
+RENAME_NOREPLACE = 1
+
+
+class NameOps:
+    def __init__(self, parts: Parts, files: FileOps):
+        self.p = parts
+        self.files = files
+        self.handles = parts.handles
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int):
+        self.files.check_writable(path)
+        parent, name = self.files.new_name(path, is_dir=True)
+        if self.files.exists(path) is not None:
+            raise errors.Exists(path)
+        now = now_ns()
+        attr = Attr(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True)
+        marker = self.p.mapper.dir_prefix(path)
+        etag = self.p.client.put(marker, b"", to_metadata(attr))
+        self.handles.claim_name(path, same_key=False)
+        self.p.known.put(marker, etag, to_metadata(attr))
+        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
+        empty = DirListing()
+        empty.marker = True
+        self.p.cache.put_dir(path, empty)
+
+    def rmdir(self, path: str):
+        self.files.check_writable(path)
+        if path == "/":
+            raise errors.Busy("the mount root")
+        if not self.files.attr(path).is_dir:
+            raise errors.NotADirectory(path)
+        prefix = self.p.mapper.dir_prefix(path)
+        page = self.p.client.list_page(prefix, None, delimiter="", max_keys=2)
+        if any(o.key != prefix for o in page.objects) or self.handles.files_below(path):
+            raise errors.NotEmpty(path)
+        self.p.client.delete(prefix)
+        self.p.cache.forget(*split(path), path)
+
+    def unlink(self, path: str):
+        self.files.check_writable(path)
+        if self.files.attr(path).is_dir:
+            raise errors.IsADirectory(path)
+        key = self.p.mapper.key(path)
+        f = self.handles.unlink_file(path)
+        if f is not None:
+            # Its descriptors keep working on the old content, like an unlinked inode: take
+            # what is still only on the server now, before a new file can take the key.
+            f.detach_from_base()
+        self.files.delete_or_defer(path, key)
+        self.p.cache.forget(*split(path), path)
+        self.handles.forget_kernel_cache(path)
+
+    def symlink(self, path: str, target: str, uid: int, gid: int):
+        self.files.check_writable(path)
+        parent, name = self.files.new_name(path)
+        if self.files.exists(path) is not None:
+            raise errors.Exists(path)
+        body = target.encode("utf-8", "surrogateescape")
+        now = now_ns()
+        attr = Attr(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(body), mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True)
+        key = self.p.mapper.key(path)
+        self.handles.claim_name(path, same_key=True)
+        etag = self.p.client.put(key, body, to_metadata(attr))
+        self.p.known.put(key, etag, to_metadata(attr))
+        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
+
+    def link(self, path: str, existing: str):
+        """Hard link emulated as a server-side copy (hardlinks=copy) - they do not share
+        later writes.  hardlinks=off -> EPERM."""
+        self.files.check_writable(path)
+        if self.p.cfg.hardlinks == "off":
+            raise errors.NotPermitted(f"{path}: hard links are off (hardlinks=off)")
+        src = self.files.attr(existing)
+        if src.is_dir:
+            raise errors.NotPermitted(f"{existing}: hard link of a directory")
+        parent, name = self.files.new_name(path)
+        if self.files.exists(path) is not None:
+            raise errors.Exists(path)
+        f = self.handles.live_file(existing)
+        if f is not None:
+            self.files.commit(f)
+            src = f.attr
+        dst_key = self.p.mapper.key(path)
+        metadata = to_metadata(src)
+        self.handles.claim_name(path, same_key=True)
+        etag = copy_object(self.p.client, self.p.mapper.key(existing), dst_key, src.size, metadata,
+                           pool=self.p.mover.pool)
+        self.p.known.put(dst_key, etag, metadata)
+        self.p.cache.add(parent, name, path, src.copy(etag=etag))
+
+    # -- rename ----------------------------------------------------------------------------
+    def rename(self, old: str, new: str, flags: int = 0):
+        self.files.check_writable(old)
+        if flags & ~RENAME_NOREPLACE:
+            raise errors.InvalidArgument(f"rename flags {flags:#x} not supported on S3")
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/"):
+            raise errors.InvalidArgument(f"{new}: inside {old}")
+        src = self.files.attr(old)
+        self.files.new_name(new, is_dir=src.is_dir)
+        dst = self.files.exists(new)
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise errors.Exists(new)
+            if dst.is_dir and not src.is_dir:
+                raise errors.IsADirectory(new)
+            if src.is_dir and not dst.is_dir:
+                raise errors.NotADirectory(new)
+            if dst.is_dir:
+                self.rmdir(new)          # raises ENOTEMPTY if it is not empty
+        self.handles.claim_name(new, same_key=not src.is_dir)
+        if src.is_dir:
+            self._rename_dir(old, new, src)
+        else:
+            self._rename_file(old, new, src)
+        self.p.cache.forget(*split(old), old)
+        self.p.cache.invalidate_tree(old)
+        self.handles.forget_kernel_cache(old, new)
+
+    def _rename_file(self, old: str, new: str, src: Attr):
+        old_key, new_key = self.p.mapper.key(old), self.p.mapper.key(new)
+        f = self.handles.live_file(old)
+        if f is not None and f.dirty:
+            # Open for writing with unsent data: the upload lands under the new name.
+            with f.lock:
+                f.detach_from_base(stop_stream=True)
+                self.handles.retarget_file(old, new, new_key)
+            if src.etag:
+                self.files.delete_or_defer(old, old_key)
+            self.p.cache.add(*split(new), new, f.attr)
+            return
+        f = self.handles.retarget_file(old, new, new_key)
+        metadata = to_metadata(src)
+        known = self.p.known.get(old_key, src.etag or "")
+        etag = copy_object(self.p.client, old_key, new_key, src.size, None if known is not None else metadata,
+                           etag=src.etag, pool=self.p.mover.pool)
+        self.p.known.put(new_key, etag, known if known is not None else metadata)
+        if f is not None:
+            f.rebase(new_key, etag)
+        self.files.delete_or_defer(old, old_key)
+        self.p.cache.add(*split(new), new, src.copy(etag=etag))
+
+    def _rename_dir(self, old: str, new: str, src: Attr):
+        if old == "/":
+            raise errors.Busy("the mount root")
+        for f in self.handles.files_below(old):
+            self.files.commit(f)
+        moves = self.p.mover.move_tree(self.p.mapper.dir_prefix(old), self.p.mapper.dir_prefix(new))
+        for src_key, src_etag, dst_key, dst_etag in moves:
+            # a copy keeps the metadata: what is known of the source holds for the target
+            meta = self.p.known.get(src_key, src_etag)
+            if meta is not None:
+                self.p.known.put(dst_key, dst_etag, meta)
+        self.handles.retarget_tree(old, new, self.p.mapper.key)
+        self.p.cache.invalidate_tree(new)
+        self.p.cache.add(*split(new), new, src)

@@ -1,0 +1,124 @@
+"""Attribute changes: chmod, chown, utimens and user extended attributes.
+
+POSIX attributes live in the object's ``x-amz-meta-*`` headers (meta/attrs.py).  A file
+open for writing with unsent data takes the change with its upload; otherwise the object
+gets it by a metadata-only copy onto itself (a directory: on its ``dir/`` marker, created
+if the directory was only implied; the mount root, which has no object, keeps it in
+memory).  Only ``user.*`` extended attributes are stored (s3fs-fuse's ``xattr`` header).
+"""
+from __future__ import annotations
+
+import stat
+
+from .. import errors
+from ..meta.attrs import MD5_HEADER, Attr, now_ns, to_metadata, xattr_name_stored
+from ..paths import split
+from ..write.copy import copy_object
+from .files import FileOps
+from .parts import Parts
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+
+
+class AttrOps:
+    def __init__(self, parts: Parts, files: FileOps):
+        self.p = parts
+        self.files = files
+
+    def chmod(self, path: str, mode: int):
+        self._setattr(path, lambda a: a.copy(mode=stat.S_IFMT(a.mode) | (mode & 0o7777)))
+
+    def chown(self, path: str, uid: int, gid: int):
+        self._setattr(path, lambda a: a.copy(uid=a.uid if uid in (-1, None) else uid,
+                                             gid=a.gid if gid in (-1, None) else gid))
+
+    def utimens(self, path: str, times):
+        now = now_ns()
+
+        def resolve(value, current):
+            if value is None or value == UTIME_NOW:
+                return now
+            if value == UTIME_OMIT:
+                return current
+            return int(value)
+
+        if times is None:
+            self._setattr(path, lambda a: a.copy(atime_ns=now, mtime_ns=now, ctime_ns=now))
+        else:
+            atime, mtime = times
+            self._setattr(path, lambda a: a.copy(atime_ns=resolve(atime, a.atime_ns),
+                                                 mtime_ns=resolve(mtime, a.mtime_ns), ctime_ns=now))
+
+    def _setattr(self, path: str, change):
+        self.files.check_writable(path)
+        f = self.p.handles.live_file(path)
+        if f is not None and f.dirty:
+            f.set_attr(change(f.attr))
+            return
+        attr = self.files.attr(path)
+        if attr.is_dir and not attr.exact:
+            attr = self.p.ns.lookup(path)
+        new = change(attr)
+        if path == "/":
+            self.p.cache.put_attr("/", new)    # the bucket root has no object to carry it
+            return
+        metadata = to_metadata(new)
+        if new.is_dir:
+            marker = self.p.mapper.dir_prefix(path)
+            etag = self.p.client.put(marker, b"", metadata)
+            self.p.known.put(marker, etag, metadata)
+        else:
+            key = self.p.mapper.key(path)
+            extra = self.p.known.get(key, attr.etag or "") or {}
+            if MD5_HEADER in extra:
+                metadata[MD5_HEADER] = extra[MD5_HEADER]
+            etag = copy_object(self.p.client, key, key, attr.size, metadata, etag=attr.etag,
+                               pool=self.p.mover.pool)
+            self.p.known.put(key, etag, metadata)
+            new = new.copy(etag=etag)
+            if f is not None:
+                f.attr = new
+        parent, name = split(path)
+        self.p.cache.add(parent, name, path, new.copy(exact=True))
+
+    # -- extended attributes -------------------------------------------------------------------
+    @staticmethod
+    def _check_namespace(name: str):
+        if not xattr_name_stored(name):
+            raise errors.NotSupported(f"xattr {name}: namespace not stored")
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        self._check_namespace(name)
+        value = (self._with_xattrs(path).xattrs or {}).get(name)
+        if value is None:
+            raise errors.NoSuchAttribute(name)
+        return value
+
+    def listxattr(self, path: str) -> list:
+        return sorted((self._with_xattrs(path).xattrs or {}).keys())
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int):
+        self._check_namespace(name)
+        current = dict(self._with_xattrs(path).xattrs or {})
+        if options & XATTR_CREATE and name in current:
+            raise errors.Exists(name)
+        if options & XATTR_REPLACE and name not in current:
+            raise errors.NoSuchAttribute(name)
+        current[name] = bytes(value)
+        self._setattr(path, lambda a: a.copy(xattrs=current))
+
+    def removexattr(self, path: str, name: str):
+        self._check_namespace(name)
+        current = dict(self._with_xattrs(path).xattrs or {})
+        if name not in current:
+            raise errors.NoSuchAttribute(name)
+        del current[name]
+        self._setattr(path, lambda a: a.copy(xattrs=current))
+
+    def _with_xattrs(self, path: str) -> Attr:
+        attr = self.files.attr(path)
+        if attr.exact or path == "/":
+            return attr
+        self.p.cache.invalidate(path)
+        return self.p.ns.lookup(path)
