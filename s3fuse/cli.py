@@ -14,7 +14,7 @@ import threading
 import time
 
 from . import __version__, errors
-from .config import MountConfig, apply_option, options_help, parse_source, split_options
+from .config import MountConfig, apply_option, options_help, parse_source, resolve_cache_dir, split_options
 from .errors import ConfigError
 
 log = logging.getLogger("s3fuse")
@@ -79,6 +79,7 @@ def parse_mount_args(argv) -> MountConfig:
         apply_option(cfg, option)
     if cfg.allow_other:
         cfg.default_permissions = True
+    resolve_cache_dir(cfg)
     return cfg
 
 
@@ -100,9 +101,20 @@ def _below(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+def _user_allow_other() -> bool:
+    try:
+        with open("/etc/fuse.conf", encoding="utf-8", errors="replace") as f:
+            return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
 def check_local(cfg: MountConfig):
     """Checks that need no network: mountpoint, cache dir, credentials file."""
     mp = cfg.mountpoint
+    if cfg.allow_other and os.geteuid() != 0 and not _user_allow_other():
+        raise ConfigError("allow_other for a user other than root needs the line 'user_allow_other' "
+                          "in /etc/fuse.conf (add it as root)")
     if _is_mounted(mp):
         raise ConfigError(f"{mp} is already mounted")
     try:
@@ -234,7 +246,10 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
                        negative_timeout=cfg.negative_ttl, hard_remove=1)
     ops = S3FuseOperations(fs, fuse_config, on_init=on_init)
     fsname = cfg.bucket + (f":/{cfg.prefix}" if cfg.prefix else "")
-    kwargs = dict(foreground=True, raw_fi=True, fsname=fsname, subtype="s3fuse", debug=cfg.debug)
+    # nodev, nosuid: device nodes and set-id bits read from object headers (anyone who can
+    # write the bucket sets them) are shown, never honoured.
+    kwargs = dict(foreground=True, raw_fi=True, fsname=fsname, subtype="s3fuse", debug=cfg.debug,
+                  nodev=True, nosuid=True)
     for flag in ("allow_other", "default_permissions", "ro"):
         if getattr(cfg, flag):
             kwargs[flag] = True

@@ -85,7 +85,7 @@ def resume(argv) -> int:
     from .write.uploader import Uploader
     try:
         cfg, _, client = _offline_client(argv, "resume")
-        lock = lock_cache_dir(cfg.cache_dir)
+        lock = lock_cache_dir(cfg.cache_dir, "s3fuse resume")
     except ConfigError as exc:
         sys.stderr.write(f"s3fuse: {exc}\n")
         return 2

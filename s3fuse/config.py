@@ -6,6 +6,7 @@ ConfigError with a one-line message naming the option.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -103,7 +104,9 @@ OPTIONS = {
     "allow_other": ("allow_other", None, "let other users use the mount (implies default_permissions)"),
     "default_permissions": ("default_permissions", None, "kernel checks permissions against mode/uid/gid"),
     "ro": ("ro", None, "read-only mount"),
-    "cache_dir": ("cache_dir", str, "directory for block cache, metadata store, staging and journal"),
+    "cache_dir": ("cache_dir", str, "directory for block cache, metadata store, staging and journal "
+                                    "(default: one per endpoint, bucket and prefix under /var/cache/s3fuse, "
+                                    "or ~/.cache/s3fuse for other users)"),
     "cache_size": ("cache_size", _positive(parse_size), "block cache size limit (default 10G)"),
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
@@ -132,7 +135,7 @@ IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "de
 IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 
-def _default_cache_dir() -> str:
+def default_cache_root() -> str:
     if os.geteuid() == 0:
         return "/var/cache/s3fuse"
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "s3fuse")
@@ -159,7 +162,8 @@ class MountConfig:
     allow_other: bool = False
     default_permissions: bool = False
     ro: bool = False
-    cache_dir: str = field(default_factory=_default_cache_dir)
+    cache_dir: str = ""                 # "" until resolve_cache_dir(): one per mount under the root
+    cache_root: Optional[str] = None    # set when cache_dir is the default
     cache_size: int = 10 << 30
     block_size: int = 1 << 20
     readahead: int = 64 << 20
@@ -191,6 +195,16 @@ class MountConfig:
         if self.path_style:
             return True
         return None   # default: path-style for custom endpoints, auto for AWS
+
+
+def resolve_cache_dir(cfg: MountConfig):
+    """Without ``cache_dir=``, each (endpoint, bucket, prefix) gets its own directory under
+    the cache root, so two mounts with default options never share a journal."""
+    if cfg.cache_dir:
+        return
+    cfg.cache_root = default_cache_root()
+    ident = "\n".join((cfg.endpoint or "aws", cfg.bucket, cfg.prefix)).encode()
+    cfg.cache_dir = os.path.join(cfg.cache_root, f"{cfg.bucket}-{hashlib.sha1(ident).hexdigest()[:10]}")
 
 
 def split_options(text: str) -> list:

@@ -48,7 +48,7 @@ def stat_dict(attr) -> dict:
         "st_nlink": 2 if attr.is_dir else attr.nlink,
         "st_mtime": attr.mtime_ns, "st_atime": attr.atime_ns or attr.mtime_ns,
         "st_ctime": attr.ctime_ns or attr.mtime_ns,
-        "st_blksize": 1 << 20, "st_blocks": (attr.size + 511) // 512,
+        "st_blksize": 1 << 20, "st_blocks": (attr.size + 511) // 512, "st_rdev": attr.rdev,
     }
 
 
@@ -152,6 +152,11 @@ class S3FuseOperations(Operations):
 
     def rename(self, old, new, flags=0):
         self.fs.rename(old, new, flags)
+        return 0
+
+    def mknod(self, path, mode, dev):
+        uid, gid, _ = fuse_get_context()
+        self.fs.mknod(path, mode, dev, uid, gid)
         return 0
 
     def symlink(self, target, source):

@@ -317,19 +317,22 @@ class LeanS3:
         return self._request("DELETE", key)[0] in (200, 204)
 
     def put(self, key: str, body: bytes, content_md5: str, metadata: Optional[dict] = None,
-            content_type: Optional[str] = None, query: Optional[dict] = None) -> Optional[str]:
-        """PutObject (or UploadPart with ``query``); returns the ETag, or None to fall back."""
-        headers = {"content-md5": content_md5}
-        if content_type:
-            headers["content-type"] = content_type
+            headers: Optional[dict] = None, query: Optional[dict] = None) -> Optional[tuple]:
+        """PutObject (or UploadPart with ``query``) with user ``metadata`` and content
+        ``headers`` (objects.CONTENT_HEADERS); returns (ETag, the answer's Date header),
+        or None to fall back."""
+        sent = {"content-md5": content_md5}
+        for name, value in (headers or {}).items():
+            if not str(value).isascii():
+                return None
+            sent[name] = value
         for name, value in (metadata or {}).items():
             if not str(value).isascii() or not str(name).isascii():
                 return None     # botocore knows how to send those
-            headers[f"x-amz-meta-{name}"] = value
-        answer = self._request("PUT", key, query=query, headers=headers, body=body)
-        if answer[0] != 200:
-            return None
-        return answer[1].get("etag", "").strip('"') or None
+            sent[f"x-amz-meta-{name}"] = value
+        answer = self._request("PUT", key, query=query, headers=sent, body=body)
+        etag = answer[1].get("etag", "").strip('"') if answer[0] == 200 else ""
+        return (etag, answer[1].get("date")) if etag else None
 
 
 def _error_code(body: bytes) -> str:

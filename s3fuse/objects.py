@@ -6,6 +6,7 @@ import base64
 import datetime
 import email.utils
 import hashlib
+import mimetypes
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,17 +19,28 @@ MAX_PARTS = 10_000
 KEY_MAX = 1024                # bytes of an object key
 
 
+# Headers that describe an object's content besides its user metadata: a metadata
+# change (chmod...) or an overwrite through the mount keeps every one the object had.
+CONTENT_HEADERS = ("content-type", "cache-control", "content-disposition", "content-encoding",
+                   "content-language", "expires", "x-amz-storage-class", "x-amz-website-redirect-location")
+
+
 @dataclass
 class ObjectInfo:
-    """What S3 says about one object.  ``metadata`` is None when it came from a listing
-    (ListObjectsV2 carries no user metadata)."""
+    """What S3 says about one object (``mtime`` is its LastModified).  ``metadata`` (user
+    metadata, without ``x-amz-meta-``) and ``headers`` (``CONTENT_HEADERS`` it has) are
+    None when it came from a listing, which carries neither."""
 
     key: str
     size: int
     etag: str
     mtime: float
     metadata: Optional[dict] = None
-    content_type: Optional[str] = None
+    headers: Optional[dict] = None
+
+    @property
+    def content_type(self) -> Optional[str]:
+        return (self.headers or {}).get("content-type")
 
 
 @dataclass
@@ -43,6 +55,20 @@ class Part:
     number: int
     etag: str
     size: int
+
+
+def new_object_headers(name: str) -> dict:
+    """Content headers of a new object: its Content-Type from the name's extension, as
+    s3fs-fuse and rclone do (Python's table plus /etc/mime.types), else
+    application/octet-stream."""
+    kind, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding is not None:          # x.tar.gz is gzip data (no Content-Encoding is set)
+        kind = _COMPRESSED.get(encoding)
+    return {"content-type": kind or "application/octet-stream"}
+
+
+_COMPRESSED = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+               "compress": "application/x-compress", "br": "application/x-brotli"}
 
 
 def content_md5(data) -> str:

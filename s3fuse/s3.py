@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Iterator, Optional
 
 import boto3
@@ -19,8 +20,8 @@ import botocore.exceptions
 from botocore.config import Config
 
 from . import errors, strict_http
-from .objects import (ListPage, ObjectInfo, datetime_timestamp, http_timestamp, parse_list_page,
-                      strip_etag)
+from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, http_timestamp,
+                      parse_list_page, strip_etag)
 from .retry import RetryPolicy
 from .s3_uploads import MultipartRequests
 
@@ -75,6 +76,25 @@ def _translate(exc: Exception, what: str) -> Exception:
     return exc
 
 
+# A content header as botocore's request parameter.
+_PARAM = {"content-type": "ContentType", "cache-control": "CacheControl", "content-disposition": "ContentDisposition",
+          "content-encoding": "ContentEncoding", "content-language": "ContentLanguage", "expires": "Expires",
+          "x-amz-storage-class": "StorageClass", "x-amz-website-redirect-location": "WebsiteRedirectLocation"}
+
+
+def _header_params(headers: Optional[dict]) -> dict:
+    return {_PARAM[name]: value for name, value in (headers or {}).items() if name in _PARAM and value}
+
+
+def _http_headers(resp: dict) -> dict:
+    return resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+
+
+def _content_headers(http_headers: dict) -> dict:
+    """The CONTENT_HEADERS of an answer's (lower-case) HTTP headers."""
+    return {name: http_headers[name] for name in CONTENT_HEADERS if http_headers.get(name)}
+
+
 def _session(profile, access_key, secret_key, region):
     try:
         return boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key or None,
@@ -88,6 +108,8 @@ def _session(profile, access_key, secret_key, region):
 class ObjectClient(MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
+    _header_params = staticmethod(_header_params)
+
     def __init__(self, bucket: str, *, endpoint: Optional[str] = None, region: Optional[str] = None,
                  profile: Optional[str] = None, access_key: Optional[str] = None,
                  secret_key: Optional[str] = None, path_style: Optional[bool] = None,
@@ -98,6 +120,7 @@ class ObjectClient(MultipartRequests):
         self.stats_lock = threading.Lock()
         self.request_counts: dict = {}
         self.error_count = 0
+        self._clock_offset = 0.0          # server time - local time, from answers' Date headers
         # Attempts never start later than ``attempts`` request timeouts after the first.
         self.retry = RetryPolicy(attempts=max_attempts, budget=max_attempts * read_timeout)
         session = _session(profile, access_key, secret_key, region)
@@ -131,6 +154,16 @@ class ObjectClient(MultipartRequests):
     def lean_connections_opened(self) -> int:
         """TCP connections the lean client has opened so far (0 without it)."""
         return 0 if self._fast is None else self._fast.connections_opened
+
+    def server_now(self) -> float:
+        """The server's clock now, as estimated from the Date of its answers (LastModified
+        values are in server time)."""
+        return time.time() + self._clock_offset
+
+    def _saw_date(self, value: Optional[str]):
+        seen = http_timestamp(value)
+        if seen:
+            self._clock_offset = seen + 0.5 - time.time()    # Date has whole seconds
 
     def _count(self, op: str):
         with self.stats_lock:
@@ -169,10 +202,11 @@ class ObjectClient(MultipartRequests):
         credentials, unreachable endpoint.  Raises typed errors with readable messages."""
         what = f"bucket {self.bucket!r}"
         try:
-            self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
-                                                     MaxKeys=1), what)
+            resp = self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
+                                                            MaxKeys=1), what)
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
+        self._saw_date(_http_headers(resp).get("date"))
 
     def create_bucket(self):
         """CreateBucket (the demo's local server); an existing bucket of ours is fine."""
@@ -249,7 +283,7 @@ class ObjectClient(MultipartRequests):
         return ObjectInfo(key=key, size=int(h.get("content-length", 0)), etag=strip_etag(h.get("etag")),
                           mtime=http_timestamp(h.get("last-modified")),
                           metadata={k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")},
-                          content_type=h.get("content-type"))
+                          headers=_content_headers(h))
 
     def head(self, key: str) -> ObjectInfo:
         return self._run(f"head {key!r}", lambda: self._head_once(key))
@@ -263,7 +297,7 @@ class ObjectClient(MultipartRequests):
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=strip_etag(resp.get("ETag")),
                           mtime=datetime_timestamp(resp.get("LastModified")),
                           metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
-                          content_type=resp.get("ContentType"))
+                          headers=_content_headers(_http_headers(resp)))
 
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,
                   chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
@@ -343,29 +377,37 @@ class ObjectClient(MultipartRequests):
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
-            content_type: Optional[str] = None) -> str:
+            headers: Optional[dict] = None) -> str:
+        """PutObject with user ``metadata`` and content ``headers`` (CONTENT_HEADERS)."""
         def once():
             if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
-                etag = self._fast.put(key, bytes(body), content_md5, metadata, content_type)
-                if etag is not None:
+                answer = self._fast.put(key, bytes(body), content_md5, metadata, headers)
+                if answer is not None:
                     self._count("put_object")
-                    return etag
-            kwargs = dict(Key=key, Body=body, Metadata=metadata or {})
+                    self._saw_date(answer[1])
+                    return answer[0]
+            kwargs = dict(Key=key, Body=body, Metadata=metadata or {}, **_header_params(headers))
             if content_md5:
                 kwargs["ContentMD5"] = content_md5
-            if content_type:
-                kwargs["ContentType"] = content_type
-            return strip_etag(self._call("put_object", f"put {key!r}", **kwargs).get("ETag"))
+            resp = self._call("put_object", f"put {key!r}", **kwargs)
+            self._saw_date(_http_headers(resp).get("date"))
+            return strip_etag(resp.get("ETag"))
         return self._run(f"put {key!r}", once)
 
-    def copy(self, src: str, dst: str, metadata: Optional[dict] = None,
-             content_type: Optional[str] = None) -> str:
-        """Server-side copy; with ``metadata`` the target's metadata is replaced."""
+    def copy(self, src: str, dst: str, metadata: Optional[dict] = None, headers: Optional[dict] = None,
+             if_match: Optional[str] = None) -> str:
+        """Server-side copy.  ``metadata`` None keeps the source's metadata and headers (tags
+        too); else they are replaced by ``metadata`` and ``headers`` - pass every header the
+        object should keep.  ``if_match``: only if the source still has that ETag (a
+        concurrent overwrite raises ObjectChanged instead of copying a half-known version)."""
         kwargs = dict(Key=dst, CopySource={"Bucket": self.bucket, "Key": src})
         if metadata is not None:
-            kwargs.update(Metadata=metadata, MetadataDirective="REPLACE",
-                          ContentType=content_type or "application/octet-stream")
+            kwargs.update(Metadata=metadata, MetadataDirective="REPLACE", **_header_params(headers))
+            kwargs.setdefault("ContentType", "binary/octet-stream")
+        if if_match:
+            kwargs["CopySourceIfMatch"] = f'"{if_match}"'
         resp = self._op("copy_object", f"copy {src!r} -> {dst!r}", **kwargs)
+        self._saw_date(_http_headers(resp).get("date"))
         return strip_etag(resp.get("CopyObjectResult", {}).get("ETag")) or self.head(dst).etag
 
     def delete(self, key: str):

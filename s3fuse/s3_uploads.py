@@ -4,7 +4,6 @@ translation; it imports nothing of botocore itself)."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Optional
 
 from . import errors
@@ -15,16 +14,14 @@ log = logging.getLogger("s3fuse.s3")
 
 class MultipartRequests:
     def create_multipart(self, key: str, metadata: Optional[dict] = None,
-                         content_type: Optional[str] = None) -> str:
+                         headers: Optional[dict] = None) -> str:
         """CreateMultipartUpload.  An attempt that failed may have created an upload on
         the server all the same (its answer lost): after a retry, those are aborted."""
-        kwargs = dict(Key=key, Metadata=metadata or {})
-        if content_type:
-            kwargs["ContentType"] = content_type
+        kwargs = dict(Key=key, Metadata=metadata or {}, **self._header_params(headers))
         tries = []
 
         def once():
-            tries.append(time.time())
+            tries.append(self.server_now())
             return self._call("create_multipart_upload", f"create upload {key!r}", **kwargs)["UploadId"]
         upload_id = self._run(f"create upload {key!r}", once)
         if len(tries) > 1:
@@ -45,11 +42,11 @@ class MultipartRequests:
     def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
         def once():
             if self._fast is not None and isinstance(body, (bytes, bytearray)):
-                etag = self._fast.put(key, bytes(body), content_md5,
-                                      query={"partNumber": str(number), "uploadId": upload_id})
-                if etag is not None:
+                answer = self._fast.put(key, bytes(body), content_md5,
+                                        query={"partNumber": str(number), "uploadId": upload_id})
+                if answer is not None:
                     self._count("upload_part")
-                    return etag
+                    return answer[0]
             resp = self._call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
                               PartNumber=number, Body=body, ContentMD5=content_md5)
             return strip_etag(resp.get("ETag"))

@@ -26,6 +26,8 @@ if [ -n "$missing" ]; then
 fi
 # The real-server test tier: a single-node Ceph RGW (radosgw, ceph-mon, ceph-osd).
 [ $want_test = 1 ] && bash tests/servers/install-rgw.sh
+# Other writers of a bucket for the interop tests (the aws CLI, in a venv of its own).
+[ $want_test = 1 ] && bash tests/servers/install-tools.sh
 extras=""
 [ $want_test = 1 ] && extras="test"
 [ $want_bench = 1 ] && extras="${extras:+$extras,}bench"

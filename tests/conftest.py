@@ -159,8 +159,8 @@ class Mount:
         return env
 
     def args(self):
-        opts = [f"endpoint={self.server.endpoint}", f"cache_dir={self.cache_dir}",
-                f"log_file={self.log_file}", "log_level=info"] + self.options
+        opts = [f"endpoint={self.server.endpoint}", f"log_file={self.log_file}", "log_level=info"] + \
+            ([f"cache_dir={self.cache_dir}"] if self.cache_dir else []) + self.options
         source = self.bucket + (f":/{self.prefix}" if self.prefix else "")
         return [sys.executable, MOUNT_HELPER, source, self.path, "-o", ",".join(opts)]
 

@@ -50,6 +50,7 @@ class FakeS3:
         self.bucket = bucket
         self.objects: dict = {}          # key -> (data, metadata, etag)
         self.mtimes: dict = {}           # key -> LastModified (seconds)
+        self.headers: dict = {}          # key -> content headers (objects.CONTENT_HEADERS)
         self.uploads: dict = {}          # upload id -> {"key", "metadata", "parts": {n: (data, etag)}, "initiated"}
         self.page_size = page_size
         self.get_delay = get_delay
@@ -66,9 +67,9 @@ class FakeS3:
         self._ids = 0
 
     # -- setup and inspection ----------------------------------------------------------------
-    def seed(self, key, data=b"", metadata=None, mtime=MTIME) -> str:
+    def seed(self, key, data=b"", metadata=None, mtime=MTIME, etag=None) -> str:
         meta = dict(metadata or {})
-        self.objects[key] = (data, meta, content_etag(data, meta))
+        self.objects[key] = (data, meta, etag or content_etag(data, meta))
         self.mtimes[key] = mtime
         return self.objects[key][2]
 
@@ -104,7 +105,8 @@ class FakeS3:
     def _info(self, key, with_metadata: bool) -> ObjectInfo:
         data, meta, etag = self.objects[key]
         return ObjectInfo(key=key, size=len(data), etag=etag, mtime=self.mtimes.get(key, MTIME),
-                          metadata=dict(meta) if with_metadata else None)
+                          metadata=dict(meta) if with_metadata else None,
+                          headers=dict(self.headers.get(key, {})) if with_metadata else None)
 
     # -- reads -----------------------------------------------------------------------------------
     def list_page(self, prefix, token=None, delimiter="/", max_keys=1000):
@@ -191,18 +193,26 @@ class FakeS3:
                 self.active_gets -= 1
 
     # -- writes ----------------------------------------------------------------------------------
-    def put(self, key, body, metadata=None, content_md5=None, content_type=None):
+    def put(self, key, body, metadata=None, content_md5=None, headers=None):
         self._enter("put", key)
         data = bytes(body)
         self._check_md5(data, content_md5)
+        self.headers[key] = dict(headers or {})
         return self.seed(key, data, metadata, mtime=time.time())
 
-    def copy(self, src, dst, metadata=None, content_type=None):
+    def copy(self, src, dst, metadata=None, headers=None, if_match=None):
         self._enter("copy", (src, dst))
         if src not in self.objects:
             raise errors.NotFound(src)
-        data, meta, _ = self.objects[src]
-        return self.seed(dst, data, dict(metadata) if metadata is not None else meta, mtime=time.time())
+        data, meta, etag = self.objects[src]
+        if if_match and if_match != etag:
+            raise errors.ObjectChanged(f"copy from {src!r}: 412")
+        self.headers[dst] = dict(headers or {}) if metadata is not None else dict(self.headers.get(src, {}))
+        # the same content keeps its ETag (S3: a metadata-only change is a copy onto itself)
+        return self.seed(dst, data, dict(metadata) if metadata is not None else meta, mtime=time.time(), etag=etag)
+
+    def server_now(self) -> float:
+        return time.time()
 
     def delete(self, key):
         self._enter("delete", key)
@@ -215,12 +225,13 @@ class FakeS3:
             self.objects.pop(k, None)
 
     # -- multipart -------------------------------------------------------------------------------
-    def create_multipart(self, key, metadata=None, content_type=None):
+    def create_multipart(self, key, metadata=None, headers=None):
         self._enter("create_multipart", key)
         with self._lock:
             self._ids += 1
             uid = f"up{self._ids}"
-            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}, "initiated": time.time()}
+            self.uploads[uid] = {"key": key, "metadata": dict(metadata or {}), "parts": {}, "initiated": time.time(),
+                                 "headers": dict(headers or {})}
         return uid
 
     def list_uploads(self, prefix=""):
@@ -272,6 +283,7 @@ class FakeS3:
         del self.uploads[upload_id]
         etag = multipart_etag([e for _, e in parts])
         self.objects[key] = (b"".join(chunks), up["metadata"], etag)
+        self.headers[key] = up["headers"]
         self.mtimes[key] = time.time()
         return etag
 

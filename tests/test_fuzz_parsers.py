@@ -21,7 +21,7 @@ from s3fuse.fuse_ops import stat_dict
 from s3fuse.config import OPTIONS, MountConfig, apply_option, parse_size, parse_source, split_options
 from s3fuse.credentials import parse_passwd_line
 from s3fuse.errors import ConfigError
-from s3fuse.meta.attrs import (NS, Attr, apply_metadata, decode_xattrs, default_attr, Defaults, encode_xattrs,
+from s3fuse.meta.attrs import (FILE_KINDS, NS, Attr, apply_metadata, decode_xattrs, default_attr, Defaults, encode_xattrs,
                                format_time_ns, parse_time_ns, to_metadata)
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,7 +250,8 @@ def test_apply_metadata_is_never_fatal(meta, is_dir):
     out = apply_metadata(base, meta, is_dir)
     assert out.exact
     kind = stat.S_IFMT(out.mode)
-    assert kind == (stat.S_IFDIR if is_dir else kind) and kind in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK)
+    assert kind == (stat.S_IFDIR if is_dir else kind) and (kind == stat.S_IFDIR) == is_dir
+    assert kind in FILE_KINDS + (stat.S_IFDIR,)
     assert 0 <= stat.S_IMODE(out.mode) <= 0o7777
     assert 0 <= out.uid < 1 << 32 and 0 <= out.gid < 1 << 32, "ids the kernel can take"
     assert stat_dict(out)["st_mode"] == out.mode

@@ -76,16 +76,17 @@ class CopyRecorder:
         with self._lock:
             self.calls.append(call)
 
-    def copy(self, src, dst, metadata=None, content_type=None):
+    def copy(self, src, dst, metadata=None, headers=None, if_match=None):
         self._rec("copy", src, dst, metadata)
         return "etag-copy"
 
     def head(self, key):
         self._rec("head", key)
-        return ObjectInfo(key=key, size=0, etag="src", mtime=0.0, metadata={"mode": "33188", "uid": "7"})
+        return ObjectInfo(key=key, size=0, etag="src", mtime=0.0, metadata={"mode": "33188", "uid": "7"},
+                          headers={"content-type": "text/html", "cache-control": "max-age=60"})
 
-    def create_multipart(self, key, metadata=None, content_type=None):
-        self._rec("create_multipart", key, metadata)
+    def create_multipart(self, key, metadata=None, headers=None):
+        self._rec("create_multipart", key, metadata, headers)
         return "up1"
 
     def upload_part_copy(self, key, upload_id, number, src, start, end, src_etag=None):
@@ -114,7 +115,8 @@ def test_copy_object_big_is_upload_part_copy_covering_every_byte():
     assert copy_object(c, "a", "b", size, None, etag="E") == "etag-mp"
     # metadata None keeps the source's: read by HEAD, given to the new upload
     assert c.calls[0] == ("head", "a")
-    assert c.calls[1] == ("create_multipart", "b", {"mode": "33188", "uid": "7"})
+    assert c.calls[1] == ("create_multipart", "b", {"mode": "33188", "uid": "7"},
+                          {"content-type": "text/html", "cache-control": "max-age=60"}), "headers kept too"
     parts = sorted(call[1:] for call in c.calls if call[0] == "upload_part_copy")
     check_plan([(n, s, e) for n, s, e, _ in parts], size)
     assert all(tag == "E" for *_, tag in parts), "every part copy is conditional on the source ETag"

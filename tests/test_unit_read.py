@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import os
 import stat
 import threading
 
@@ -21,7 +22,8 @@ from s3fuse.data.reader import BlockFetcher, PinnedObject, Reader
 from s3fuse.errors import ConfigError
 from s3fuse.meta.attrs import (NS, Attr, Defaults, apply_metadata, default_attr, format_time_ns,
                                parse_time_ns, to_metadata)
-from s3fuse.meta.cache import KnownMetadata, MetaCache
+from s3fuse.meta.cache import MetaCache
+from s3fuse.meta.known import KnownMetadata
 from s3fuse.meta.namespace import Namespace
 from s3fuse.paths import KeyMapper, join, split, valid_name
 
@@ -178,9 +180,14 @@ class TestAttrs:
         f = default_attr(False, 0, 0, Defaults())
         assert apply_metadata(f, {"mode": "420"}, False).mode == stat.S_IFREG | 0o644
         assert apply_metadata(f, {"mode": str(stat.S_IFLNK | 0o777)}, False).is_link
-        # a file key can never become a directory, socket or device through its headers
-        for kind in (stat.S_IFDIR, stat.S_IFCHR, stat.S_IFSOCK):
-            assert apply_metadata(f, {"mode": str(kind | 0o600)}, False).mode == stat.S_IFREG | 0o600
+        # a file key can never become a directory through its headers ...
+        assert apply_metadata(f, {"mode": str(stat.S_IFDIR | 0o600)}, False).mode == stat.S_IFREG | 0o600
+        # ... but a fifo, socket or device node, as s3fs-fuse stores them (mounts are nodev)
+        for kind in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            assert apply_metadata(f, {"mode": str(kind | 0o600)}, False).mode == kind | 0o600
+        dev = apply_metadata(f, {"mode": str(stat.S_IFCHR | 0o600), "rdev": str(os.makedev(1, 3))}, False)
+        assert dev.rdev == os.makedev(1, 3)
+        assert apply_metadata(f, {"mode": "420", "rdev": "5"}, False).rdev == 0, "rdev only for devices"
 
     def test_malformed_headers_are_not_fatal(self, caplog):
         f = default_attr(False, 5, 1_700_000_000.0, Defaults(uid=3, gid=4))

@@ -46,7 +46,7 @@ class Filesystem:
         self.open, self.create, self.read, self.write = f.open, f.create, f.read, f.write
         self.truncate, self.flush, self.fsync, self.release = f.truncate, f.flush, f.fsync, f.release
         self.mkdir, self.rmdir, self.unlink = n.mkdir, n.rmdir, n.unlink
-        self.symlink, self.link, self.rename = n.symlink, n.link, n.rename
+        self.symlink, self.link, self.rename, self.mknod = n.symlink, n.link, n.rename, n.mknod
         self.chmod, self.chown, self.utimens = a.chmod, a.chown, a.utimens
         self.getxattr, self.listxattr = a.getxattr, a.listxattr
         self.setxattr, self.removexattr = a.setxattr, a.removexattr

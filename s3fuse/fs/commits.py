@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 class CommitScheduler:
     def __init__(self, client, uploader, journal, recovery_dir: str,
-                 on_uploaded: Callable[[str, str, dict], None]):
+                 on_uploaded: Callable[[object, str], None]):
         self.client = client
         self.uploader = uploader
         self.journal = journal
         self.recovery_dir = recovery_dir
-        self._on_uploaded = on_uploaded       # (key, etag, metadata) after a resumed upload
+        self._on_uploaded = on_uploaded       # (journal Entry, etag) after a resumed upload
         self._lock = threading.Lock()
         self._key_locks: dict = {}            # key -> [Lock, users]
         self._pending: dict = {}              # journal id -> Entry waiting for a retry
@@ -118,7 +118,7 @@ class CommitScheduler:
                     continue
             with self._lock:
                 self._pending.pop(entry.id, None)
-            self._on_uploaded(entry.key, etag, entry.metadata)
+            self._on_uploaded(entry, etag)
         return self.pending_count()
 
     def start(self, interval: float, first: Callable[[], None]):

@@ -17,6 +17,7 @@ from typing import Optional
 from .. import errors
 from ..data.reader import PinnedObject, Reader
 from ..meta.attrs import Attr, now_ns
+from ..meta.known import Known
 from ..objects import KEY_MAX
 from ..paths import NAME_MAX, split, valid_name
 from ..write.openfile import OpenFile
@@ -122,9 +123,35 @@ class FileOps:
 
         def make():
             base = None if new else PinnedObject(key, attr.etag or "", attr.size)
+            origin = None if new else (lambda: self.version_info(key, attr))
             return OpenFile(path, key, attr, self.p.staging_dir, self.p.uploader, self.p.journal,
-                            fetcher=self.p.fetcher, base=base, truncate=truncate, new=new)
+                            fetcher=self.p.fetcher, base=base, truncate=truncate, new=new, origin=origin)
         return self.handles.acquire_file(path, make)
+
+    def version_info(self, key: str, attr: Attr) -> Optional[Known]:
+        """User metadata and content headers of the object ``attr`` describes: from the
+        store of known versions, else a HEAD (None: there is no such object)."""
+        known = self.p.known.get(key, attr.etag or "", attr.modified)
+        if known is not None:
+            return known
+        try:
+            info = self.p.client.head(key)
+        except errors.NotFound:
+            return None
+        self.p.known.learn(key, info.etag, info.mtime, info.metadata, info.headers)
+        return Known(info.metadata or {}, info.headers or {}, info.mtime)
+
+    def parent_changed(self, *paths: str):
+        """Entries ``paths`` were added or removed: their directories' mtime and ctime
+        become now (on this mount; S3 keeps no directory times)."""
+        now = now_ns()
+        for path in paths:
+            self.p.cache.touch_dir(split(path)[0], now)
+
+    def wrote(self, key: str, etag: str, metadata: dict, headers: Optional[dict], started: float):
+        """The mount wrote version ``etag`` of ``key``: remember it (it needs no HEAD).
+        ``started``: the server time (``client.server_now()``) before the request."""
+        self.p.known.wrote(key, etag, metadata, headers, (started, self.p.client.server_now()))
 
     def open(self, path: str, flags: int):
         """Returns (fh, keep_kernel_cache)."""
@@ -168,6 +195,7 @@ class FileOps:
         f = self._acquire(path, attr, new=True)
         self.p.cache.add(parent, name, path, f.attr)
         self.handles.forget_kernel_cache(path)
+        self.parent_changed(path)
         return self.handles.add(Handle(path, flags, file=f, writable=True))
 
     # -- data ----------------------------------------------------------------------------------
@@ -213,8 +241,8 @@ class FileOps:
         result = self.p.commits.commit(f)
         if result is None:
             return
-        etag, metadata = result
-        self.p.known.put(f.key, etag, metadata)
+        etag, entry = result
+        self.p.known.wrote(f.key, etag, entry.metadata, entry.headers, self.p.uploader.window(entry))
         if not f.unlinked:
             parent, name = split(f.path)
             self.p.cache.add(parent, name, f.path, f.attr)

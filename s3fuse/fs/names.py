@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat
 
 from .. import errors
-from ..meta.attrs import Attr, now_ns, to_metadata
+from ..meta.attrs import FILE_KINDS, MD5_HEADER, Attr, now_ns, object_metadata, to_metadata
 from ..meta.cache import DirListing
 from ..paths import split
 from ..write.copy import copy_object
@@ -36,13 +36,13 @@ class NameOps:
         attr = Attr(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
                     ctime_ns=now, exact=True)
         marker = self.p.mapper.dir_prefix(path)
+        started = self.p.client.server_now()
         etag = self.p.client.put(marker, b"", to_metadata(attr))
         self.handles.claim_name(path, same_key=False)
-        self.p.known.put(marker, etag, to_metadata(attr))
+        self.files.wrote(marker, etag, to_metadata(attr), None, started)
         self.p.cache.add(parent, name, path, attr.copy(etag=etag))
-        empty = DirListing()
-        empty.marker = True
-        self.p.cache.put_dir(path, empty)
+        self.p.cache.put_dir(path, DirListing(marker=True))
+        self.files.parent_changed(path)
 
     def rmdir(self, path: str):
         self.files.check_writable(path)
@@ -55,7 +55,17 @@ class NameOps:
         if any(o.key != prefix for o in page.objects) or self.handles.files_below(path):
             raise errors.NotEmpty(path)
         self.p.client.delete(prefix)
+        self._drop_folder_marker(path)
         self.p.cache.forget(*split(path), path)
+        self.files.parent_changed(path)
+
+    def _drop_folder_marker(self, path: str) -> bool:
+        """Delete the ``dir_$folder$`` object another tool made for directory ``path``."""
+        marker = self.p.ns.folder_marker(path)
+        if marker is not None:
+            self.p.client.delete(marker)
+            self.p.ns.forget_folder_marker(path)
+        return marker is not None
 
     def unlink(self, path: str):
         self.files.check_writable(path)
@@ -70,6 +80,32 @@ class NameOps:
         self.files.delete_or_defer(path, key)
         self.p.cache.forget(*split(path), path)
         self.handles.forget_kernel_cache(path)
+        self.files.parent_changed(path)
+
+    def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int):
+        """mknod, mkfifo, bind(AF_UNIX): an empty object with the type in its mode (and the
+        device number of a device node), as s3fs-fuse stores them."""
+        self.files.check_writable(path)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in FILE_KINDS or kind == stat.S_IFLNK:
+            raise errors.InvalidArgument(f"{path}: mknod of type {kind:#o}")
+        parent, name = self.files.new_name(path)
+        if self.files.exists(path) is not None:
+            raise errors.Exists(path)
+        now = now_ns()
+        attr = Attr(mode=kind | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
+                    ctime_ns=now, exact=True, rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+        self._put_empty(path, parent, name, attr, b"")
+
+    def _put_empty(self, path: str, parent: str, name: str, attr: Attr, body: bytes):
+        """A new object of ``attr`` with ``body`` (symlink target, or nothing) at ``path``."""
+        key = self.p.mapper.key(path)
+        self.handles.claim_name(path, same_key=True)
+        started = self.p.client.server_now()
+        etag = self.p.client.put(key, body, to_metadata(attr))
+        self.files.wrote(key, etag, to_metadata(attr), None, started)
+        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
+        self.files.parent_changed(path)
 
     def symlink(self, path: str, target: str, uid: int, gid: int):
         self.files.check_writable(path)
@@ -80,11 +116,7 @@ class NameOps:
         now = now_ns()
         attr = Attr(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(body), mtime_ns=now, atime_ns=now,
                     ctime_ns=now, exact=True)
-        key = self.p.mapper.key(path)
-        self.handles.claim_name(path, same_key=True)
-        etag = self.p.client.put(key, body, to_metadata(attr))
-        self.p.known.put(key, etag, to_metadata(attr))
-        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
+        self._put_empty(path, parent, name, attr, body)
 
     def link(self, path: str, existing: str):
         """Hard link emulated as a server-side copy (hardlinks=copy) - they do not share
@@ -102,13 +134,16 @@ class NameOps:
         if f is not None:
             self.files.commit(f)
             src = f.attr
-        dst_key = self.p.mapper.key(path)
-        metadata = to_metadata(src)
+        src_key, dst_key = self.p.mapper.key(existing), self.p.mapper.key(path)
+        known = self.p.known.get(src_key, src.etag or "", src.modified)
         self.handles.claim_name(path, same_key=True)
-        etag = copy_object(self.p.client, self.p.mapper.key(existing), dst_key, src.size, metadata,
-                           pool=self.p.mover.pool)
-        self.p.known.put(dst_key, etag, metadata)
-        self.p.cache.add(parent, name, path, src.copy(etag=etag))
+        started = self.p.client.server_now()
+        # a copy of that version with everything it has (metadata, headers, tags)
+        etag = copy_object(self.p.client, src_key, dst_key, src.size, etag=src.etag, pool=self.p.mover.pool)
+        if known is not None:
+            self.files.wrote(dst_key, etag, known.metadata, known.headers, started)
+        self.p.cache.add(parent, name, path, src.copy(etag=etag, modified=None))
+        self.files.parent_changed(path)
 
     # -- rename ----------------------------------------------------------------------------
     def rename(self, old: str, new: str, flags: int = 0):
@@ -139,6 +174,7 @@ class NameOps:
         self.p.cache.forget(*split(old), old)
         self.p.cache.invalidate_tree(old)
         self.handles.forget_kernel_cache(old, new)
+        self.files.parent_changed(old, new)
 
     def _rename_file(self, old: str, new: str, src: Attr):
         old_key, new_key = self.p.mapper.key(old), self.p.mapper.key(new)
@@ -153,27 +189,40 @@ class NameOps:
             self.p.cache.add(*split(new), new, f.attr)
             return
         f = self.handles.retarget_file(old, new, new_key)
-        metadata = to_metadata(src)
-        known = self.p.known.get(old_key, src.etag or "")
-        etag = copy_object(self.p.client, old_key, new_key, src.size, None if known is not None else metadata,
-                           etag=src.etag, pool=self.p.mover.pool)
-        self.p.known.put(new_key, etag, known if known is not None else metadata)
+        known = self.p.known.get(old_key, src.etag or "", src.modified)
+        started = self.p.client.server_now()
+        if known is not None:
+            # the moved file's ctime changes; every other header and metadata stays
+            src = src.copy(ctime_ns=now_ns())
+            metadata = object_metadata(src, known.metadata)
+            if MD5_HEADER in known.metadata:
+                metadata[MD5_HEADER] = known.metadata[MD5_HEADER]
+            etag = copy_object(self.p.client, old_key, new_key, src.size, metadata, known.headers,
+                               etag=src.etag, pool=self.p.mover.pool)
+            self.files.wrote(new_key, etag, metadata, known.headers, started)
+        else:
+            # nothing known of it (meta=list): a copy of everything it has, ctime unchanged
+            etag = copy_object(self.p.client, old_key, new_key, src.size, etag=src.etag, pool=self.p.mover.pool)
         if f is not None:
             f.rebase(new_key, etag)
         self.files.delete_or_defer(old, old_key)
-        self.p.cache.add(*split(new), new, src.copy(etag=etag))
+        self.p.cache.add(*split(new), new, src.copy(etag=etag, modified=None))
 
     def _rename_dir(self, old: str, new: str, src: Attr):
         if old == "/":
             raise errors.Busy("the mount root")
         for f in self.handles.files_below(old):
             self.files.commit(f)
+        started = self.p.client.server_now()
         moves = self.p.mover.move_tree(self.p.mapper.dir_prefix(old), self.p.mapper.dir_prefix(new))
-        for src_key, src_etag, dst_key, dst_etag in moves:
-            # a copy keeps the metadata: what is known of the source holds for the target
-            meta = self.p.known.get(src_key, src_etag)
-            if meta is not None:
-                self.p.known.put(dst_key, dst_etag, meta)
+        for src_key, src_etag, src_modified, dst_key, dst_etag in moves:
+            # a copy keeps metadata and headers: what is known of the source holds for the target
+            known = self.p.known.get(src_key, src_etag, src_modified)
+            if known is not None:
+                self.files.wrote(dst_key, dst_etag, known.metadata, known.headers, started)
+        if self._drop_folder_marker(old):
+            # the directory may have had nothing but that marker: ours keeps it in existence
+            self.p.client.put(self.p.mapper.dir_prefix(new), b"", to_metadata(src))
         self.handles.retarget_tree(old, new, self.p.mapper.key)
         self.p.cache.invalidate_tree(new)
         self.p.cache.add(*split(new), new, src)

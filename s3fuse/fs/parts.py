@@ -8,6 +8,7 @@ in reverse order of dependency.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ from ..data.blockcache import BlockCache
 from ..data.reader import BlockFetcher
 from ..errors import ConfigError
 from ..meta.attrs import Defaults
-from ..meta.cache import KnownMetadata, MetaCache
+from ..meta.cache import MetaCache
+from ..meta.known import KnownMetadata
 from ..meta.namespace import Namespace
 from ..paths import KeyMapper
 from ..write import recovery
@@ -26,16 +28,40 @@ from ..write.uploader import Uploader
 from .commits import CommitScheduler
 from .handles import HandleTable
 
+log = logging.getLogger(__name__)
 
-def lock_cache_dir(cache_dir: str):
-    """One process per cache_dir (its journal and staging files are not shared)."""
-    f = open(os.path.join(cache_dir, "lock"), "a")
+
+def lock_cache_dir(cache_dir: str, holder: str = ""):
+    """One process per cache_dir (its journal and staging files are not shared).  The lock
+    file then says who holds it (``holder``: what this process is, e.g. its mountpoint),
+    so that a second process can name the first."""
+    f = open(os.path.join(cache_dir, "lock"), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        f.seek(0)
+        other = f.read().strip()[:300]
         f.close()
-        raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process") from None
+        raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process"
+                          f"{' (' + other + ')' if other else ''}; give each mount its own cache_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}{', ' + holder if holder else ''}\n")
+    f.flush()
     return f
+
+
+def _warn_of_legacy_journal(cfg: MountConfig):
+    """s3fuse before per-mount cache directories kept one journal in the cache root."""
+    legacy = os.path.join(cfg.cache_root, "journal") if cfg.cache_root else None
+    try:
+        pending = legacy is not None and any(n.endswith(".json") for n in os.listdir(legacy))
+    except OSError:
+        pending = False
+    if pending:
+        log.warning("%s holds unfinished uploads of an older s3fuse (one cache for all mounts): finish "
+                    "them with 's3fuse resume BUCKET -o cache_dir=%s' for the bucket they belong to",
+                    legacy, cfg.cache_root)
 
 
 @dataclass
@@ -69,7 +95,7 @@ class Parts:
 
 def build(cfg: MountConfig, client) -> Parts:
     os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
-    lockfile = lock_cache_dir(cfg.cache_dir)
+    lockfile = lock_cache_dir(cfg.cache_dir, f"mounted on {cfg.mountpoint}" if cfg.mountpoint else "")
     mapper = KeyMapper(cfg.prefix)
     file_mode, dir_mode = cfg.modes
     defaults = Defaults(uid=cfg.uid, gid=cfg.gid, file_mode=file_mode, dir_mode=dir_mode)
@@ -85,13 +111,14 @@ def build(cfg: MountConfig, client) -> Parts:
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
                         threshold=cfg.multipart_threshold)
 
-    def uploaded(key: str, etag: str, metadata: dict):
+    def uploaded(entry, etag: str):
         """A resumed upload finished: what this mount knows of the key is new."""
-        known.put(key, etag, metadata)
-        if key.startswith(mapper.prefix):
-            cache.invalidate(mapper.path(key))
+        known.wrote(entry.key, etag, entry.metadata, entry.headers, uploader.window(entry))
+        if entry.key.startswith(mapper.prefix):
+            cache.invalidate(mapper.path(entry.key))
 
     commits = CommitScheduler(client, uploader, journal, recovery_dir, on_uploaded=uploaded)
+    _warn_of_legacy_journal(cfg)
     closed, writing = recovery.sort_out(journal, staging_dir, recovery_dir)
     for entry in closed:
         commits.add_pending(entry)

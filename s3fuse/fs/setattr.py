@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat
 
 from .. import errors
-from ..meta.attrs import MD5_HEADER, Attr, now_ns, to_metadata, xattr_name_stored
+from ..meta.attrs import MD5_HEADER, Attr, now_ns, object_metadata, xattr_name_stored
 from ..paths import split
 from ..write.copy import copy_object
 from .files import FileOps
@@ -27,11 +27,11 @@ class AttrOps:
         self.files = files
 
     def chmod(self, path: str, mode: int):
-        self._setattr(path, lambda a: a.copy(mode=stat.S_IFMT(a.mode) | (mode & 0o7777)))
+        self._setattr(path, lambda a: a.copy(mode=stat.S_IFMT(a.mode) | (mode & 0o7777), ctime_ns=now_ns()))
 
     def chown(self, path: str, uid: int, gid: int):
         self._setattr(path, lambda a: a.copy(uid=a.uid if uid in (-1, None) else uid,
-                                             gid=a.gid if gid in (-1, None) else gid))
+                                             gid=a.gid if gid in (-1, None) else gid, ctime_ns=now_ns()))
 
     def utimens(self, path: str, times):
         now = now_ns()
@@ -60,25 +60,29 @@ class AttrOps:
         if attr.is_dir and not attr.exact:
             attr = self.p.ns.lookup(path)
         new = change(attr)
+        if new.is_dir:
+            self.p.cache.times_set(path)
         if path == "/":
             self.p.cache.put_attr("/", new)    # the bucket root has no object to carry it
             return
-        metadata = to_metadata(new)
+        # Only what the operation changes changes: other tools' metadata and the content
+        # headers (Content-Type, Cache-Control...) of the object stay as they were.
+        key = self.p.mapper.dir_prefix(path) if new.is_dir else self.p.mapper.key(path)
+        known = self.files.version_info(key, attr) if attr.etag else None
+        metadata = object_metadata(new, known.metadata if known is not None else None)
+        headers = known.headers if known is not None else None
+        started = self.p.client.server_now()
         if new.is_dir:
-            marker = self.p.mapper.dir_prefix(path)
-            etag = self.p.client.put(marker, b"", metadata)
-            self.p.known.put(marker, etag, metadata)
+            etag = self.p.client.put(key, b"", metadata, headers=headers)
         else:
-            key = self.p.mapper.key(path)
-            extra = self.p.known.get(key, attr.etag or "") or {}
-            if MD5_HEADER in extra:
-                metadata[MD5_HEADER] = extra[MD5_HEADER]
-            etag = copy_object(self.p.client, key, key, attr.size, metadata, etag=attr.etag,
+            if known is not None and MD5_HEADER in known.metadata:
+                metadata[MD5_HEADER] = known.metadata[MD5_HEADER]     # same content
+            etag = copy_object(self.p.client, key, key, attr.size, metadata, headers, etag=attr.etag,
                                pool=self.p.mover.pool)
-            self.p.known.put(key, etag, metadata)
-            new = new.copy(etag=etag)
-            if f is not None:
-                f.attr = new
+        self.files.wrote(key, etag, metadata, headers, started)
+        new = new.copy(etag=etag, modified=None)
+        if f is not None and not new.is_dir:
+            f.attr = new
         parent, name = split(path)
         self.p.cache.add(parent, name, path, new.copy(exact=True))
 

@@ -46,6 +46,8 @@ class Attr:
     exact: bool = False       # True once the object's own metadata (HEAD or our upload) is applied
     nlink: int = 1
     xattrs: Optional[dict] = None   # user xattrs {name: bytes}, s3fs-fuse format in 'xattr' header
+    modified: Optional[float] = None   # the object's LastModified (server time), when known
+    rdev: int = 0                      # device number of a character or block device node
 
     @property
     def is_dir(self) -> bool:
@@ -79,7 +81,7 @@ def default_attr(is_dir: bool, size: int, mtime: float, defaults: Defaults, etag
     mode = (stat.S_IFDIR | defaults.dir_mode) if is_dir else (stat.S_IFREG | defaults.file_mode)
     ns = int(mtime * NS)
     return Attr(mode=mode, uid=defaults.uid, gid=defaults.gid, size=size, mtime_ns=ns, atime_ns=ns,
-                ctime_ns=ns, etag=etag)
+                ctime_ns=ns, etag=etag, modified=None if is_dir and not etag else mtime)
 
 
 def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
@@ -95,9 +97,11 @@ def apply_metadata(attr: Attr, meta: Optional[dict], is_dir: bool) -> Attr:
             kind = stat.S_IFMT(mode)
             if is_dir:
                 kind = stat.S_IFDIR
-            elif kind not in (stat.S_IFREG, stat.S_IFLNK):
+            elif kind not in FILE_KINDS:
                 kind = stat.S_IFREG
             out.mode = kind | perm
+        if "rdev" in meta and (stat.S_ISCHR(out.mode) or stat.S_ISBLK(out.mode)):
+            out.rdev = _id(meta["rdev"])
         if "uid" in meta:
             out.uid = _id(meta["uid"])
         if "gid" in meta:
@@ -124,6 +128,20 @@ def _id(value) -> int:
     return number
 
 
+POSIX_KEYS = ("mode", "uid", "gid", "mtime", "atime", "ctime", "xattr", "rdev")   # what to_metadata owns
+# What an object that is not a directory can be.  Like s3fs-fuse, fifos, sockets and device
+# nodes are empty objects with the type in x-amz-meta-mode (and x-amz-meta-rdev).
+FILE_KINDS = (stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+def object_metadata(attr: Attr, previous: Optional[dict] = None) -> dict:
+    """User metadata of a new version: the POSIX fields of ``attr`` over what the version
+    it replaces had (another tool's ``x-amz-meta-*`` survive; its POSIX fields and the
+    whole-content MD5 do not - they described the old version)."""
+    kept = {k: v for k, v in (previous or {}).items() if k not in POSIX_KEYS and k != MD5_HEADER}
+    return {**kept, **to_metadata(attr)}
+
+
 def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
     meta = {
         "mode": str(attr.mode), "uid": str(attr.uid), "gid": str(attr.gid),
@@ -133,17 +151,27 @@ def to_metadata(attr: Attr, extra: Optional[dict] = None) -> dict:
     }
     if attr.xattrs:
         meta["xattr"] = encode_xattrs(attr.xattrs)
+    if attr.rdev:
+        meta["rdev"] = str(attr.rdev)
     if extra:
         meta.update(extra)
     return meta
 
 
+_NOT_STORED = ("security.", "system.", "trusted.")
+_NOT_STORED_BYTES = tuple(p.encode() for p in _NOT_STORED)
+
+
 def xattr_name_stored(name) -> bool:
-    """Only ``user.*`` extended attributes are stored (``name`` as str or bytes).  Other
-    namespaces answer ENOTSUP ("not supported here"), not ENODATA: ``ls -l`` then stops
-    asking for security.selinux and the POSIX ACL of every entry (coreutils caches
-    ENOTSUP per device), and cp/rsync treat it as "no ACLs, no labels"."""
-    return name.startswith(b"user." if isinstance(name, bytes) else "user.")
+    """Extended attributes are stored (s3fs-fuse's ``xattr`` header) except in the kernel's
+    own namespaces (``name`` as str or bytes): ``user.*``, and names without a namespace
+    (macOS style, s3fs-fuse stores them too).  security.*, system.* and trusted.* answer
+    ENOTSUP ("not supported here"), not ENODATA: ``ls -l`` then stops asking for
+    security.selinux and the POSIX ACL of every entry (coreutils caches ENOTSUP per
+    device), and cp/rsync treat it as "no ACLs, no labels"."""
+    if isinstance(name, bytes):
+        return not name.startswith(_NOT_STORED_BYTES)
+    return not name.startswith(_NOT_STORED)
 
 
 def encode_xattrs(xattrs: dict) -> str:

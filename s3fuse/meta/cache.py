@@ -1,13 +1,11 @@
-"""In-memory TTL caches of attributes, missing names and directory listings, plus the
-persistent store of object metadata keyed by (key, ETag).
+"""In-memory TTL caches of attributes, missing names and directory listings (the
+persistent store of object metadata is meta/known.py).
 
 Invariants
 - ``attrs[path]`` is what ``stat`` shows until its TTL runs out; ``missing`` holds paths
   known absent (negative cache); ``dirs[path]`` is a complete listing {name: is_dir}.
 - Every namespace change made through the mount updates all three (see ``forget``/``add``);
   a cached listing changes in place under the lock, so readers get copies (``get_dir``).
-- The persistent ``known`` store maps (bucket, key, etag) to the object's user metadata;
-  an ETag changes with every write, so an entry can never describe a newer object.
 
 Locking: one ``threading.Lock`` guards the three cachetools caches (which are not
 thread-safe).  It is a leaf lock: never call out (S3, disk) while holding it.
@@ -15,23 +13,24 @@ thread-safe).  It is a leaf lock: never call out (S3, disk) while holding it.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Optional
 
 import cachetools
-import diskcache
 
 from .attrs import Attr
 
 
 class DirListing:
-    __slots__ = ("entries", "marker")
+    __slots__ = ("entries", "marker", "fetched")
 
-    def __init__(self, entries=None, marker=False):
+    def __init__(self, entries=None, marker=False, fetched=None):
         self.entries: dict = dict(entries or {})    # name -> is_dir
         self.marker = marker                         # a "dir/" marker object exists
+        self.fetched = time.monotonic() if fetched is None else fetched
 
     def copy(self) -> "DirListing":
-        return DirListing(self.entries, self.marker)
+        return DirListing(self.entries, self.marker, self.fetched)
 
 
 class _ChangeClock(cachetools.LRUCache):
@@ -65,7 +64,11 @@ class MetaCache:
         self.attrs = cachetools.TTLCache(maxsize, max(attr_ttl, 1e-9))
         self.missing = cachetools.TTLCache(maxsize, max(negative_ttl, 1e-9))
         self.dirs = cachetools.TTLCache(max(1000, maxsize // 100), max(dir_ttl, 1e-9))
+        self._negative_ttl = negative_ttl
         self._changes = _ChangeClock(max(1000, maxsize // 10))
+        # directory -> time (ns) an entry was last added or removed through the mount: its
+        # mtime/ctime on this mount (S3 has no directory times to update; not persisted)
+        self._dir_times = cachetools.LRUCache(max(1000, maxsize // 10))
 
     # -- attributes ---------------------------------------------------------------------
     def get_attr(self, path: str) -> Optional[Attr]:
@@ -79,9 +82,17 @@ class MetaCache:
             get = self.attrs.get
             return [get(p) for p in paths]
 
+    def _stored(self, path: str, attr: Attr) -> Attr:
+        """``attr`` as stored: a directory shows the last entry change made through the mount."""
+        if self._dir_times and attr.is_dir:
+            changed = self._dir_times.get(path)
+            if changed is not None and changed > attr.mtime_ns:
+                return attr.copy(mtime_ns=changed, ctime_ns=max(changed, attr.ctime_ns))
+        return attr
+
     def put_attr(self, path: str, attr: Attr):
         with self._lock:
-            self.attrs[path] = attr
+            self.attrs[path] = self._stored(path, attr)
             self.missing.pop(path, None)
 
     def settle(self, items: list):
@@ -90,7 +101,7 @@ class MetaCache:
         with self._lock:
             for path, expected, new in items:
                 if self.attrs.get(path) is expected:
-                    self.attrs[path] = new
+                    self.attrs[path] = self._stored(path, new)
                     self.missing.pop(path, None)
 
     def is_missing(self, path: str) -> bool:
@@ -125,16 +136,33 @@ class MetaCache:
             return True
 
     def listed_absent(self, parent: str, name: str) -> bool:
-        """True if a fresh complete listing of ``parent`` does not hold ``name``."""
+        """True if a complete listing of ``parent`` at most ``negative_ttl`` old does not
+        hold ``name``.  An older one is still shown by readdir (``dir_ttl``), but a name it
+        lacks may be new from another client: the lookup asks S3."""
         with self._lock:
             listing = self.dirs.get(parent)
-            return listing is not None and name not in listing.entries
+            return listing is not None and name not in listing.entries and \
+                time.monotonic() - listing.fetched <= self._negative_ttl
 
     # -- namespace changes made through the mount -------------------------------------
+    def times_set(self, path: str):
+        """Directory ``path`` got explicit times (utimens: tar, rsync): they stand until its
+        next entry change."""
+        with self._lock:
+            self._dir_times.pop(path, None)
+
+    def touch_dir(self, path: str, ns: int):
+        """An entry of directory ``path`` was added or removed through the mount at ``ns``."""
+        with self._lock:
+            self._dir_times[path] = ns
+            attr = self.attrs.get(path)
+            if attr is not None:
+                self.attrs[path] = self._stored(path, attr)
+
     def add(self, parent: str, name: str, path: str, attr: Attr):
         with self._lock:
             self._changes.touch(parent)
-            self.attrs[path] = attr
+            self.attrs[path] = self._stored(path, attr)
             self.missing.pop(path, None)
             listing = self.dirs.get(parent)
             if listing is not None:
@@ -166,72 +194,3 @@ class MetaCache:
             for cache in (self.attrs, self.missing, self.dirs):
                 for p in [p for p in list(cache.keys()) if p == path or p.startswith(below)]:
                     cache.pop(p, None)
-
-
-class KnownMetadata:
-    """Persistent (bucket, key, etag) -> user metadata dict, in cache_dir.  Lets a later
-    mount show exact POSIX attributes from a listing without one HEAD per entry.
-
-    Writes are buffered in memory and flushed in one sqlite transaction per batch (a
-    transaction per entry would cost more than the HEAD it saves); ``get`` sees the
-    buffer first.  ``_lock`` is a leaf lock guarding the buffer only."""
-
-    FLUSH_EVERY = 1.0
-
-    def __init__(self, directory: str, bucket: str, size_limit: int = 256 << 20):
-        self._bucket = bucket
-        # cull_limit=0: no size check inside each set(); flush() culls once per batch.
-        self._store = diskcache.Cache(directory, size_limit=size_limit,
-                                      eviction_policy="least-recently-stored", cull_limit=0)
-        self._lock = threading.Lock()
-        self._buffer: dict = {}
-        self._wake = threading.Event()
-        self._closed = False
-        self._flusher = threading.Thread(target=self._run, name="meta-flush", daemon=True)
-        self._flusher.start()
-
-    def _k(self, key: str, etag: str) -> str:
-        return f"{self._bucket}\0{key}\0{etag}"
-
-    def get(self, key: str, etag: str) -> Optional[dict]:
-        if not etag:
-            return None
-        k = self._k(key, etag)
-        with self._lock:
-            if k in self._buffer:
-                return self._buffer[k]
-        return self._store.get(k)
-
-    def put(self, key: str, etag: str, metadata: dict):
-        if etag:
-            with self._lock:
-                self._buffer[self._k(key, etag)] = dict(metadata or {})
-                big = len(self._buffer) >= 1000
-            if big:
-                self._wake.set()
-
-    def flush(self):
-        with self._lock:
-            batch, self._buffer = self._buffer, {}
-        if batch:
-            with self._store.transact():
-                for k, v in batch.items():
-                    self._store.set(k, v)
-            self._store.cull()
-
-    def _run(self):
-        while not self._closed:
-            self._wake.wait(self.FLUSH_EVERY)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:   # the store is an optimisation: never fatal
-                import logging
-                logging.getLogger(__name__).warning("metadata store flush failed", exc_info=True)
-
-    def close(self):
-        self._closed = True
-        self._wake.set()
-        self._flusher.join(5)
-        self.flush()
-        self._store.close()

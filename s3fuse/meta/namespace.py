@@ -18,13 +18,19 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Optional
+
+import cachetools
 
 from .. import errors
 from ..paths import KeyMapper, join, split, valid_name
 from .attrs import Attr, Defaults, apply_metadata, default_attr
-from .cache import DirListing, KnownMetadata, MetaCache
+from .cache import DirListing, MetaCache
+from .known import KnownMetadata, same_time
 
 log = logging.getLogger(__name__)
+
+FOLDER_SUFFIX = "_$folder$"
 
 
 class Namespace:
@@ -38,9 +44,10 @@ class Namespace:
         self.exact = exact
         self.mount_time = time.time()
         self._heads = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="head")
-        self._pending_lock = threading.Lock()   # leaf lock, guards _pending
+        self._pending_lock = threading.Lock()   # leaf lock, guards _pending and _folder_markers
         self._pending: dict = {}                 # path -> (Future[Attr], its _Batch): HEAD queued or in flight
         self._warned: set = set()
+        self._folder_markers = cachetools.LRUCache(100_000)    # dir path -> its "dir_$folder$" key
 
     def close(self):
         self._heads.shutdown(wait=False, cancel_futures=True)
@@ -72,7 +79,7 @@ class Namespace:
         if self.cache.is_missing(path):
             raise errors.NotFound(path)
         parent, name = split(path)
-        if not valid_name(name):
+        if not valid_name(name) or name.endswith(FOLDER_SUFFIX):
             raise errors.NotFound(path)
         if self.cache.listed_absent(parent, name):
             raise errors.NotFound(path)
@@ -90,7 +97,8 @@ class Namespace:
         if page.objects or page.prefixes:
             attr = default_attr(True, 0, self.mount_time, self.defaults)
             if page.objects and page.objects[0].key == key + "/":
-                attr = self._dir_marker_attr(key + "/", page.objects[0].etag, attr)
+                marker = page.objects[0]
+                attr = self._dir_marker_attr(key + "/", marker.etag, attr, marker.mtime)
             else:
                 # The probe lists a "dir/" marker first if there is one: without it the
                 # defaults are the directory's exact attributes (no HEAD of "dir/" later).
@@ -100,29 +108,32 @@ class Namespace:
         if info is None:
             self.cache.put_missing(path)
             raise errors.NotFound(path)
-        attr = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
+        attr = self._file_attr(info)
         self.cache.put_attr(path, attr)
         return attr
 
-    def _file_attr(self, key, size, mtime, etag, metadata) -> Attr:
-        attr = default_attr(False, size, mtime, self.defaults, etag)
-        if metadata is not None:
-            self.known.put(key, etag, metadata)
-            return apply_metadata(attr, metadata, False)
-        known = self.known.get(key, etag)
+    def _file_attr(self, info) -> Attr:
+        """Attributes of the object ``info`` (s3.ObjectInfo): from its own metadata (a
+        HEAD), else from what is known of that version (key, ETag, LastModified), else
+        the defaults (exact only with ``meta=list``: a HEAD will tell)."""
+        attr = default_attr(False, info.size, info.mtime, self.defaults, info.etag)
+        if info.metadata is not None:
+            self.known.learn(info.key, info.etag, info.mtime, info.metadata, info.headers)
+            return apply_metadata(attr, info.metadata, False)
+        known = self.known.get(info.key, info.etag, info.mtime)
         if known is not None:
-            return apply_metadata(attr, known, False)
+            return apply_metadata(attr, known.metadata, False)
         return attr if self.exact else attr.copy(exact=True)
 
-    def _dir_marker_attr(self, marker_key: str, etag: str, attr: Attr) -> Attr:
-        known = self.known.get(marker_key, etag)
+    def _dir_marker_attr(self, marker_key: str, etag: str, attr: Attr, modified=None) -> Attr:
+        known = self.known.get(marker_key, etag, modified)
         if known is not None or not self.exact:
-            return apply_metadata(attr, known, True)
+            return apply_metadata(attr, known.metadata if known is not None else None, True)
         try:
             info = self.client.head(marker_key)
         except errors.NotFound:
             return attr.copy(exact=True)
-        self.known.put(marker_key, info.etag, info.metadata)
+        self.known.learn(marker_key, info.etag, info.mtime, info.metadata, info.headers)
         return apply_metadata(attr, info.metadata, True)
 
     def _exact(self, path: str, attr: Attr) -> Attr:
@@ -181,7 +192,7 @@ class Namespace:
             files = [(p, a, f) for p, a, f in items if not a.is_dir]
             infos = self.client.head_many([self.mapper.key(p) for p, _, _ in files]) if files else []
             answers = [info if isinstance(info, Exception) else
-                       self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata) for info in infos]
+                       self._file_attr(info) for info in infos]
             self.cache.settle([(path, listed, exact) for (path, listed, _), exact in zip(files, answers)
                                if not isinstance(exact, Exception)])
             for (_, _, future), answer in zip(files, answers):
@@ -209,7 +220,7 @@ class Namespace:
             exact = self._dir_marker_attr(self.mapper.dir_prefix(path), listed.etag or "", listed)
         else:
             info = self.client.head(self.mapper.key(path))
-            exact = self._file_attr(info.key, info.size, info.mtime, info.etag, info.metadata)
+            exact = self._file_attr(info)
         return self._settle(path, listed, exact)
 
     def _settle(self, path: str, listed: Attr, exact: Attr) -> Attr:
@@ -227,22 +238,19 @@ class Namespace:
         files: dict = {}
         for page in self.client.list_all(prefix):
             for name in self._names(prefix, page.prefixes, is_dir=True):
-                listing.entries[name] = True
-                child = join(path, name)
-                cached = self.cache.get_attr(child)
-                if cached is None or not cached.is_dir:
-                    attr = default_attr(True, 0, self.mount_time, self.defaults)
-                    if not self.exact:
-                        attr = attr.copy(exact=True)
-                    self.cache.put_attr(child, attr)
-                    if self.exact:
-                        self._prefetch([(child, attr)])
+                self._dir_entry(path, listing, name)
             for obj in page.objects:
                 if obj.key == prefix:
                     listing.marker = True
-                    continue
-                for name in self._names(prefix, [obj.key], is_dir=False):
-                    files[name] = obj
+                elif obj.key.endswith(FOLDER_SUFFIX) and valid_name(obj.key[len(prefix):-len(FOLDER_SUFFIX)]):
+                    # another tool's directory marker: a directory, the object hidden
+                    name = obj.key[len(prefix):-len(FOLDER_SUFFIX)]
+                    self._dir_entry(path, listing, name)
+                    with self._pending_lock:
+                        self._folder_markers[join(path, name)] = obj.key
+                else:
+                    for name in self._names(prefix, [obj.key], is_dir=False):
+                        files[name] = obj
             self._fill_files(path, listing, files)
             files = {}
         if not listing.entries and not listing.marker and path != "/":
@@ -254,6 +262,28 @@ class Namespace:
         self.cache.put_dir(path, listing, started)
         return snapshot
 
+    def _dir_entry(self, path: str, listing: DirListing, name: str):
+        listing.entries[name] = True
+        child = join(path, name)
+        cached = self.cache.get_attr(child)
+        if cached is None or not cached.is_dir:
+            attr = default_attr(True, 0, self.mount_time, self.defaults)
+            if not self.exact:
+                attr = attr.copy(exact=True)
+            self.cache.put_attr(child, attr)
+            if self.exact:
+                self._prefetch([(child, attr)])
+
+    def folder_marker(self, path: str) -> Optional[str]:
+        """The ``dir_$folder$`` key a listing showed for directory ``path``, if any (old
+        s3fs-fuse, Hadoop S3N/EMR): removed with the directory, never written."""
+        with self._pending_lock:
+            return self._folder_markers.get(path)
+
+    def forget_folder_marker(self, path: str):
+        with self._pending_lock:
+            self._folder_markers.pop(path, None)
+
     def _fill_files(self, path: str, listing: DirListing, files: dict):
         wanted = []
         for name, obj in files.items():
@@ -263,9 +293,10 @@ class Namespace:
             listing.entries[name] = False
             child = join(path, name)
             cached = self.cache.get_attr(child)
-            if cached is not None and cached.etag == obj.etag and cached.exact:
-                continue
-            attr = self._file_attr(obj.key, obj.size, obj.mtime, obj.etag, None)
+            if cached is not None and cached.etag == obj.etag and cached.exact and \
+                    (cached.modified is None or same_time(cached.modified, obj.mtime)):
+                continue      # the same version (a metadata change keeps the ETag, not LastModified)
+            attr = self._file_attr(obj)
             self.cache.put_attr(child, attr)
             if self.exact and not attr.exact:
                 wanted.append((child, attr))

@@ -29,13 +29,16 @@ def copy_part_plan(size: int, part: int = COPY_PART) -> list:
     return [(n + 1, start, min(start + part, size)) for n, start in enumerate(range(0, size, part))]
 
 
-def copy_object(client, src: str, dst: str, size: int, metadata=None, etag=None, pool=None) -> str:
-    """Copy ``src`` to ``dst`` on the server.  ``metadata`` None keeps the source's."""
+def copy_object(client, src: str, dst: str, size: int, metadata=None, headers=None, etag=None, pool=None) -> str:
+    """Copy ``src`` to ``dst`` on the server.  ``metadata`` None keeps the source's user
+    metadata and content headers; else both are replaced (``headers``: every content
+    header the copy should have).  ``etag``: only from that version of ``src``."""
     if size <= MAX_PART:
-        return client.copy(src, dst, metadata)
+        return client.copy(src, dst, metadata, headers, if_match=etag)
     if metadata is None:
-        metadata = client.head(src).metadata or {}
-    upload_id = client.create_multipart(dst, metadata)
+        info = client.head(src)
+        metadata, headers = info.metadata or {}, info.headers
+    upload_id = client.create_multipart(dst, metadata, headers)
     try:
         plan = copy_part_plan(size)
         run = pool.map if pool is not None else map
@@ -60,7 +63,7 @@ class TreeMover:
 
     def move_tree(self, src_prefix: str, dst_prefix: str) -> list:
         """Move every key below ``src_prefix`` to ``dst_prefix`` (both end with '/').
-        Returns [(src_key, src_etag, dst_key, dst_etag)] of the keys copied."""
+        Returns [(src_key, src_etag, src_last_modified, dst_key, dst_etag)] of the keys copied."""
         rid = uuid.uuid4().hex
         path = self._record_path(rid)
         with open(path + ".tmp", "w") as f:
@@ -85,8 +88,7 @@ class TreeMover:
         def one(obj):
             dst = dst_prefix + obj.key[len(src_prefix):]
             if dst not in existing:
-                return obj.key, obj.etag, dst, copy_object(self.client, obj.key, dst, obj.size, etag=obj.etag,
-                                                           pool=None)
+                return obj.key, obj.etag, obj.mtime, dst, copy_object(self.client, obj.key, dst, obj.size)
             return None
 
         moves = [m for m in self.pool.map(one, objects) if m is not None]

@@ -34,7 +34,8 @@ class Entry:
     size: int = 0
     md5: Optional[str] = None
     metadata: dict = field(default_factory=dict)
-    content_type: Optional[str] = None
+    content_type: Optional[str] = None             # records of s3fuse before headers: read, never written
+    headers: dict = field(default_factory=dict)     # content headers (objects.CONTENT_HEADERS)
     upload_id: Optional[str] = None
     part_size: int = 0
     parts: dict = field(default_factory=dict)      # str(part number) -> md5 hex of that part
@@ -108,9 +109,12 @@ class Journal:
     def load(self, entry_id: str) -> Optional[Entry]:
         try:
             with open(self._path(entry_id)) as f:
-                return Entry(**json.load(f))
+                entry = Entry(**json.load(f))
         except (OSError, ValueError, TypeError):
             return None
+        if entry.content_type and not entry.headers:
+            entry.headers, entry.content_type = {"content-type": entry.content_type}, None
+        return entry
 
     def entries(self) -> list:
         out = []

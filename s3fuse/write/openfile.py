@@ -27,7 +27,8 @@ from concurrent.futures import Future
 from typing import Optional
 
 from .. import errors
-from ..meta.attrs import Attr, to_metadata
+from ..meta.attrs import Attr, object_metadata
+from ..objects import new_object_headers
 from .hashing import SequentialMD5
 from .journal import CLOSED, WRITING, Entry, Journal
 from .parts import PartPlan
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class OpenFile:
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
-                 fetcher=None, base=None, truncate: bool = False, new: bool = False):
+                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None):
         self.path = path
         self.key = key
         self.attr = attr
@@ -72,6 +73,21 @@ class OpenFile:
         self._redo_parts: set = set()
         self._pending: Optional[Entry] = None   # CLOSED record whose upload failed
         self._stream_progress = None
+        # origin(): what the object this file replaces had (meta.known.Known: its user
+        # metadata and content headers) or None; asked once, when the upload needs it.
+        self._origin = origin
+        self._origin_asked = False
+
+    def _object_fields(self):
+        """(user metadata, content headers) of the version to upload: the POSIX fields of
+        ``attr`` over the replaced object's other metadata; its content headers
+        (Content-Type, Cache-Control...), or a Content-Type from the name for a new file."""
+        if not self._origin_asked:
+            self._origin = self._origin() if self._origin is not None else None
+            self._origin_asked = True
+        known = self._origin
+        headers = dict(known.headers) if known is not None and known.headers else new_object_headers(self.path)
+        return object_metadata(self.attr, known.metadata if known is not None else None), headers
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:
@@ -184,8 +200,9 @@ class OpenFile:
             if contiguous < p_end or contiguous < self.uploader.threshold:
                 return      # part not complete yet, or the file may still end below the threshold
             if self._stream is None:
+                metadata, headers = self._object_fields()
                 self._stream = Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=WRITING,
-                                     metadata=to_metadata(self.attr), part_size=self._plan.base,
+                                     metadata=metadata, headers=headers, part_size=self._plan.base,
                                      created=time.time())
                 self._stream_begin = self.uploader.pool.submit(self.uploader.begin_multipart, self._stream)
                 self._stream_progress = self.uploader.track(self._stream.id, self.key, self.size)
@@ -228,7 +245,8 @@ class OpenFile:
 
     # -- commit --------------------------------------------------------------------------------
     def commit(self):
-        """Make the bucket hold this file.  Returns (etag, metadata), or None if nothing changed."""
+        """Make the bucket hold this file.  Returns (etag, the journal Entry uploaded: its
+        metadata, headers, creation time), or None if nothing changed."""
         with self.lock:
             if self.failed is not None:
                 raise errors.WriteFailed(f"{self.path}: not uploaded after a failed write",
@@ -254,13 +272,13 @@ class OpenFile:
             self.dirty = self.meta_dirty = False
             self._streamable = False
             self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
-            return etag, entry.metadata
+            return etag, entry
 
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
 
     def _closed_entry(self) -> Entry:
-        metadata = to_metadata(self.attr)
+        metadata, headers = self._object_fields()
         md5 = self._hasher.hexdigest() if self._md5_known() else None
         if self._stream is not None:
             # close() is reached and self.lock is held: the staging file is final, so the
@@ -282,7 +300,7 @@ class OpenFile:
                     e.parts.pop(str(n))
                 if self._plan.range_of(last)[1] != self.size or self.size == 0:
                     e.parts.pop(str(last), None)    # the last part changed size
-                e.state, e.size, e.md5, e.metadata = CLOSED, self.size, md5, metadata
+                e.state, e.size, e.md5, e.metadata, e.headers = CLOSED, self.size, md5, metadata, headers
                 e.verify_md5 = md5 is not None
             self.uploader.save_record(entry, close_record)
             self._wait_stream()
@@ -292,8 +310,8 @@ class OpenFile:
             self._redo_parts.clear()
             return entry
         return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
-                     md5=md5, verify_md5=md5 is not None, metadata=metadata, part_size=self._plan.base,
-                     created=time.time())
+                     md5=md5, verify_md5=md5 is not None, metadata=metadata, headers=headers,
+                     part_size=self._plan.base, created=time.time())
 
     def _drop_pending(self):
         old, self._pending = self._pending, None

@@ -159,7 +159,7 @@ class Uploader:
         # hand.  Recovery looks such uploads up by key and time (abort_unrecorded); the
         # client itself aborts those its own failed attempts left (create_multipart).
         self.save_record(entry, lambda e: setattr(e, "creating", time.time()))
-        upload_id = self.client.create_multipart(entry.key, entry.metadata, entry.content_type)
+        upload_id = self.client.create_multipart(entry.key, entry.metadata, entry.headers)
 
         def created(e):
             e.upload_id = upload_id
@@ -167,6 +167,12 @@ class Uploader:
             e.uploaded_metadata = dict(e.metadata)
             e.creating = 0.0
         self.save_record(entry, created)
+
+    def window(self, entry: Entry) -> tuple:
+        """The span of server time an upload of ``entry`` took, up to now: from its record's
+        creation (a multipart upload's LastModified may be its start) to now."""
+        now = self.client.server_now()
+        return now - max(0.0, time.time() - entry.created), now
 
     # -- a whole file -----------------------------------------------------------------------
     def upload(self, entry: Entry, verify_server_parts: bool = False) -> str:
@@ -191,7 +197,7 @@ class Uploader:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
         digest = hashlib.md5(data)
         metadata = dict(entry.metadata, **{MD5_HEADER: digest.hexdigest()})
-        etag = self.client.put(entry.key, data, metadata, md5_header(digest), entry.content_type)
+        etag = self.client.put(entry.key, data, metadata, md5_header(digest), entry.headers)
         entry.metadata = metadata
         with self._lock:
             self.progress[entry.id].done = entry.size
@@ -237,7 +243,7 @@ class Uploader:
             # Metadata changed after the upload began (streamed file, chmod while open):
             # one metadata-only copy sets the final headers.
             if entry.size <= MAX_PART:
-                etag = self.client.copy(entry.key, entry.key, final, entry.content_type)
+                etag = self.client.copy(entry.key, entry.key, final, entry.headers)
             else:
                 log.warning("%r: over 5 GiB, metadata set at upload start kept (no MD5 header)", entry.key)
                 final = entry.uploaded_metadata
