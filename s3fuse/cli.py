@@ -22,6 +22,7 @@ log = logging.getLogger("s3fuse")
 USAGE = """usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]
        s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)
        s3fuse status [MOUNTPOINT] [--json]          (live uploads, cache, requests)
+       s3fuse sync MOUNTPOINT                       (wait until every closed file is uploaded)
        s3fuse resume BUCKET[:/PREFIX] -o ...        (finish a crashed mount's uploads)
        s3fuse uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS]
                                                     (list/abort stale multipart uploads)
@@ -197,6 +198,15 @@ def _reopen_log_on_sighup(logs):
     threading.Thread(target=loop, name="sighup", daemon=True).start()
 
 
+def _raise_open_file_limit(want: int = 1 << 16):
+    """Each file open or waiting for its upload (writeback) holds its staging file open."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     """Check the bucket, mount, serve until unmounted.  Returns the exit code."""
     from . import logs
@@ -205,6 +215,7 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     from .fs import Filesystem
 
     os.umask(0o077)
+    _raise_open_file_limit()
     logs.setup(cfg.log_file, cfg.log_level, foreground=cfg.foreground, debug=cfg.debug)
     _reopen_log_on_sighup(logs)
 
@@ -351,7 +362,7 @@ def _subcommand(name: str):
     return run
 
 
-SUBCOMMANDS = {name: _subcommand(name) for name in ("demo", "status", "resume", "uploads")}
+SUBCOMMANDS = {name: _subcommand(name) for name in ("demo", "status", "resume", "uploads", "sync")}
 
 
 if __name__ == "__main__":

@@ -168,3 +168,23 @@ def uploads(argv) -> int:
     print(f"aborted {len(victims)} upload(s)" + (f", kept {len(uploads) - len(victims)} resumable (--force aborts them)"
                                                  if len(victims) < len(uploads) else ""))
     return 0
+
+
+def sync(argv) -> int:
+    """Wait until every file closed on the mount is in S3 (writeback): an fsync of the
+    mount's root directory, which s3fuse answers once its upload queue is empty (sync(1)
+    and syncfs(2) do not reach FUSE daemons)."""
+    targets = [a for a in argv if not a.startswith("-")]
+    if len(targets) != 1:
+        sys.stderr.write("usage: s3fuse sync MOUNTPOINT\n")
+        return 2
+    try:
+        fd = os.open(targets[0], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        sys.stderr.write(f"s3fuse sync: {targets[0]}: {exc.strerror}\n")
+        return 1
+    return 0

@@ -111,6 +111,8 @@ OPTIONS = {
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "small_file_readahead": ("small_file_readahead", parse_bool,
+                             "prefetch the next small files of a directory read in listing order (default on)"),
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
     "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
     "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
@@ -124,6 +126,12 @@ OPTIONS = {
                         "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
     "hardlinks": ("hardlinks", _choice("copy", "off"), "copy: link() makes a server-side copy; off: EPERM"),
+    "writeback": ("writeback", None, "close() returns once the file is durable on local disk; uploads run in "
+                                     "the background (default off: close() returns once the object is in S3)"),
+    "writeback_files": ("writeback_files", _positive(int), "files waiting for upload before close() waits (4096)"),
+    "writeback_bytes": ("writeback_bytes", _positive(parse_size),
+                        "bytes waiting for upload (staging disk) before close() waits (1G)"),
+    "writeback_threads": ("writeback_threads", _positive(int), "uploads of closed files at once (16)"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
     "log_level": ("log_level", _choice("debug", "info", "warning", "error"), "default warning"),
 }
@@ -168,6 +176,7 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
+    small_file_readahead: bool = True
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0
     negative_ttl: float = 5.0
@@ -178,6 +187,10 @@ class MountConfig:
     request_timeout: float = 30.0
     retries: int = 5
     hardlinks: str = "copy"
+    writeback: bool = False
+    writeback_files: int = 4096
+    writeback_bytes: int = 1 << 30
+    writeback_threads: int = 16
     log_file: Optional[str] = None
     log_level: str = "warning"
     ignored: list = field(default_factory=list)

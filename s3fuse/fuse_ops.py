@@ -136,6 +136,10 @@ class S3FuseOperations(Operations):
         self.fs.fsync(fi.fh)
         return 0
 
+    def fsyncdir(self, path, datasync, fi):
+        self.fs.fsyncdir(path)
+        return 0
+
     # -- namespace ------------------------------------------------------------------------------
     def mkdir(self, path, mode):
         uid, gid, _ = fuse_get_context()

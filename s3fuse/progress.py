@@ -45,6 +45,15 @@ def render_status(entry: dict) -> str:
     uploads = entry.get("uploads") or []
     lines.append(f"  uploads in progress: {len(uploads)}; pending in journal: {entry.get('journal_pending', 0)}")
     lines.extend(upload_line(u) for u in uploads)
+    wb = entry.get("writeback")
+    if wb:
+        rate = wb.get("rate")
+        lines.append(f"  writeback: {wb['pending_files']} file(s), {human(wb['pending_bytes'])} waiting for upload"
+                     + (f", {human(rate)}/s, ETA {eta(0, wb['pending_bytes'], rate)}" if rate else "")
+                     + f"; {wb['uploaded']} uploaded")
+        for fail in wb.get("failing") or []:
+            lines.append(f"    failing: {fail['path']}: {fail['attempts']} attempt(s), last error {fail['error']}; "
+                         f"next try in {max(0, fail['next_try'] - time.time()):.0f} s")
     return "\n".join(lines)
 
 

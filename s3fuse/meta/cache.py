@@ -121,6 +121,12 @@ class MetaCache:
             listing = self.dirs.get(path)
             return None if listing is None else listing.copy()
 
+    def dir_fetched(self, path: str) -> Optional[float]:
+        """When the cached listing of ``path`` was fetched (no copy), or None."""
+        with self._lock:
+            listing = self.dirs.get(path)
+            return None if listing is None else listing.fetched
+
     def listing_started(self) -> int:
         """Call before fetching a listing; pass the answer to ``put_dir``."""
         with self._lock:
