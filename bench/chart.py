@@ -83,12 +83,19 @@ def chart(data, fss, steps, png: str):
         vals = [seconds(data, f, s) or 0 for s in steps]
         xs = [x + i * width for x in range(len(steps))]
         ax.bar(xs, vals, width, label=f, color=COLORS.get(f))
+    floors = data.get("floors") or {}
+    for x, s in enumerate(steps):
+        fl = floors.get(s, {}).get("seconds")
+        if fl:
+            ax.hlines(fl, x - width / 2, x + width * (len(fss) - 0.5), colors="black", linewidth=1.5,
+                      label="floor" if x == min(i for i, t in enumerate(steps) if t in floors) else None)
     ax.set_xticks([x + width * (len(fss) - 1) / 2 for x in range(len(steps))])
     ax.set_xticklabels(steps, rotation=25, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("seconds (log scale, lower is better)")
     meta = data["meta"]
-    ax.set_title(f"s3fuse vs peers on {meta['server']} - {meta['date'][:10]}, {meta['host']['cpus']} cores")
+    rtt = f", +{meta.get('rtt_ms', 0):g} ms RTT" if meta.get("via_proxy") else ""
+    ax.set_title(f"s3fuse vs peers on {meta['server']}{rtt} - {meta['date'][:10]}, {meta['host']['cpus']} cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)
