@@ -204,7 +204,10 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
             sys.stderr.write(f"s3fuse: {message}\n")
         return 1
 
+    endpoint = None
     try:
+        if cfg.metrics:
+            endpoint = _metrics_server(cfg)       # bound now: a taken port fails the mount
         client = build_client(cfg)
         client.probe()
         fs = Filesystem.for_mount(cfg, client)
@@ -215,7 +218,13 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         return fail(describe_error(exc, cfg))
 
     from .status import StatusWriter
-    status = StatusWriter(cfg.mountpoint, fs.stats)
+    if endpoint is not None:
+        from . import metrics
+        from .fuse_binding import describe
+        metrics.REGISTRY.add_collector(metrics.mount_collector(fs, cfg.mountpoint, __version__, describe()))
+        endpoint.start()
+        log.warning("metrics at %s", endpoint.url)
+    status = StatusWriter(cfg.mountpoint, lambda: dict(fs.stats(), metrics=endpoint and endpoint.url))
 
     def on_init():
         status.start()
@@ -257,8 +266,19 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}{detail}")
     finally:
         status.stop()
+        if endpoint is not None:
+            endpoint.stop()
         log.warning("unmounted %s", cfg.mountpoint)
     return 0
+
+
+def _metrics_server(cfg: MountConfig):
+    from .metrics import MetricsServer
+    host, port = cfg.metrics
+    try:
+        return MetricsServer(host, port)
+    except OSError as exc:
+        raise ConfigError(f"metrics={host}:{port}: cannot listen there: {exc.strerror or exc}") from None
 
 
 def mount_main(argv) -> int:

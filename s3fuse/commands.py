@@ -25,6 +25,9 @@ def status(argv) -> int:
     if targets and not entries:
         sys.stderr.write(f"s3fuse: no s3fuse mount at {targets[0]}\n")
         return 1
+    if not entries and not as_json:
+        print("no s3fuse mounts")
+        return 0
     if as_json:
         print(json.dumps(entries if not targets else entries[0], indent=1, sort_keys=True))
         return 0

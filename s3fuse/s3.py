@@ -18,7 +18,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import errors, strict_http
+from . import errors, metrics, strict_http
 from .objects import (ListPage, ObjectInfo, datetime_timestamp, http_timestamp, parse_list_page,
                       strip_etag)
 from .retry import RetryPolicy
@@ -44,8 +44,33 @@ _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
                       "ProxyConnectionError", "HTTPClientError") if hasattr(botocore.exceptions, name))
 
 
+_TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
+                  if hasattr(botocore.exceptions, name))
+
+
+def _status(exc: Exception) -> str:
+    """The status of a failed botocore request, as metrics and logs give it: the HTTP
+    status, or "timeout"/"unreachable" when no answer came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                   or exc.response.get("Error", {}).get("Code") or "error")
+    if isinstance(exc, _TIMEOUTS):
+        return "timeout"
+    if isinstance(exc, _UNREACHABLE):
+        return "unreachable"
+    return "error"
+
+
 def _translate(exc: Exception, what: str) -> Exception:
-    """A botocore exception as one of ours (the only place that knows botocore's)."""
+    """A botocore exception as one of ours (the only place that knows botocore's), with
+    its ``status`` set."""
+    out = _kind_of(exc, what)
+    if out is not exc:
+        out.status = _status(exc)
+    return out
+
+
+def _kind_of(exc: Exception, what: str) -> Exception:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -125,33 +150,44 @@ class ObjectClient(MultipartRequests):
         if endpoint and path_style and credentials is not None:
             from .lean import LeanS3
             self._fast = LeanS3(endpoint, bucket, self._client_kwargs["region_name"], credentials,
-                                timeout=read_timeout, connect_timeout=connect_timeout)
+                                timeout=read_timeout, connect_timeout=connect_timeout, observe=self._record)
 
     # -- bookkeeping -------------------------------------------------------------------
     def lean_connections_opened(self) -> int:
         """TCP connections the lean client has opened so far (0 without it)."""
         return 0 if self._fast is None else self._fast.connections_opened
 
-    def _count(self, op: str):
+    def _record(self, op: str, status, sent: int = 0):
+        """One request sent (by botocore or lean.py) and how it ended: ``status`` is the
+        HTTP status, or "unreachable"/"timeout"; ``sent`` the bytes of its body."""
         with self.stats_lock:
             self.request_counts[op] = self.request_counts.get(op, 0) + 1
+        metrics.S3_REQUESTS.inc(op, str(status))
+        if sent:
+            metrics.S3_SENT.inc(n=sent)
 
     def _call(self, op: str, what: str, client=None, **kwargs):
         """One botocore request (no retry: the caller's policy decides)."""
-        self._count(op)
+        body = kwargs.get("Body")
+        size = len(body) if isinstance(body, (bytes, bytearray)) else 0
         try:
-            return getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
+            resp = getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
             translated = _translate(exc, what)
+            status = getattr(translated, "status", None) or "error"
+            self._record(op, status, size if status.isdigit() else 0)
             if translated is exc:
                 raise
             raise translated from exc
+        self._record(op, resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200, size)
+        return resp
 
-    def _run(self, what: str, attempt: Callable):
-        """``attempt`` under the retry policy; ``error_count`` counts the operations that
-        failed in the end (a 404 is an answer, not a failure)."""
+    def _run(self, op: str, what: str, attempt: Callable):
+        """``attempt`` (requests of S3 operation ``op``) under the retry policy;
+        ``error_count`` counts the operations that failed in the end (a 404 is an
+        answer, not a failure)."""
         try:
-            return self.retry.run(attempt, what)
+            return self.retry.run(attempt, what, op)
         except errors.NotFound:
             raise
         except errors.FsError:
@@ -161,7 +197,7 @@ class ObjectClient(MultipartRequests):
 
     def _op(self, op: str, what: str, **kwargs):
         """A botocore request under the retry policy."""
-        return self._run(what, lambda: self._call(op, what, **kwargs))
+        return self._run(op, what, lambda: self._call(op, what, **kwargs))
 
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
@@ -170,7 +206,7 @@ class ObjectClient(MultipartRequests):
         what = f"bucket {self.bucket!r}"
         try:
             self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
-                                                     MaxKeys=1), what)
+                                                     MaxKeys=1), what, "list_objects_v2")
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
 
@@ -190,7 +226,7 @@ class ObjectClient(MultipartRequests):
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
-        return self._run(f"list {prefix!r}", lambda: self._list_once(kwargs))
+        return self._run("list_objects_v2", f"list {prefix!r}", lambda: self._list_once(kwargs))
 
     def _list_once(self, kwargs: dict) -> ListPage:
         if self._fast is not None:
@@ -203,7 +239,6 @@ class ObjectClient(MultipartRequests):
             body = self._fast.list_objects(query)
             page = parse_list_page(body) if body is not None else None
             if page is not None:
-                self._count("list_objects_v2")
                 return page
         resp = self._call("list_objects_v2", f"list {kwargs['Prefix']!r}", **kwargs)
         page = ListPage()
@@ -242,7 +277,6 @@ class ObjectClient(MultipartRequests):
         return out
 
     def _lean_head_info(self, key: str, answer: tuple) -> ObjectInfo:
-        self._count("head_object")
         status, h = answer
         if status == 404:
             raise errors.NotFound(f"head {key!r}: 404")
@@ -252,7 +286,7 @@ class ObjectClient(MultipartRequests):
                           content_type=h.get("content-type"))
 
     def head(self, key: str) -> ObjectInfo:
-        return self._run(f"head {key!r}", lambda: self._head_once(key))
+        return self._run("head_object", f"head {key!r}", lambda: self._head_once(key))
 
     def _head_once(self, key: str) -> ObjectInfo:
         if self._fast is not None:
@@ -277,6 +311,7 @@ class ObjectClient(MultipartRequests):
         reached = [start]       # bytes before this went to ``sink`` (or ``pieces``)
 
         def deliver(offset: int, chunk):
+            metrics.S3_RECEIVED.inc(n=len(chunk))
             if sink is None:
                 pieces.append(chunk)
             else:
@@ -287,7 +322,7 @@ class ObjectClient(MultipartRequests):
             if self._fast is not None and self._lean_get(key, reached[0], end, etag, chunk_size, deliver):
                 return
             self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
-        self._run(f"get {key!r} [{start},{end})", once)
+        self._run("get_object", f"get {key!r} [{start},{end})", once)
         return b"" if sink is not None else b"".join(pieces)
 
     def _lean_get(self, key, start, end, etag, chunk_size, deliver) -> bool:
@@ -297,16 +332,16 @@ class ObjectClient(MultipartRequests):
         answer = self._fast.get(key, start, end, etag, chunk_size, deliver)
         if answer is None:
             return False
-        self._count("get_object")
         status, reached = answer
         if status == 404:
             raise errors.NotFound(f"get {key!r}: 404")
         if status == 412:
-            raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)")
+            raise errors.with_status(errors.ObjectChanged(f"get {key!r}: changed on the server (412)"), 412)
         if status not in (200, 206):
             return False
         if reached != end:
-            raise errors.Unreachable(f"get {key!r}: body cut at {reached} of [{start},{end})")
+            raise errors.with_status(errors.Unreachable(f"get {key!r}: body cut at {reached} of [{start},{end})"),
+                                     "cut")
         return True
 
     def _boto_get(self, key, start, end, etag, chunk_size, deliver):
@@ -339,7 +374,8 @@ class ObjectClient(MultipartRequests):
         finally:
             body.close()
         if offset != end:
-            raise errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)")
+            raise errors.with_status(errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)"),
+                                     "cut")
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
@@ -348,7 +384,6 @@ class ObjectClient(MultipartRequests):
             if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
                 etag = self._fast.put(key, bytes(body), content_md5, metadata, content_type)
                 if etag is not None:
-                    self._count("put_object")
                     return etag
             kwargs = dict(Key=key, Body=body, Metadata=metadata or {})
             if content_md5:
@@ -356,7 +391,7 @@ class ObjectClient(MultipartRequests):
             if content_type:
                 kwargs["ContentType"] = content_type
             return strip_etag(self._call("put_object", f"put {key!r}", **kwargs).get("ETag"))
-        return self._run(f"put {key!r}", once)
+        return self._run("put_object", f"put {key!r}", once)
 
     def copy(self, src: str, dst: str, metadata: Optional[dict] = None,
              content_type: Optional[str] = None) -> str:
@@ -371,10 +406,9 @@ class ObjectClient(MultipartRequests):
     def delete(self, key: str):
         def once():
             if self._fast is not None and self._fast.delete(key):
-                self._count("delete_object")
                 return
             self._call("delete_object", f"delete {key!r}", Key=key)
-        self._run(f"delete {key!r}", once)
+        self._run("delete_object", f"delete {key!r}", once)
 
     def delete_many(self, keys: list):
         for i in range(0, len(keys), 1000):
