@@ -10,6 +10,7 @@ import logging
 import os
 import select
 import sys
+import textwrap
 import threading
 import time
 
@@ -19,22 +20,42 @@ from .errors import ConfigError
 
 log = logging.getLogger("s3fuse")
 
-USAGE = """usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]
-       s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)
-       s3fuse status [MOUNTPOINT] [--json]          (live uploads, cache, requests)
-       s3fuse resume BUCKET[:/PREFIX] -o ...        (finish a crashed mount's uploads)
-       s3fuse uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS]
-                                                    (list/abort stale multipart uploads)
-       s3fuse demo [MOUNTPOINT]                     (local S3 server + demo bucket mount)
+# The flags and commands, for --help and the man page (s3fuse/manpage.py) alike.
+FLAGS = [
+    ("-f", "stay in the foreground (log to stderr)"),
+    ("-d", "debug: foreground, verbose logs, libfuse debug output"),
+    ("-o OPTIONS", "comma-separated mount options (below)"),
+    ("-h, --help", "this help"),
+    ("--version", "print the version"),
+]
+COMMANDS = [
+    ("status [MOUNTPOINT] [--json]", "live uploads (progress, rate, ETA), cache, requests, metrics endpoint; "
+                                     "without MOUNTPOINT every s3fuse mount of the host"),
+    ("resume BUCKET[:/PREFIX] -o ...", "finish a crashed mount's uploads without mounting"),
+    ("uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS] [--force]",
+     "list (and abort) stale multipart uploads under the prefix"),
+    ("demo [MOUNTPOINT]", "start a local S3 server (moto) with a demo bucket and mount it"),
+    ("install-helper [--sbin-dir=DIR] [--man-dir=DIR] [--no-man]",
+     "write the mount(8) helpers /sbin/mount.s3fuse and /sbin/mount.fuse.s3fuse (they run this Python "
+     "and this s3fuse) and the man page /usr/local/share/man/man8/mount.s3fuse.8"),
+    ("man [--output=FILE]", "print the man page as roff (man -l FILE shows it)"),
+]
 
-Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from
--o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...
-environment variables, ~/.aws files, instance role).
 
-  -f            stay in the foreground (log to stderr)
-  -d            debug: foreground, verbose logs, libfuse debug output
-  -o OPTIONS    comma-separated mount options:
-"""
+def _usage_text() -> str:
+    lines = ["usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]",
+             "       s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)"]
+    for synopsis, text in COMMANDS:
+        lines.append(f"       s3fuse {synopsis}")
+        lines += textwrap.wrap(text, 88, initial_indent=" " * 11, subsequent_indent=" " * 11)
+    lines += ["", "Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from",
+              "-o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...",
+              "environment variables, ~/.aws files, instance role).  man mount.s3fuse has it all.", ""]
+    lines += [f"  {flag:<13} {text}" for flag, text in FLAGS]
+    return "\n".join(lines + ["", "Mount options:"]) + "\n"
+
+
+USAGE = _usage_text()
 
 READY = b"READY\n"
 
@@ -357,6 +378,8 @@ def _subcommand(name: str):
 
 
 SUBCOMMANDS = {name: _subcommand(name) for name in ("demo", "status", "resume", "uploads")}
+SUBCOMMANDS["install-helper"] = _subcommand("install_helper")
+SUBCOMMANDS["man"] = _subcommand("man")
 
 
 if __name__ == "__main__":
