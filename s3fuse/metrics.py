@@ -121,7 +121,7 @@ class OpHistograms:
         def record(ns: int):
             try:
                 row = local.shard[index]
-            except AttributeError:
+            except (AttributeError, IndexError):     # this thread's first call, or a new op
                 row = new_shard()[index]
             row[find(bounds, ns)] += 1
             row[-1] += ns

@@ -15,21 +15,21 @@ import pytest
 
 from s3fuse import status
 
-from .conftest import MOUNT_HELPER, REPO, is_mounted, unmount
+from .conftest import REPO, is_mounted, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
 
 
 @pytest.fixture(scope="module")
 def mount_helpers():
-    """Make sure mount(8) finds our helpers (scripts/install.sh installs them)."""
+    """Make sure mount(8) finds our helpers (scripts/install.sh installs them with
+    `s3fuse install-helper`)."""
+    from s3fuse.install import helper_text
     created = []
-    with open(MOUNT_HELPER) as f:
-        body = f.read().split("\n", 1)[1]
     for path in HELPERS:
         if not os.path.exists(path):
-            with open(path, "w") as f:     # as scripts/install.sh does: mount(8) gives no PATH
-                f.write(f"#!{sys.executable}\n{body}")
+            with open(path, "w") as f:     # as install-helper does: mount(8) gives no PATH
+                f.write(helper_text())
             os.chmod(path, 0o755)
             created.append(path)
     yield
