@@ -174,7 +174,7 @@ class ObjectClient(MultipartRequests):
             resp = getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
             translated = _translate(exc, what)
-            status = getattr(translated, "status", None) or "error"
+            status = str(getattr(translated, "status", None) or "error")
             self._record(op, status, size if status.isdigit() else 0)
             if translated is exc:
                 raise

@@ -18,7 +18,7 @@ from s3fuse import boundary, config, errors, fuse_ops, metrics, status
 from s3fuse.fuse_binding import FuseOSError
 
 from .conftest import REPO
-from .faultproxy import bucket_keys, report
+from .faultproxy import bucket_keys, report, wait_for
 
 MiB = 1 << 20
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
@@ -240,7 +240,8 @@ def test_counters_follow_the_bucket_during_a_copy(mounter, s3, bucket, tmp_path,
         >= 3 * MiB
     assert value(read1, "s3fuse_s3_received_bytes_total") - value(end, "s3fuse_s3_received_bytes_total") >= 3 * MiB
     assert value(read1, "s3fuse_s3_requests_total", op="get_object", status="206") >= 1
-    assert value(read1, "s3fuse_cache_bytes") >= 3 * MiB
+    # blocks reach the disk behind the reads (the block cache's writer thread)
+    wait_for(lambda: value(scrape(url), "s3fuse_cache_bytes") >= 3 * MiB, 30, "the blocks on disk")
     with open(m.p("seeded.bin"), "rb") as f:
         assert len(f.read()) == 3 * MiB
     read2 = scrape(url)
