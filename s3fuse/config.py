@@ -55,6 +55,20 @@ def parse_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def parse_listen(text: str) -> tuple:
+    """'[ADDR:]PORT' -> (host, port); a port alone (or ':PORT') listens on loopback only.
+    IPv6 addresses in brackets: '[::1]:9101'.  Port 0 picks a free port."""
+    host, _, port = text.rpartition(":")
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not [ADDR:]PORT: {text!r} (e.g. 9101 or 0.0.0.0:9101)")
+    if host and not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"bad address in {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
 def _choice(*choices):
     def parse(text):
         if text not in choices:
@@ -133,7 +147,10 @@ OPTIONS = {
                         "bytes waiting for upload (staging disk) before close() waits (1G)"),
     "writeback_threads": ("writeback_threads", _positive(int), "uploads of closed files at once (16)"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
-    "log_level": ("log_level", _choice("debug", "info", "warning", "error"), "default warning"),
+    "log_level": ("log_level", _choice("debug", "info", "warning", "error"),
+                  "default warning; info adds one line per finished upload (size, parts, seconds, MiB/s)"),
+    "metrics": ("metrics", parse_listen, "serve Prometheus metrics at http://[ADDR:]PORT/metrics (ADDR default "
+                "127.0.0.1; PORT 0 picks a free port, shown by s3fuse status)"),
 }
 
 # Options meant for mount(8), systemd or the kernel that s3fuse accepts and ignores.
@@ -193,6 +210,7 @@ class MountConfig:
     writeback_threads: int = 16
     log_file: Optional[str] = None
     log_level: str = "warning"
+    metrics: Optional[tuple] = None       # (host, port) of the Prometheus endpoint
     ignored: list = field(default_factory=list)
 
     @property

@@ -38,7 +38,7 @@ def _quote(text: str, safe: str = "-_.~") -> str:
 
 class LeanS3:
     def __init__(self, endpoint: str, bucket: str, region: str, credentials, timeout: float = 30.0,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, observe: Optional[Callable[[str, object, int], None]] = None):
         u = urllib.parse.urlparse(endpoint)
         self.https = u.scheme == "https"
         self.host = u.hostname
@@ -55,6 +55,9 @@ class LeanS3:
         self._idle_pipes: list = []            # raw sockets for pipelined HEADs
         self.connections_opened = 0            # for the status file (and the tests)
         self._keys: dict = {}
+        # observe(S3 operation, HTTP status or "unreachable"/"timeout", body bytes sent):
+        # every request sent, as the client counts them (metrics, status file)
+        self.observe = observe or (lambda op, status, sent: None)
 
     # -- plumbing ------------------------------------------------------------------------
     # Connections are checked out of a shared idle list for one request and returned once
@@ -135,6 +138,7 @@ class LeanS3:
         query = query or {}
         url = path + ("?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items())) if query else "")
         what = f"{method} {key!r}"
+        op = _operation(method, key, query)
         for attempt in (0, 1):
             conn = None
             try:
@@ -153,17 +157,21 @@ class LeanS3:
             except TimeoutError:
                 if conn is not None:
                     conn.close()
-                raise errors.Unreachable(f"{what}: timed out") from None
+                self.observe(op, "timeout", 0)
+                raise errors.with_status(errors.Unreachable(f"{what}: timed out"), "timeout") from None
             except (http.client.HTTPException, OSError) as exc:
                 if conn is not None:
                     conn.close()     # e.g. a keep-alive connection the server closed
                 if attempt:
-                    raise errors.Unreachable(f"{what}: {exc or exc.__class__.__name__}") from None
+                    self.observe(op, "unreachable", 0)
+                    raise errors.with_status(errors.Unreachable(f"{what}: {exc or exc.__class__.__name__}"),
+                                             "unreachable") from None
                 continue
             except BaseException:
                 if conn is not None:
                     conn.close()
                 raise
+            self.observe(op, resp.status, len(body) if method == "PUT" else 0)
             if resp.status >= 500 or resp.status == 429:
                 try:
                     detail = resp.read()[:2000]
@@ -172,7 +180,8 @@ class LeanS3:
                     detail = b""
                     self._done(conn, resp, reusable=False)
                 code = _error_code(detail)
-                raise errors.ServerBusy(f"{what}: {resp.status}{' ' + code if code else ''}")
+                raise errors.with_status(errors.ServerBusy(f"{what}: {resp.status}{' ' + code if code else ''}"),
+                                         resp.status)
             return conn, resp
         raise AssertionError("not reached")
 
@@ -192,7 +201,8 @@ class LeanS3:
             data = resp.read()
         except (http.client.HTTPException, OSError) as exc:
             self._done(conn, resp, reusable=False)
-            raise errors.Unreachable(f"{method} {key!r}: answer cut ({exc.__class__.__name__})") from None
+            raise errors.with_status(errors.Unreachable(f"{method} {key!r}: answer cut ({exc.__class__.__name__})"),
+                                     "cut") from None
         except BaseException:
             self._done(conn, resp, reusable=False)
             raise
@@ -292,6 +302,7 @@ class LeanS3:
                     name, _, value = line.partition(":")
                     answer[name.strip().lower()] = value.strip()
                 results.append((status, answer))
+                self.observe("head_object", status, 0)
                 if answer.get("connection", "").lower() == "close":
                     raise ConnectionError("server closes the connection")
             if buf:
@@ -333,6 +344,15 @@ class LeanS3:
         answer = self._request("PUT", key, query=query, headers=sent, body=body)
         etag = answer[1].get("etag", "").strip('"') if answer[0] == 200 else ""
         return (etag, answer[1].get("date")) if etag else None
+
+
+def _operation(method: str, key: Optional[str], query: dict) -> str:
+    """The S3 operation of a lean request, as botocore names it."""
+    if method == "GET":
+        return "get_object" if key is not None else "list_objects_v2"
+    if method == "PUT":
+        return "upload_part" if "partNumber" in query else "put_object"
+    return {"HEAD": "head_object", "DELETE": "delete_object"}.get(method, method.lower())
 
 
 def _error_code(body: bytes) -> str:

@@ -42,6 +42,8 @@ def render_status(entry: dict) -> str:
     reqs = entry.get("requests") or {}
     lines.append(f"  requests: {sum(reqs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(reqs.items()))}),"
                  f" errors {entry.get('errors', 0)}")
+    if entry.get("metrics"):
+        lines.append(f"  metrics: {entry['metrics']}")
     uploads = entry.get("uploads") or []
     lines.append(f"  uploads in progress: {len(uploads)}; pending in journal: {entry.get('journal_pending', 0)}")
     lines.extend(upload_line(u) for u in uploads)

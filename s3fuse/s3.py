@@ -19,10 +19,11 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import errors, strict_http
+from . import errors, metrics, strict_http
 from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, http_timestamp,
                       parse_list_page, strip_etag)
 from .retry import RetryPolicy
+from .s3_reads import RangeReads
 from .s3_uploads import MultipartRequests
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,33 @@ _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
                       "ProxyConnectionError", "HTTPClientError") if hasattr(botocore.exceptions, name))
 
 
+_TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
+                  if hasattr(botocore.exceptions, name))
+
+
+def _status(exc: Exception) -> str:
+    """The status of a failed botocore request, as metrics and logs give it: the HTTP
+    status, or "timeout"/"unreachable" when no answer came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                   or exc.response.get("Error", {}).get("Code") or "error")
+    if isinstance(exc, _TIMEOUTS):
+        return "timeout"
+    if isinstance(exc, _UNREACHABLE):
+        return "unreachable"
+    return "error"
+
+
 def _translate(exc: Exception, what: str) -> Exception:
-    """A botocore exception as one of ours (the only place that knows botocore's)."""
+    """A botocore exception as one of ours (the only place that knows botocore's), with
+    its ``status`` set."""
+    out = _kind_of(exc, what)
+    if out is not exc:
+        out.status = _status(exc)
+    return out
+
+
+def _kind_of(exc: Exception, what: str) -> Exception:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -105,10 +131,11 @@ def _session(profile, access_key, secret_key, region):
         raise errors.ConfigError(f"AWS configuration: {exc}") from None
 
 
-class ObjectClient(MultipartRequests):
+class ObjectClient(RangeReads, MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
     _header_params = staticmethod(_header_params)
+    _translate = staticmethod(_translate)
 
     def __init__(self, bucket: str, *, endpoint: Optional[str] = None, region: Optional[str] = None,
                  profile: Optional[str] = None, access_key: Optional[str] = None,
@@ -148,7 +175,7 @@ class ObjectClient(MultipartRequests):
         if endpoint and path_style and credentials is not None:
             from .lean import LeanS3
             self._fast = LeanS3(endpoint, bucket, self._client_kwargs["region_name"], credentials,
-                                timeout=read_timeout, connect_timeout=connect_timeout)
+                                timeout=read_timeout, connect_timeout=connect_timeout, observe=self._record)
 
     # -- bookkeeping -------------------------------------------------------------------
     def lean_connections_opened(self) -> int:
@@ -165,26 +192,37 @@ class ObjectClient(MultipartRequests):
         if seen:
             self._clock_offset = seen + 0.5 - time.time()    # Date has whole seconds
 
-    def _count(self, op: str):
+    def _record(self, op: str, status, sent: int = 0):
+        """One request sent (by botocore or lean.py) and how it ended: ``status`` is the
+        HTTP status, or "unreachable"/"timeout"; ``sent`` the bytes of its body."""
         with self.stats_lock:
             self.request_counts[op] = self.request_counts.get(op, 0) + 1
+        metrics.S3_REQUESTS.inc(op, str(status))
+        if sent:
+            metrics.S3_SENT.inc(n=sent)
 
     def _call(self, op: str, what: str, client=None, **kwargs):
         """One botocore request (no retry: the caller's policy decides)."""
-        self._count(op)
+        body = kwargs.get("Body")
+        size = len(body) if isinstance(body, (bytes, bytearray)) else 0
         try:
-            return getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
+            resp = getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
             translated = _translate(exc, what)
+            status = str(getattr(translated, "status", None) or "error")
+            self._record(op, status, size if status.isdigit() else 0)
             if translated is exc:
                 raise
             raise translated from exc
+        self._record(op, resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200, size)
+        return resp
 
-    def _run(self, what: str, attempt: Callable):
-        """``attempt`` under the retry policy; ``error_count`` counts the operations that
-        failed in the end (a 404 is an answer, not a failure)."""
+    def _run(self, op: str, what: str, attempt: Callable):
+        """``attempt`` (requests of S3 operation ``op``) under the retry policy;
+        ``error_count`` counts the operations that failed in the end (a 404 is an
+        answer, not a failure)."""
         try:
-            return self.retry.run(attempt, what)
+            return self.retry.run(attempt, what, op)
         except errors.NotFound:
             raise
         except errors.FsError:
@@ -194,7 +232,7 @@ class ObjectClient(MultipartRequests):
 
     def _op(self, op: str, what: str, **kwargs):
         """A botocore request under the retry policy."""
-        return self._run(what, lambda: self._call(op, what, **kwargs))
+        return self._run(op, what, lambda: self._call(op, what, **kwargs))
 
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
@@ -203,7 +241,7 @@ class ObjectClient(MultipartRequests):
         what = f"bucket {self.bucket!r}"
         try:
             resp = self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
-                                                            MaxKeys=1), what)
+                                                            MaxKeys=1), what, "list_objects_v2")
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
         self._saw_date(_http_headers(resp).get("date"))
@@ -224,7 +262,7 @@ class ObjectClient(MultipartRequests):
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
-        return self._run(f"list {prefix!r}", lambda: self._list_once(kwargs))
+        return self._run("list_objects_v2", f"list {prefix!r}", lambda: self._list_once(kwargs))
 
     def _list_once(self, kwargs: dict) -> ListPage:
         if self._fast is not None:
@@ -237,7 +275,6 @@ class ObjectClient(MultipartRequests):
             body = self._fast.list_objects(query)
             page = parse_list_page(body) if body is not None else None
             if page is not None:
-                self._count("list_objects_v2")
                 return page
         resp = self._call("list_objects_v2", f"list {kwargs['Prefix']!r}", **kwargs)
         page = ListPage()
@@ -276,7 +313,6 @@ class ObjectClient(MultipartRequests):
         return out
 
     def _lean_head_info(self, key: str, answer: tuple) -> ObjectInfo:
-        self._count("head_object")
         status, h = answer
         if status == 404:
             raise errors.NotFound(f"head {key!r}: 404")
@@ -286,7 +322,7 @@ class ObjectClient(MultipartRequests):
                           headers=_content_headers(h))
 
     def head(self, key: str) -> ObjectInfo:
-        return self._run(f"head {key!r}", lambda: self._head_once(key))
+        return self._run("head_object", f"head {key!r}", lambda: self._head_once(key))
 
     def _head_once(self, key: str) -> ObjectInfo:
         if self._fast is not None:
@@ -299,82 +335,6 @@ class ObjectClient(MultipartRequests):
                           metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
                           headers=_content_headers(_http_headers(resp)))
 
-    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,
-                  chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
-        """GET bytes [start, end) of ``key``.  With ``etag`` the server must still have that
-        version (If-Match; a changed object raises ObjectChanged).  With ``sink`` the body is
-        streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned.
-        A body cut short is an attempt that failed: the next one asks for the rest."""
-        if end <= start:
-            return b""
-        pieces: list = []
-        reached = [start]       # bytes before this went to ``sink`` (or ``pieces``)
-
-        def deliver(offset: int, chunk):
-            if sink is None:
-                pieces.append(chunk)
-            else:
-                sink(offset, chunk)
-            reached[0] = offset + len(chunk)
-
-        def once():
-            if self._fast is not None and self._lean_get(key, reached[0], end, etag, chunk_size, deliver):
-                return
-            self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
-        self._run(f"get {key!r} [{start},{end})", once)
-        return b"" if sink is not None else b"".join(pieces)
-
-    def _lean_get(self, key, start, end, etag, chunk_size, deliver) -> bool:
-        """One ranged GET through lean.py; True when it delivered everything.  404 and 412
-        are answers (typed errors), a cut body is an attempt that failed; False leaves
-        the request to botocore."""
-        answer = self._fast.get(key, start, end, etag, chunk_size, deliver)
-        if answer is None:
-            return False
-        self._count("get_object")
-        status, reached = answer
-        if status == 404:
-            raise errors.NotFound(f"get {key!r}: 404")
-        if status == 412:
-            raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)")
-        if status not in (200, 206):
-            return False
-        if reached != end:
-            raise errors.Unreachable(f"get {key!r}: body cut at {reached} of [{start},{end})")
-        return True
-
-    def _boto_get(self, key, start, end, etag, chunk_size, deliver):
-        what = f"get {key!r} [{start},{end})"
-        kwargs = dict(Key=key, Range=f"bytes={start}-{end - 1}")
-        if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
-        resp = self._call("get_object", what, **kwargs)
-        body = resp["Body"]
-        offset = start
-        try:
-            pending = b""
-            while True:
-                chunk = body.read(chunk_size - len(pending))
-                if not chunk:
-                    break
-                pending += chunk
-                if len(pending) >= chunk_size:
-                    deliver(offset, pending)
-                    offset += len(pending)
-                    pending = b""
-            if pending:
-                deliver(offset, pending)
-                offset += len(pending)
-        except Exception as exc:
-            translated = _translate(exc, what)     # the connection broke inside the body
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            body.close()
-        if offset != end:
-            raise errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)")
-
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
             headers: Optional[dict] = None) -> str:
@@ -383,7 +343,6 @@ class ObjectClient(MultipartRequests):
             if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
                 answer = self._fast.put(key, bytes(body), content_md5, metadata, headers)
                 if answer is not None:
-                    self._count("put_object")
                     self._saw_date(answer[1])
                     return answer[0]
             kwargs = dict(Key=key, Body=body, Metadata=metadata or {}, **_header_params(headers))
@@ -392,7 +351,7 @@ class ObjectClient(MultipartRequests):
             resp = self._call("put_object", f"put {key!r}", **kwargs)
             self._saw_date(_http_headers(resp).get("date"))
             return strip_etag(resp.get("ETag"))
-        return self._run(f"put {key!r}", once)
+        return self._run("put_object", f"put {key!r}", once)
 
     def copy(self, src: str, dst: str, metadata: Optional[dict] = None, headers: Optional[dict] = None,
              if_match: Optional[str] = None) -> str:
@@ -413,10 +372,9 @@ class ObjectClient(MultipartRequests):
     def delete(self, key: str):
         def once():
             if self._fast is not None and self._fast.delete(key):
-                self._count("delete_object")
                 return
             self._call("delete_object", f"delete {key!r}", Key=key)
-        self._run(f"delete {key!r}", once)
+        self._run("delete_object", f"delete {key!r}", once)
 
     def delete_many(self, keys: list):
         for i in range(0, len(keys), 1000):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -547,7 +548,8 @@ def test_server_down_during_upload_loses_nothing(tmp_path):
         with open(recs[0]["staging"], "rb") as st:
             assert st.read() == data, "the staging file still holds every byte"
         # the release after close retries once more, then the record waits for the retry loop
-        wait_for(lambda: "upload at release failed" in m.log(), 60, "the release-time attempt to give up")
+        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
+                 "the release-time attempt to give up")
         server.start()                          # same port, empty
         s3.create_bucket(Bucket="down")
         t1 = time.monotonic()
@@ -587,7 +589,8 @@ def test_failed_upload_never_overwrites_a_later_write(tmp_path):
         with pytest.raises(OSError) as info:
             f.close()
         assert info.value.errno == errno.EIO
-        wait_for(lambda: "upload at release failed" in m.log(), 60, "the release-time attempt to give up")
+        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
+                 "the release-time attempt to give up")
         assert [r["state"] for r in journal_records(m)] == ["closed"]
         server.start()
         s3.create_bucket(Bucket="stale")

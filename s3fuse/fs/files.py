@@ -304,8 +304,10 @@ class FileOps:
         if (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None:
             try:
                 self.commit(f)
-            except Exception:
-                log.error("%s: upload at release failed; kept for retry", f.path, exc_info=True)
+            except Exception as exc:
+                log.error("release %r: upload failed: %s; %s", f.path, errors.describe(exc),
+                          getattr(exc, "action", None) or "not kept")
+                log.debug("release %r: traceback", f.path, exc_info=True)
         pending = f.discard()
         if pending is not None:
             self.p.commits.add_pending(pending)
@@ -329,5 +331,7 @@ class FileOps:
         for f in self.handles.open_files():
             try:
                 self.commit(f)
-            except Exception:
-                log.error("%s: upload at unmount failed; kept in the journal", f.path, exc_info=True)
+            except Exception as exc:
+                log.error("unmount %r: upload failed: %s; %s", f.path, errors.describe(exc),
+                          getattr(exc, "action", None) or "not kept")
+                log.debug("unmount %r: traceback", f.path, exc_info=True)

@@ -36,6 +36,7 @@ from .parts import PartPlan
 from .ranges import RangeSet
 
 log = logging.getLogger(__name__)
+KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
 
 
 class OpenFile:
@@ -233,7 +234,8 @@ class OpenFile:
             try:
                 f.result()
             except Exception as exc:
-                log.warning("%s: streamed part %d failed (%s); it will be sent again", self.path, n, exc)
+                log.warning("%s: streamed part %d failed: %s; it will be sent again at close", self.path, n,
+                            errors.describe(exc))
                 self._redo_parts.add(n)
             del self._stream_futures[n]
 
@@ -310,6 +312,9 @@ class OpenFile:
                 return self._commit_now()
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
+        except Exception as exc:
+            errors.set_action(exc, KEPT)
+            raise
         finally:
             with self.lock:
                 self._uploading = False
@@ -332,7 +337,11 @@ class OpenFile:
         self.journal.save(entry, durable=durable)
         self._drop_pending()        # the new record replaces the one of a failed commit
         self._pending = entry
-        etag = self.uploader.upload(entry, verify_server_parts=False)
+        try:
+            etag = self.uploader.upload(entry, verify_server_parts=False)
+        except Exception as exc:
+            errors.set_action(exc, KEPT)
+            raise
         return self._uploaded(entry, etag)
 
     def _uploaded(self, entry: Entry, etag: str):
