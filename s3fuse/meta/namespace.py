@@ -23,7 +23,7 @@ from typing import Optional
 import cachetools
 
 from .. import errors
-from ..paths import KeyMapper, join, split, valid_name
+from ..paths import NAME_MAX, KeyMapper, join, split, valid_name
 from .attrs import Attr, Defaults, apply_metadata, default_attr
 from .cache import DirListing, MetaCache
 from .known import KnownMetadata, same_time
@@ -79,6 +79,8 @@ class Namespace:
         if self.cache.is_missing(path):
             raise errors.NotFound(path)
         parent, name = split(path)
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise errors.NameTooLong(path)
         if not valid_name(name) or name.endswith(FOLDER_SUFFIX):
             raise errors.NotFound(path)
         if self.cache.listed_absent(parent, name):

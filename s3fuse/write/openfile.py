@@ -57,7 +57,8 @@ class OpenFile:
         self.present = RangeSet()
         self.size = 0 if (truncate or new) else attr.size
         if truncate or new:
-            self.attr = attr.copy(size=0)
+            now = time.time_ns()          # O_TRUNC changes the file: its mtime and ctime
+            self.attr = attr.copy(size=0, mtime_ns=now, ctime_ns=now) if truncate else attr.copy(size=0)
         self.dirty = truncate or new
         self.meta_dirty = False
         self.failed: Optional[BaseException] = None
