@@ -100,6 +100,13 @@ def _nonneg_float(text):
     return value
 
 
+def _part_size(text) -> int:
+    value = parse_size(text)
+    if not 5 << 20 <= value <= 5 << 30:
+        raise ValueError(f"a part is 5M..5G, not {text!r}")
+    return value
+
+
 # name: (field, parser or None for a flag, help)
 OPTIONS = {
     "endpoint": ("endpoint", parse_url, "S3 endpoint URL (default: AWS). Implies path-style addressing."),
@@ -136,6 +143,9 @@ OPTIONS = {
     "upload_threads": ("upload_threads", _positive(int), "parallel part uploads (default 8)"),
     "multipart_threshold": ("multipart_threshold", _positive(parse_size),
                             "files from this size upload in parts (default = part_size)"),
+    "copy_part_size": ("copy_part_size", _part_size,
+                       "largest part an edit of a large file copies on the server from its old version "
+                       "(default 1G; 5M..5G)"),
     "request_timeout": ("request_timeout", _positive(_finite_float),
                         "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
@@ -201,6 +211,7 @@ class MountConfig:
     part_size: int = 8 << 20
     upload_threads: int = 8
     multipart_threshold: Optional[int] = None
+    copy_part_size: int = 1 << 30
     request_timeout: float = 30.0
     retries: int = 5
     hardlinks: str = "copy"

@@ -96,6 +96,11 @@ class ObjectChanged(Stale):
     """The object's ETag is no longer the one pinned at open (412 on If-Match, or 404)."""
 
 
+class SourceChanged(ObjectChanged):
+    """An edit in place can never complete: the old version its untouched parts are
+    copied from is gone from the server (another client overwrote or deleted the key)."""
+
+
 class WriteFailed(FsError):
     """A local write to the staging file failed earlier; the file is never uploaded.
     Carries the errno of that failure (ENOSPC, EDQUOT...), else EIO."""
@@ -124,6 +129,10 @@ class BackendError(FsError):
 
 class UploadGone(BackendError):
     """A multipart upload id the server no longer knows (NoSuchUpload)."""
+
+
+class ChecksumMismatch(BackendError):
+    """Bytes read do not have the MD5 their object carries (``-o verify``)."""
 
 
 class Transient(BackendError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import metrics
 from ..write import recovery
 from .files import FileOps, StatFs
 from .names import NameOps
@@ -108,4 +109,6 @@ class Filesystem:
                 "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
                 "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
                 "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused,
+                "parts_copied": p.uploader.parts_copied, "bytes_copied": p.uploader.bytes_copied,
+                "bytes_sent": metrics.S3_SENT.total(), "bytes_received": metrics.S3_RECEIVED.total(),
                 "writeback": p.writeback.status() if p.writeback is not None else None}

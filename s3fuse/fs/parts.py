@@ -115,7 +115,7 @@ def build(cfg: MountConfig, client) -> Parts:
     os.makedirs(staging_dir, mode=0o700, exist_ok=True)
     journal = Journal(os.path.join(cfg.cache_dir, "journal"))
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold)
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size)
 
     def uploaded(entry, etag: str):
         """A resumed upload finished: what this mount knows of the key is new."""
