@@ -218,8 +218,9 @@ def test_small_file_closes_reuse_connections(s3, bucket, mounter):
         assert obj(s3, bucket, name)[0] == data
     sent = delta(after["requests"], before["requests"])
     assert sent["put_object"] == 40, sent
-    assert after["lean_connections_opened"] >= 1, "the PUTs went through the lean client"
-    opened = after["lean_connections_opened"] - before["lean_connections_opened"]
+    assert after["transport"]["connections_opened"] >= 1, "the PUTs went through the transport"
+    assert after["transport"]["fallback_total"] == 0, after["transport"]
+    opened = after["transport"]["connections_opened"] - before["transport"]["connections_opened"]
     assert opened <= 4, f"40 serial closes opened {opened} connections"
 
 
