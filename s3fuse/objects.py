@@ -36,6 +36,7 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
 _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
+_NOT_IMPLEMENTED = {"NotImplemented"}      # e.g. RGW 16 copying an encrypted object (501)
 _BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
          "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 
@@ -54,6 +55,8 @@ def error_kind(code: str, status: int):
         return errors.UploadGone
     if code in _TOO_LARGE:
         return errors.TooLarge
+    if code in _NOT_IMPLEMENTED:
+        return errors.NotSupported
     if code in _BUSY or status >= 500 or status == 429:
         return errors.ServerBusy
     return errors.BackendError

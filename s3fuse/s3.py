@@ -97,6 +97,8 @@ def _session(profile, access_key, secret_key, region):
 class ObjectClient(ClientStats, MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
+    _header_params = staticmethod(_header_params)
+
     def __init__(self, bucket: str, *, endpoint: Optional[str] = None, region: Optional[str] = None,
                  profile: Optional[str] = None, access_key: Optional[str] = None,
                  secret_key: Optional[str] = None, path_style: Optional[bool] = None,

@@ -248,7 +248,13 @@ class Uploader:
             # Metadata changed after the upload began (streamed file, chmod while open):
             # one metadata-only copy sets the final headers.
             if entry.size <= MAX_PART:
-                etag = self.client.copy(entry.key, entry.key, final, entry.headers)
+                try:
+                    etag = self.client.copy(entry.key, entry.key, final, entry.headers)
+                except errors.NotSupported:
+                    # RGW 16 cannot copy an encrypted object (NotImplemented): the data is
+                    # complete with the metadata given at its start.
+                    log.warning("%r: the server cannot copy it; metadata set at upload start kept", entry.key)
+                    final = entry.uploaded_metadata
             else:
                 log.warning("%r: over 5 GiB, metadata set at upload start kept (no MD5 header)", entry.key)
                 final = entry.uploaded_metadata
