@@ -14,7 +14,7 @@ process).  Candidates:
 - ``botocore-signer+urllib3``: botocore's ``S3SigV4Auth`` on an ``AWSRequest``, sent on a
   ``urllib3`` pool.
 - ``lean``: s3fuse before issue 14 (hand-signed SigV4 over http.client, raw-socket
-  pipelined HEADs).
+  pipelined HEADs; needs ``--lean-from DIR``, a checkout of that version).
 - ``awscrt``: ``aws_sign_request`` + ``HttpClientConnection`` (native signing and HTTP);
   256 MiB through ``S3Client`` (its own part splitting and connection pool).
 - ``s3fuse``: the transport of this tree (``s3fuse.transport``), if importable.
@@ -98,12 +98,26 @@ class BotoSignerUrllib3:
         return self._send("PUT", key, {"Content-MD5": md5}, body).headers["etag"]
 
 
+def _lean_class():
+    """LeanS3 of s3fuse before issue 14 (``--lean-from``: a checkout of that version)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lean_before", os.path.join(LEAN_FROM, "s3fuse", "lean.py"),
+                                                  submodule_search_locations=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "s3fuse"
+    spec.loader.exec_module(mod)
+    return mod.LeanS3
+
+
+LEAN_FROM = ""
+
+
 class HandSignerUrllib3(BotoSignerUrllib3):
     name = "hand-signer+urllib3"
 
     def __init__(self, ep, bucket, ak, sk):
         super().__init__(ep, bucket, ak, sk)
-        from s3fuse.lean import LeanS3
+        LeanS3 = _lean_class()
         self.l = LeanS3(ep, bucket, REGION, Credentials(ak, sk))
         self.http = urllib3.HTTPConnectionPool(self.l.host, self.l.port, maxsize=32)
 
@@ -125,7 +139,7 @@ class Lean:
     name = "lean (before)"
 
     def __init__(self, ep, bucket, ak, sk):
-        from s3fuse.lean import LeanS3
+        LeanS3 = _lean_class()
         self.l = LeanS3(ep, bucket, REGION, Credentials(ak, sk))
 
     def head(self, key):
@@ -247,8 +261,9 @@ class Current:
     name = "s3fuse.transport (after)"
 
     def __init__(self, ep, bucket, ak, sk):
+        from s3fuse.endpoint import Endpoint, Network
         from s3fuse.transport import Transport
-        self.t = Transport(ep, bucket, REGION, Credentials(ak, sk), path_style=True)
+        self.t = Transport(Endpoint.resolve(bucket, ep, REGION, True), Network(), Credentials(ak, sk))
 
     def head(self, key):
         return int(self.t.head(key)[1]["content-length"])
@@ -305,7 +320,10 @@ def main():
     ap.add_argument("--big", type=int, default=256)
     ap.add_argument("--only", help="comma list of candidate names")
     ap.add_argument("--json")
+    ap.add_argument("--lean-from", default="", help="checkout of s3fuse before issue 14 (for lean, hand-signer)")
     args = ap.parse_args()
+    global LEAN_FROM
+    LEAN_FROM = args.lean_from
     ak, sk = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     setup = Boto(args.endpoint, "x", ak, sk).c
     bucket = "transport-" + uuid.uuid4().hex[:8]
@@ -314,9 +332,9 @@ def main():
         setup.put_object(Bucket=bucket, Key=f"h/{i}", Body=b"x" * 100)
     blob = os.urandom(args.big * MiB)
     setup.upload_fileobj(__import__("io").BytesIO(blob), bucket, "big")
-    kinds = [Boto, BotoSignerUrllib3, HandSignerUrllib3, Lean, Crt]
+    kinds = [Boto, BotoSignerUrllib3] + ([HandSignerUrllib3, Lean] if args.lean_from else []) + [Crt]
     try:
-        import s3fuse.transport  # noqa: F401
+        import s3fuse.transport  # noqa: F401  (the candidate of this tree, if any)
         kinds.append(Current)
     except ImportError:
         pass

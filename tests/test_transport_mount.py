@@ -76,6 +76,7 @@ class AwsLike:
         self.ssl_port = 443 if port_free(443) else RGWServer(port=0).port
         extra = {"S3FUSE_RGW_SSL_PORT": str(self.ssl_port), "S3FUSE_RGW_SSL_CERT": self.tls["cert"],
                  "S3FUSE_RGW_SSL_KEY": self.tls["key"], "S3FUSE_RGW_DNS_NAME": AWS_HOST,
+                 "S3FUSE_RGW_STORAGE_CLASSES": "COLD",
                  "S3FUSE_RGW_EXTRA_CONF": "rgw crypt s3 kms backend = testing\n"
                                           f"rgw crypt s3 kms encryption keys = testkey-1={KMS_KEY}\n"
                                           "rgw crypt require ssl = false"}
@@ -355,11 +356,13 @@ def test_sse_c_over_tls_reads_and_copies_with_the_key(aws, mount_aws, tmp_path):
 
 def test_options_go_with_every_request_that_takes_them(aws, mount_aws):
     """sse=AES256, storage_class=, acl=, requester_pays through a recording proxy: what
-    each request carried (RGW 16 accepts SSE-S3 but does not report it on HEAD)."""
+    each request carried (RGW 16 accepts SSE-S3 but does not report it on HEAD), and what
+    the objects have after chmod and rename (copies keep the class and ACL only when they
+    send them: a bare copy on RGW makes a STANDARD, private object)."""
     bucket = aws.bucket()
     proxy = AwsLikeProxy(aws.http, ACCESS_KEY, SECRET_KEY)
     try:
-        m = mount_aws(bucket, [f"endpoint={proxy.endpoint}", "sse=AES256", "storage_class=STANDARD",
+        m = mount_aws(bucket, [f"endpoint={proxy.endpoint}", "sse=AES256", "storage_class=COLD",
                                "acl=public-read", "requester_pays", "part_size=5M"], aws.env())
         files = write_files(m)
         os.chmod(m.p("small.txt"), 0o600)
@@ -379,9 +382,12 @@ def test_options_go_with_every_request_that_takes_them(aws, mount_aws):
         if p.rstrip("?").endswith("/dir/") and meth == "PUT":
             continue
         assert (h.get("x-amz-server-side-encryption"), h.get("x-amz-storage-class"), h.get("x-amz-acl")) == \
-            ("AES256", "STANDARD", "public-read"), (meth, p, h)
-    grants = aws.s3.get_object_acl(Bucket=bucket, Key="moved.txt")["Grants"]
-    assert any(g["Grantee"].get("URI", "").endswith("AllUsers") and g["Permission"] == "READ" for g in grants), grants
+            ("AES256", "COLD", "public-read"), (meth, p, h)
+    for key in ("moved.txt", "dir/big.bin"):
+        assert aws.s3.head_object(Bucket=bucket, Key=key).get("StorageClass") == "COLD", key
+        grants = aws.s3.get_object_acl(Bucket=bucket, Key=key)["Grants"]
+        assert any(g["Grantee"].get("URI", "").endswith("AllUsers") and g["Permission"] == "READ"
+                   for g in grants), (key, grants)
 
 
 # ---------------------------------------------------------------------------------------

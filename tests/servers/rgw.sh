@@ -26,6 +26,8 @@
 #   S3FUSE_RGW_SSL_KEY        this private key (PEM files)
 #   S3FUSE_RGW_DNS_NAME       rgw_dns_name: BUCKET.NAME hosts are virtual-hosted buckets
 #                             (default 127.0.0.1: every request is path-style)
+#   S3FUSE_RGW_STORAGE_CLASSES space-separated storage classes besides STANDARD (e.g.
+#                             "COLD"), added to the default placement (radosgw restarts)
 #   S3FUSE_RGW_EXTRA_CONF     extra ceph.conf text appended as is at the end,
 #                             i.e. inside [client.rgw.s3fuse] unless it starts
 #                             with its own header, e.g. $'[osd]\ndebug osd = 20'
@@ -392,6 +394,30 @@ PY
         [ "$(date +%s)" -lt "$deadline" ] || die "timeout waiting for signed S3 requests to succeed"
         sleep 0.5
     done
+
+    if [ -n "${S3FUSE_RGW_STORAGE_CLASSES:-}" ]; then
+        local sc pid
+        for sc in $S3FUSE_RGW_STORAGE_CLASSES; do
+            log "radosgw-admin: storage class $sc"
+            timeout 60 radosgw-admin -c "$CONF" -n client.admin zonegroup placement add --rgw-zonegroup default \
+                --placement-id default-placement --storage-class "$sc" >>"$RUN_DIR/log/user.out" 2>&1 \
+                || die "zonegroup placement add $sc failed"
+            timeout 60 radosgw-admin -c "$CONF" -n client.admin zone placement add --rgw-zone default \
+                --placement-id default-placement --storage-class "$sc" \
+                --data-pool "default.rgw.$(tr 'A-Z' 'a-z' <<<"$sc").data" >>"$RUN_DIR/log/user.out" 2>&1 \
+                || die "zone placement add $sc failed"
+        done
+        # radosgw reads the zone's placement at start only.
+        pid="$(tr -dc '0-9' <"$RUN_DIR/run/$RGW_NAME.pid")"
+        kill -KILL "$pid"
+        while alive "$pid"; do sleep 0.1; done
+        radosgw -c "$CONF" -n "$RGW_NAME" >>"$RUN_DIR/log/daemons.out" 2>&1 || die "radosgw failed to restart"
+        while :; do
+            case "$(http_code "$port")" in 2??|4??) break ;; esac
+            [ "$(date +%s)" -lt "$deadline" ] || die "timeout waiting for the restarted radosgw"
+            sleep 0.3
+        done
+    fi
 
     STARTING=0
     local t1
