@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install s3fuse and what it needs on Debian/Ubuntu (run as root):
 #   scripts/install.sh            libfuse 3 + s3fuse (pip, editable) + mount helpers
-#   scripts/install.sh --test     + test tools (pytest, moto server, hypothesis, s3fs-fuse, rsync)
+#   scripts/install.sh --test     + test tools (pytest, moto server, hypothesis, s3fs-fuse, rsync,
+#                                   tinyproxy and openssl for the proxy and HTTPS tests)
 #                                   and the Ceph RGW packages of the real-server test tier
 #   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone) and matplotlib
 set -euo pipefail
@@ -15,7 +16,7 @@ for arg in "$@"; do
   esac
 done
 pkgs="fuse3 libfuse3-3 ca-certificates"
-[ $want_test = 1 ] && pkgs="$pkgs libfuse2 s3fs rsync procps psmisc attr"
+[ $want_test = 1 ] && pkgs="$pkgs libfuse2 s3fs rsync procps psmisc attr tinyproxy openssl"
 [ $want_bench = 1 ] && pkgs="$pkgs libfuse2 s3fs procps"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -166,3 +166,17 @@ def test_a_fallback_is_logged_and_counted(caplog):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_connect_timeout_then_read_timeout():
+    """A short timeout to connect (TLS and tunnel included), the request timeout after."""
+    import socket
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        conn = Network(connect_timeout=1.5, read_timeout=7.0).connect("http", "127.0.0.1", listener.getsockname()[1])
+        try:
+            assert conn.timeout == 1.5 and conn.sock.gettimeout() == 7.0
+        finally:
+            conn.close()
+    assert Network(connect_timeout=10, read_timeout=2).connect_timeout == 2, "never longer than a request"
