@@ -25,6 +25,7 @@ import argparse
 import base64
 import concurrent.futures
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -54,7 +55,7 @@ class Boto:
 
     def __init__(self, ep, bucket, ak, sk):
         self.c = boto3.client("s3", endpoint_url=ep, region_name=REGION, aws_access_key_id=ak,
-                              aws_secret_access_key=sk,
+                              aws_secret_access_key=sk, verify=CA or None,
                               config=Config(s3={"addressing_style": "path"}, max_pool_connections=32,
                                             request_checksum_calculation="when_required",
                                             response_checksum_validation="when_required"))
@@ -76,7 +77,7 @@ class BotoSignerUrllib3:
     def __init__(self, ep, bucket, ak, sk):
         self.ep, self.b = ep, bucket
         self.auth = S3SigV4Auth(Credentials(ak, sk), "s3", REGION)
-        self.pool = urllib3.PoolManager(maxsize=32)
+        self.pool = urllib3.PoolManager(maxsize=32, ca_certs=CA or None)
 
     def _send(self, method, key, headers=None, body=None, preload=True):
         url = f"{self.ep}/{self.b}/{key}"
@@ -100,7 +101,6 @@ class BotoSignerUrllib3:
 
 def _lean_class():
     """LeanS3 of s3fuse before issue 14 (``--lean-from``: a checkout of that version)."""
-    import importlib.util
     spec = importlib.util.spec_from_file_location("lean_before", os.path.join(LEAN_FROM, "s3fuse", "lean.py"),
                                                   submodule_search_locations=None)
     mod = importlib.util.module_from_spec(spec)
@@ -110,6 +110,7 @@ def _lean_class():
 
 
 LEAN_FROM = ""
+CA = ""         # --ca: CA bundle for an HTTPS endpoint (boto3, botocore-signer, s3fuse candidates only)
 
 
 class HandSignerUrllib3(BotoSignerUrllib3):
@@ -263,7 +264,7 @@ class Current:
     def __init__(self, ep, bucket, ak, sk):
         from s3fuse.endpoint import Endpoint, Network
         from s3fuse.transport import Transport
-        self.t = Transport(Endpoint.resolve(bucket, ep, REGION, True), Network(), Credentials(ak, sk))
+        self.t = Transport(Endpoint.resolve(bucket, ep, REGION, True), Network(CA or None), Credentials(ak, sk))
 
     def head(self, key):
         return int(self.t.head(key)[1]["content-length"])
@@ -321,10 +322,13 @@ def main():
     ap.add_argument("--only", help="comma list of candidate names")
     ap.add_argument("--json")
     ap.add_argument("--lean-from", default="", help="checkout of s3fuse before issue 14 (for lean, hand-signer)")
+    ap.add_argument("--ca", default="", help="CA bundle of an https:// endpoint (then only boto3, "
+                                             "botocore-signer+urllib3 and s3fuse.transport run)")
     args = ap.parse_args()
-    global LEAN_FROM
-    LEAN_FROM = args.lean_from
+    global LEAN_FROM, CA
+    LEAN_FROM, CA = args.lean_from, args.ca
     ak, sk = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    https = args.endpoint.startswith("https:")
     setup = Boto(args.endpoint, "x", ak, sk).c
     bucket = "transport-" + uuid.uuid4().hex[:8]
     setup.create_bucket(Bucket=bucket)
@@ -332,17 +336,13 @@ def main():
         setup.put_object(Bucket=bucket, Key=f"h/{i}", Body=b"x" * 100)
     blob = os.urandom(args.big * MiB)
     setup.upload_fileobj(__import__("io").BytesIO(blob), bucket, "big")
-    kinds = [Boto, BotoSignerUrllib3] + ([HandSignerUrllib3, Lean] if args.lean_from else [])
-    try:
-        import awscrt  # noqa: F401  (pip install awscrt, or the bench extra)
-        kinds.append(Crt)
-    except ImportError:
+    kinds = [Boto, BotoSignerUrllib3] + ([HandSignerUrllib3, Lean] if args.lean_from and not https else [])
+    if importlib.util.find_spec("awscrt") is None:       # pip install awscrt, or the bench extra
         print("awscrt not installed: its row is left out", file=sys.stderr)
-    try:
-        import s3fuse.transport  # noqa: F401  (the candidate of this tree, if any)
+    elif not https:
+        kinds.append(Crt)
+    if importlib.util.find_spec("s3fuse.transport") is not None:      # the candidate of this tree
         kinds.append(Current)
-    except ImportError:
-        pass
     rows = []
     for kind in kinds:
         if args.only and not any(o in kind.name for o in args.only.split(",")):
