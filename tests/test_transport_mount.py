@@ -235,7 +235,7 @@ def test_ca_bundle_option_and_path_style_https(aws, mount_aws):
 # A forward proxy (tinyproxy): HTTP_PROXY, HTTPS_PROXY (CONNECT), NO_PROXY
 # ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def tinyproxy(tmp):
+def tinyproxy(tmp, auth=None):
     exe = shutil.which("tinyproxy")
     if exe is None:
         pytest.skip("tinyproxy not installed (scripts/install.sh --test)")
@@ -244,7 +244,7 @@ def tinyproxy(tmp):
     conf = os.path.join(tmp, "tinyproxy.conf")
     with open(conf, "w") as f:
         f.write(f'Port {port}\nListen 127.0.0.1\nTimeout 120\nMaxClients 200\nLogFile "{log}"\nLogLevel Connect\n'
-                'Allow 127.0.0.1\n')
+                'Allow 127.0.0.1\n' + (f"BasicAuth {auth[0]} {auth[1]}\n" if auth else ""))
     proc = subprocess.Popen([exe, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: not port_free(port), 10, "tinyproxy listening")
@@ -298,6 +298,30 @@ def test_https_proxy_tunnels_to_the_aws_endpoint(aws, mount_aws, tmp_path):
         no_fallback(m)
         m.unmount()
         assert f"CONNECT {bucket}.{AWS_HOST}:443" in proxy_log(log)
+
+
+def test_proxy_credentials_in_the_proxy_url(aws, mount_aws, tmp_path):
+    """user:password in HTTP_PROXY/HTTPS_PROXY: Proxy-Authorization on absolute-URL
+    requests and on the CONNECT of a tunnel; a wrong password fails the mount."""
+    bucket = aws.bucket()
+    with tinyproxy(str(tmp_path), auth=("s3user", "pr0xy")) as (proxy, log):
+        good = proxy.replace("http://", "http://s3user:pr0xy@")
+        m = mount_aws(bucket, [f"endpoint=http://{AWS_HOST}:{aws.server.port}", "virtual_host"],
+                      aws.env(HTTP_PROXY=good))
+        files = write_files(m, 6 * MiB)
+        read_back(m, files)
+        no_fallback(m)
+        m.unmount()
+        if aws.ssl_port == 443:
+            m2 = mount_aws(bucket, [], aws.env(HTTPS_PROXY=good, AWS_CA_BUNDLE=aws.tls["ca"]), name="tls")
+            read_back(m2, files)
+            m2.unmount()
+            assert f"CONNECT {bucket}.{AWS_HOST}:443" in proxy_log(log)
+        bad = mount_aws(bucket, [f"endpoint=http://{AWS_HOST}:{aws.server.port}", "virtual_host"],
+                        aws.env(HTTP_PROXY=proxy.replace("http://", "http://s3user:wrong@")), name="bad",
+                        expect_ok=False)
+        proc = bad.try_mount()
+        assert proc.returncode != 0, proc.stderr
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,5 +473,10 @@ def test_region_is_discovered_and_kept(aws, mount_aws):
         assert t["region"] == "eu-west-3"
         assert proxy.redirects == 1, "one answer named the region; every request after it went there"
         assert "is in region eu-west-3" in m.log()
+        m.unmount()
+        wrong = mount_aws(bucket, [f"endpoint={proxy.endpoint}", "region=us-west-2"], aws.env(), name="wrong")
+        read_back(wrong, files)
+        assert fresh_status(wrong)["transport"]["region"] == "eu-west-3" and proxy.redirects == 2, \
+            "a wrong region= is corrected by the first answer too"
     finally:
         proxy.close()
