@@ -44,7 +44,8 @@ strict_http.install()     # a response cut inside its headers is an error, not a
 _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
                      ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                       "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
-                      "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError") if hasattr(botocore.exceptions, name))
+                      "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError")
+                     if hasattr(botocore.exceptions, name))
 
 
 def _translate(exc: Exception, what: str) -> Exception:
