@@ -676,7 +676,7 @@ def test_enospc_in_staging(s3, bucket, mounter, tmp_path, tmpfs_cache):
         (tmp_path / "big").write_bytes(big)
         cp = subprocess.run(["cp", str(tmp_path / "big"), m.p("new.bin")], capture_output=True, text=True)
         assert cp.returncode != 0 and "No space left on device" in cp.stderr
-        wait_for(lambda: uploads_of(s3, bucket) == [], 15, "streamed uploads to be aborted")
+        wait_for(lambda: uploads_of(s3, bucket) == [], 30, "streamed uploads to be aborted")
         assert s3.head_object(Bucket=bucket, Key="keep.bin")["ETag"] == old_etag
         assert obj(s3, bucket, "keep.bin")[0] == old
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
