@@ -35,7 +35,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 KiB = 1 << 10
 MiB = 1 << 20
-ALL_FS = ["s3fuse", "s3fs", "rclone"]      # default set; "s3fuse-list" (meta=list) on demand
+ALL_FS = ["s3fuse", "s3fs", "rclone"]      # default set; "s3fuse-list" (meta=list), "s3fuse-wb" (writeback) on demand
 PEERS_OF = "s3fuse"  # ratios are s3fuse / peer
 
 SCALES = {
@@ -49,6 +49,8 @@ RAW_PART = 8 * MiB
 RANDOM_READS = 200
 RANDOM_READ_SIZE = 4 * KiB
 RANDOM_SEED = 20240601
+CPOUT_PREFIX = "smallout/"     # the tree cp -r copies out (shared by every fs, read only)
+FLOOR_MV_PREFIX = "floor-mv/"  # renamed once by the directory-rename floor
 
 
 def log(msg: str = "") -> None:
@@ -431,6 +433,17 @@ class S3fuseListFs(S3fuseFs):
         return cmd
 
 
+class S3fuseWritebackFs(S3fuseFs):
+    """s3fuse with -o writeback: close() returns once the file is durable on local disk;
+    write steps are still timed until the bucket shows the result."""
+    name = "s3fuse-wb"
+
+    def mount_cmd(self, mnt, cache):
+        cmd = super().mount_cmd(mnt, cache)
+        cmd[-1] += ",writeback"
+        return cmd
+
+
 class S3fsFs(Fs):
     name = "s3fs"
 
@@ -514,7 +527,7 @@ class RcloneFs(Fs):
                 *self.extra("rclone_opts")]
 
 
-FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fuseListFs, S3fsFs, RcloneFs)}
+FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fuseListFs, S3fuseWritebackFs, S3fsFs, RcloneFs)}
 
 
 @dataclass
@@ -665,7 +678,12 @@ class Ctx:
     args: argparse.Namespace
     endpoint: str
     server_kind: str
-    s3: Optional[S3] = None
+    s3: Optional[S3] = None         # straight to the server: set-up, durability polls, checks
+    s3p: Optional[S3] = None        # through the latency proxy (if any): the boto3 limit rows
+    direct_endpoint: str = ""       # the server itself; ``endpoint`` is the proxy with --rtt
+    proxy: Optional["ProxyProc"] = None
+    floors: dict = field(default_factory=dict)       # step name -> {"seconds", "doc"}
+    floor_parts: dict = field(default_factory=dict)  # the request costs they are made of
     bucket: str = ""
     workdir: Path = Path()
     scale: dict = field(default_factory=dict)
@@ -700,6 +718,7 @@ class Step:
     prepare: Optional[Callable[[Ctx], None]] = None  # boto3 set-up, untimed, before the mount
     kind: str = "read"
     doc: str = ""
+    role: str = ""                  # which floor applies (floors.step_floors)
 
 
 def etag_is_md5(etag: str) -> bool:
@@ -735,6 +754,27 @@ def make_steps(scale: dict) -> list[Step]:
         if r["mismatches"]:
             raise StepFailed(f"{r['mismatches']}/{RANDOM_READS} random reads returned wrong data")
         return {"seconds": r["seconds"], "ms_per_read": r["seconds"] * 1000 / RANDOM_READS}
+
+    def cp_out(ctx: Ctx) -> dict:
+        prefix, expect = ctx.prepared["cpout"]
+        dest = ctx.workdir / f"cpout-{ctx.mount.mnt.name}"
+        try:
+            t0 = time.perf_counter()
+            run_cmd(["cp", "-r", str(ctx.mnt / prefix.rstrip("/")), str(dest)], timeout=ctx.args.step_timeout)
+            dt = time.perf_counter() - t0
+            got = {}
+            for root, _, names in os.walk(dest):
+                for name in names:
+                    path = Path(root) / name
+                    got[str(path.relative_to(dest))] = hashlib.md5(path.read_bytes()).hexdigest()
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+        if got != expect:
+            missing = sorted(set(expect) - set(got))
+            wrong = sorted(k for k in expect if k in got and got[k] != expect[k])
+            raise StepFailed(f"cp -r copied {len(got)} files, {len(missing)} missing, {len(wrong)} with wrong "
+                             f"bytes (e.g. {(missing + wrong)[:1]})")
+        return {"seconds": dt, "ms_per_file": dt * 1000 / len(expect)}
 
     # ---- write steps: each timed until the bucket shows the result (durable) ----
 
@@ -846,21 +886,25 @@ def make_steps(scale: dict) -> list[Step]:
         return {"seconds": dt, "command_seconds": t_cmd}
 
     return [
-        Step(f"read_{bn}_cold", read_big, doc="read big.bin right after mounting, MD5 checked"),
+        Step(f"read_{bn}_cold", read_big, doc="read big.bin right after mounting, MD5 checked",
+             role="read_cold"),
         Step(f"read_{bn}_warm", read_big, fresh_mount=False, requires=f"read_{bn}_cold",
              doc="read big.bin again on the same mount"),
-        Step(f"ls_l_{many}_cold", ls_many, doc="ls -l many/ on a fresh mount"),
+        Step(f"ls_l_{many}_cold", ls_many, doc="ls -l many/ on a fresh mount", role="ls_cold"),
         Step(f"ls_l_{many}_warm", ls_many, fresh_mount=False, requires=f"ls_l_{many}_cold",
              doc="ls -l many/ again on the same mount"),
         Step(f"random_read_{size_name(RANDOM_READ_SIZE)}_x{RANDOM_READS}", random_read,
-             doc="seeded random 4 KiB preads of big.bin on a fresh mount, byte-compared"),
-        Step(f"copy_in_{bn}", copy_in, kind="write",
+             doc="seeded random 4 KiB preads of big.bin on a fresh mount, byte-compared",
+             role="random_read"),
+        Step(f"cp_r_{nw}_small_out", cp_out, role="cp_out",
+             doc="cp -r of a tree of small files out to local disk on a fresh mount, bytes checked"),
+        Step(f"copy_in_{bn}", copy_in, kind="write", role="copy_in",
              doc="cp a local file in; timed until HEAD shows the full size"),
-        Step(f"untar_{nw}_files", untar, prepare=untar_prepare, kind="write",
+        Step(f"untar_{nw}_files", untar, prepare=untar_prepare, kind="write", role="untar",
              doc="tar -x of small files; timed until all objects are listed"),
-        Step(f"rm_rf_{nw}_files", rm_rf, prepare=rm_prepare, kind="write",
+        Step(f"rm_rf_{nw}_files", rm_rf, prepare=rm_prepare, kind="write", role="rm_rf",
              doc="rm -rf of a tree; timed until the prefix lists empty"),
-        Step(f"mv_dir_{nw}_files", mv_dir, prepare=mv_prepare, kind="write",
+        Step(f"mv_dir_{nw}_files", mv_dir, prepare=mv_prepare, kind="write", role="mv_dir",
              doc="mv of a directory; timed until the bucket shows the new names only"),
     ]
 
@@ -894,17 +938,27 @@ def build_dataset(ctx: Ctx, limits: dict) -> None:
                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"]}]})
     c.delete_objects(Bucket=ctx.bucket, Delete={"Objects": [{"Key": "warmup/small"}, {"Key": "warmup/mp"}]})
 
+    # the uploads that are also limit rows go through the proxy (ctx.s3p), the rest straight
     log(f"- PUT many/: {many} objects of ~1 KiB (32 threads)")
     rng = random.Random(RANDOM_SEED)
     items = [(f"many/f{i:05d}.dat", rng.randbytes(rng.randint(768, 1280))) for i in range(many)]
     t0 = time.perf_counter()
-    ctx.s3.put_many(ctx.bucket, items)
+    ctx.s3p.put_many(ctx.bucket, items)
     dt = time.perf_counter() - t0
     limits[f"boto3_put_{many}_small"] = {"seconds": dt, "doc": "put_object x N, 32 threads"}
 
+    nw = ctx.scale["nwrite"]
+    log(f"- PUT {CPOUT_PREFIX}: {nw} objects of ~1 KiB in 10 dirs (the cp -r tree), {FLOOR_MV_PREFIX}: {nw}")
+    rng = random.Random(RANDOM_SEED + 4)
+    items = [(f"{CPOUT_PREFIX}d{i % 10:02d}/f{i:04d}.dat", rng.randbytes(rng.randint(512, 1536)))
+             for i in range(nw)]
+    ctx.s3.put_many(ctx.bucket, items)
+    ctx.prepared["cpout"] = (CPOUT_PREFIX, {k[len(CPOUT_PREFIX):]: hashlib.md5(b).hexdigest() for k, b in items})
+    ctx.s3.put_many(ctx.bucket, [(f"{FLOOR_MV_PREFIX}f{i:04d}.dat", b"m" * 1024) for i in range(nw)])
+
     log(f"- PUT big.bin ({RAW_THREADS} threads x {RAW_PART // MiB} MiB parts)")
     t0 = time.perf_counter()
-    ctx.s3.multipart_put(ctx.bucket, "big.bin", ctx.local_big)
+    ctx.s3p.multipart_put(ctx.bucket, "big.bin", ctx.local_big)
     dt = time.perf_counter() - t0
     limits[f"boto3_put_{bn}"] = {"seconds": dt, "MiB_per_s": big / MiB / dt,
                                  "doc": f"multipart PUT, {RAW_THREADS} threads x {RAW_PART // MiB} MiB"}
@@ -915,7 +969,7 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
     bn = size_name(big)
     drop_caches(not ctx.args.no_drop_caches)
     t0 = time.perf_counter()
-    data = ctx.s3.ranged_get(ctx.bucket, "big.bin", big)
+    data = ctx.s3p.ranged_get(ctx.bucket, "big.bin", big)
     dt = time.perf_counter() - t0
     if hashlib.md5(data).hexdigest() != ctx.big_md5:
         raise RuntimeError("raw GET of big.bin returned wrong data: endpoint is broken")
@@ -924,13 +978,13 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
                                  "doc": f"ranged GETs, {RAW_THREADS} threads x {RAW_PART // MiB} MiB"}
 
     t0 = time.perf_counter()
-    n = len(ctx.s3.list_prefix(ctx.bucket, "many/"))
+    n = len(ctx.s3p.list_prefix(ctx.bucket, "many/"))
     dt = time.perf_counter() - t0
     if n != many:
         raise RuntimeError(f"listing many/ gave {n} objects, want {many}")
     limits[f"boto3_list_{many}"] = {"seconds": dt, "doc": "ListObjectsV2 of many/ (1000 per page)"}
 
-    c = ctx.s3.c
+    c = ctx.s3p.c
     rng = random.Random(RANDOM_SEED)
     offs = [rng.randrange(0, big - RANDOM_READ_SIZE) for _ in range(RANDOM_READS)]
     with open(ctx.local_big, "rb") as f:
@@ -939,7 +993,7 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
             f.seek(off)
             want.append(f.read(RANDOM_READ_SIZE))
     t0 = time.perf_counter()
-    got = [ctx.s3.c.get_object(Bucket=ctx.bucket, Key="big.bin",
+    got = [c.get_object(Bucket=ctx.bucket, Key="big.bin",
                                Range=f"bytes={o}-{o + RANDOM_READ_SIZE - 1}")["Body"].read()
            for o in offs]
     dt = time.perf_counter() - t0
@@ -967,6 +1021,67 @@ def measure_limits(ctx: Ctx, limits: dict) -> None:
         log(f"  ! small GETs take {get_ms:.0f} ms vs {head_ms:.0f} ms for HEAD: the server delays "
             f"small responses (Nagle/delayed ACK; for RGW beast set tcp_nodelay=1). "
             f"Every small read/write pays this.")
+
+
+def measure_floors(ctx: Ctx, steps: list[Step], limits: dict) -> None:
+    """Each step's floor (bench/floors.py), through the same proxy as the filesystems."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import floors
+    big, many, nw = ctx.scale["big"], ctx.scale["many"], ctx.scale["nwrite"]
+    bn = size_name(big)
+    raw = floors.RawS3(ctx.endpoint, ctx.args.region, os.environ["AWS_ACCESS_KEY_ID"],
+                       os.environ["AWS_SECRET_ACCESS_KEY"], ctx.bucket)
+    many_keys = [f"many/f{i:05d}.dat" for i in range(many)]
+    prefix, expect = ctx.prepared["cpout"]
+    parts = floors.measure(raw, many_keys, prefix, [prefix + k for k in sorted(expect)],
+                           FLOOR_MV_PREFIX, nw)
+    ctx.floor_parts = parts
+    names = {st.role: st.name for st in steps if st.role}
+    ctx.floors = floors.step_floors(parts, names, nw, many, RANDOM_READS,
+                                    limits.get(f"boto3_get_{bn}", {}).get("seconds"),
+                                    limits.get(f"boto3_put_{bn}", {}).get("seconds"))
+
+
+class ProxyProc:
+    """bench/latency_proxy.py in its own process (its threads then do not share our GIL)."""
+
+    def __init__(self, upstream: str, rtt_ms: float, workdir: Path):
+        self.logf = open(workdir / "latency-proxy.log", "wb")
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "latency_proxy.py"),
+               "--upstream", upstream, "--rtt-ms", str(rtt_ms)]
+        # own session: a Ctrl-C must not stop it before the mounts have flushed through it
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logf,
+                                     text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("LISTENING "):
+            self.stop()
+            raise SystemExit(f"latency proxy did not start: {line!r} (log {self.logf.name})")
+        self.port = int(line.split()[1])
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        log(f"- latency proxy pid {self.proc.pid}: {self.endpoint} -> {upstream}, +{rtt_ms:g} ms per request")
+
+    def stats(self) -> dict:
+        try:
+            self.proc.stdin.write("stats\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            log(f"- stopping latency proxy pid {self.proc.pid}")
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
 
 
 # --------------------------------------------------------------------------
@@ -1030,6 +1145,7 @@ def run_fs(ctx: Ctx, fs: Fs, steps: list[Step]) -> dict:
             m = ctx.mount
             m.info.setdefault("steps", []).append(step.name)
             before = m.status()
+            net0 = ctx.proxy.stats() if ctx.proxy else {}
             try:
                 r = step.run(ctx)
                 rec.update(ok=True, **r)
@@ -1044,6 +1160,10 @@ def run_fs(ctx: Ctx, fs: Fs, steps: list[Step]) -> dict:
                 rec.update(ok=False, error=f"{type(e).__name__}: {e}")
                 log(f"  {step.name:28s}    FAILED: {type(e).__name__}: {e}")
             after = m.status()
+            if net0:   # what the fs sent through the proxy during the step (polls go around it)
+                net1 = ctx.proxy.stats()
+                rec["net"] = {k: net1.get(k, 0) - net0.get(k, 0)
+                              for k in ("connections", "bursts", "bytes_up", "bytes_down")}
             if "cpu_s" in after:
                 rec["daemon_cpu_s"] = after["cpu_s"] - before.get("cpu_s", 0.0)
             if "VmHWM" in after:
@@ -1070,7 +1190,10 @@ def close_mount_force(ctx: Ctx) -> None:
 def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limits: dict) -> None:
     peers = [f for f in fss if f != PEERS_OF]
     ratio_cols = [f"{PEERS_OF}/{p}" for p in peers] if PEERS_OF in fss else []
-    head = ["step", *fss, *ratio_cols]
+    floors = ctx.floors
+    floor_cols = ["floor", f"{PEERS_OF}/floor"] if floors and PEERS_OF in fss else ["floor"] if floors else []
+    head = ["step", *fss, *floor_cols, *ratio_cols]
+    pad = [""] * len(floor_cols)
 
     def cell(fs: str, step: str) -> tuple[str, Optional[float]]:
         r = results.get(fs, {})
@@ -1087,13 +1210,19 @@ def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limi
     for st in steps:
         vals = {f: cell(f, st.name) for f in fss}
         row = [st.name, *[vals[f][0] for f in fss]]
+        if floor_cols:
+            fl = floors.get(st.name, {}).get("seconds")
+            row.append(fmt_s(fl))
+            if len(floor_cols) > 1:
+                a = vals[PEERS_OF][1]
+                row.append(f"{a / fl:.2f}x" if a is not None and fl else "-")
         for p in peers if ratio_cols else []:
             a, b = vals[PEERS_OF][1], vals[p][1]
             row.append(f"{a / b:.2f}x" if a is not None and b else "-")
         rows.append(row)
     # peak RSS row
     rss = {f: results.get(f, {}).get("peak_rss_kib") for f in fss}
-    row = ["daemon_peak_rss_MiB", *[f"{rss[f] / 1024:.0f}" if rss[f] else "-" for f in fss]]
+    row = ["daemon_peak_rss_MiB", *[f"{rss[f] / 1024:.0f}" if rss[f] else "-" for f in fss], *pad]
     for p in peers if ratio_cols else []:
         a, b = rss[PEERS_OF], rss[p]
         row.append(f"{a / b:.2f}x" if a and b else "-")
@@ -1106,7 +1235,7 @@ def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limi
     for f in fss:
         vals = [results[f]["steps"][n].get("daemon_cpu_s") for n in common] if f in ran else []
         cpu[f] = sum(v for v in vals if v is not None) if vals else None
-    row = [f"daemon_cpu_s ({len(common)} common steps)", *[fmt_s(cpu[f]) for f in fss]]
+    row = [f"daemon_cpu_s ({len(common)} common steps)", *[fmt_s(cpu[f]) for f in fss], *pad]
     for p in peers if ratio_cols else []:
         a, b = cpu[PEERS_OF], cpu[p]
         row.append(f"{a / b:.2f}x" if a is not None and b else "-")
@@ -1118,15 +1247,23 @@ def print_table(ctx: Ctx, steps: list[Step], fss: list[str], results: dict, limi
                          for i, c in enumerate(r))
 
     log()
+    rtt = f", +{ctx.args.rtt:g} ms RTT per request (latency proxy)" if ctx.proxy else ""
     log(f"seconds (lower is better); ratio = {PEERS_OF}/peer (<1: {PEERS_OF} faster); "
-        f"scale={ctx.args.scale}, endpoint={ctx.endpoint} ({ctx.server_kind})")
+        f"scale={ctx.args.scale}, endpoint={ctx.direct_endpoint} ({ctx.server_kind}){rtt}")
     log(line(head))
     log(line(["-" * w for w in widths]))
     for r in rows:
         log(line(r))
+    if floors:
+        log()
+        log("floors (same run, same path to the server; bench/floors.py):")
+        w0 = max(len(k) for k in floors)
+        for k, v in floors.items():
+            log(f"{k.ljust(w0)}  {fmt_s(v['seconds']):>8s} s  {v['doc']}")
     if limits:
         log()
-        log("physical limits: boto3 straight to the endpoint, no FUSE (seconds)")
+        log("physical limits: boto3 " + ("through the same proxy" if ctx.proxy else "straight to the endpoint")
+            + ", no FUSE (seconds)")
         w0 = max(len(k) for k in limits)
         for k, v in limits.items():
             log(f"{k.ljust(w0)}  {fmt_limit(v)}  {v.get('doc', '')}")
@@ -1251,6 +1388,10 @@ def parse_args(argv):
     ap.add_argument("--steps", help="comma list of step names (or name prefixes) to run; default all")
     ap.add_argument("--list-steps", action="store_true")
     ap.add_argument("--scale", choices=sorted(SCALES), default="full")
+    ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                    help="add MS ms per request (and one more per new connection) with "
+                         "bench/latency_proxy.py between every client and the server; 0: straight")
+    ap.add_argument("--via-proxy", action="store_true", help="use the proxy even with --rtt 0")
     ap.add_argument("--json", help="write results as JSON to this file")
     ap.add_argument("--workdir", help="parent dir for mounts, caches and local data (default: $TMPDIR)")
     ap.add_argument("--bucket", help="bucket name to create (default: s3fuse-bench-<time>-<rand>)")
@@ -1299,6 +1440,7 @@ def main(argv=None) -> int:
     limits: dict = {}
     rc = 0
     workdir = Path(tempfile.mkdtemp(prefix="s3fuse-bench-", dir=args.workdir))
+    t_run = time.perf_counter()
     try:
         server_kind = "endpoint"
         if not (args.endpoint or args.start_moto):
@@ -1317,11 +1459,19 @@ def main(argv=None) -> int:
         if server_kind == "endpoint":
             server_kind = "moto" if "moto" in args.endpoint else "endpoint"
 
-        ctx = Ctx(args=args, endpoint=args.endpoint, server_kind=server_kind, workdir=workdir,
-                  scale=scale, s3=S3(args.endpoint, args.region))
+        proxy = None
+        if args.rtt > 0 or args.via_proxy:
+            proxy = ProxyProc(args.endpoint, args.rtt, workdir)
+            stoppers.append(proxy.stop)      # stopped after the mounts, before the server
+        endpoint = proxy.endpoint if proxy else args.endpoint
+        ctx = Ctx(args=args, endpoint=endpoint, direct_endpoint=args.endpoint, server_kind=server_kind,
+                  workdir=workdir, scale=scale, s3=S3(args.endpoint, args.region),
+                  s3p=S3(endpoint, args.region) if proxy else None, proxy=proxy)
+        ctx.s3p = ctx.s3p or ctx.s3
         ctx.bucket = args.bucket or f"s3fuse-bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-        log(f"s3fuse peer benchmark: endpoint {ctx.endpoint}, bucket {ctx.bucket}, scale {args.scale}, "
-            f"fs {','.join(fss)}, workdir {workdir}")
+        log(f"s3fuse peer benchmark: endpoint {ctx.endpoint}"
+            + (f" (+{args.rtt:g} ms RTT via proxy to {args.endpoint})" if proxy else "")
+            + f", bucket {ctx.bucket}, scale {args.scale}, fs {','.join(fss)}, workdir {workdir}")
         ctx.s3.c.create_bucket(Bucket=ctx.bucket)
         t0 = time.perf_counter()
         build_dataset(ctx, limits)
@@ -1329,6 +1479,13 @@ def main(argv=None) -> int:
         measure_limits(ctx, limits)
         for k, v in limits.items():
             log(f"  {k:28s} {fmt_limit(v)}")
+        t0 = time.perf_counter()
+        try:
+            measure_floors(ctx, steps, limits)
+            log(f"- floors measured in {time.perf_counter() - t0:.1f}s: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in ctx.floor_parts.items()))
+        except Exception as e:   # e.g. a server that does not pipeline: the run goes on
+            log(f"  ! floors not measured: {type(e).__name__}: {e}")
 
         for f in fss:
             log(f"== {f}")
@@ -1339,8 +1496,10 @@ def main(argv=None) -> int:
         rc = 130
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+        proxy_stats = None
         if ctx:
             close_mount_force(ctx)
+            proxy_stats = ctx.proxy.stats() if ctx.proxy else None
             left = [str(m.mnt) for m in ctx.active_mounts]
             if left:
                 log(f"! still mounted: {left}")
@@ -1360,14 +1519,20 @@ def main(argv=None) -> int:
                 "meta": {
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "endpoint": ctx.endpoint, "server": ctx.server_kind, "bucket": ctx.bucket,
+                    "rtt_ms": args.rtt, "via_proxy": ctx.proxy is not None,
+                    "server_endpoint": ctx.direct_endpoint,
                     "scale": args.scale, "sizes": scale,
                     "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
                              "python": platform.python_version()},
                     "fs": {f: {"version": results.get(f, {}).get("version"),
                                "mount_cmd": mount_cmd_doc(ctx, f)} for f in fss},
                     "interrupted": rc == 130,
+                    "wall_seconds": time.perf_counter() - t_run,
                 },
                 "limits": limits,
+                "floors": ctx.floors,
+                "floor_parts": ctx.floor_parts,
+                "proxy_stats": proxy_stats,
                 "results": results,
             }
             Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -35,9 +35,15 @@ def seconds(data, fs, step):
 def markdown(data, fss, steps) -> str:
     meta = data["meta"]
     peers = [f for f in fss if not f.startswith("s3fuse")]
-    head = ["step"] + [f"{f} (s)" for f in fss] + [f"s3fuse / {p}" for p in peers]
+    floors = data.get("floors") or {}
+    floor_cols = ["floor (s)", "s3fuse / floor"] if floors else []
+    head = ["step"] + [f"{f} (s)" for f in fss] + floor_cols + [f"s3fuse / {p}" for p in peers]
+    rtt = meta.get("rtt_ms") or 0
+    where = (f"+{rtt:g} ms per request through bench/latency_proxy.py" if meta.get("via_proxy")
+             else "no added latency (loopback)")
+    wall = f", run took {meta['wall_seconds'] / 60:.1f} min" if meta.get("wall_seconds") else ""
     lines = [f"Run {meta['date']} on {meta['server']} ({meta['host']['cpus']} cores, kernel "
-             f"{meta['host']['kernel']}), scale {meta['scale']}.", "",
+             f"{meta['host']['kernel']}), scale {meta['scale']}, {where}{wall}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for step in steps:
         row = [step]
@@ -45,17 +51,25 @@ def markdown(data, fss, steps) -> str:
             v = seconds(data, f, step)
             row.append("fail" if v is None else f"{v:.3f}")
         ours = seconds(data, "s3fuse", step)
+        if floors:
+            fl = floors.get(step, {}).get("seconds")
+            row.append(f"{fl:.3f}" if fl else "-")
+            row.append(f"{ours / fl:.2f}x" if ours and fl else "-")
         for p in peers:
             theirs = seconds(data, p, step)
             row.append(f"{ours / theirs:.2f}x" if ours and theirs else "-")
         lines.append("| " + " | ".join(row) + " |")
     rss = ["peak RSS (MiB)"] + [
-        f"{(data['results'][f].get('peak_rss_kib') or 0) / 1024:.0f}" for f in fss] + ["-"] * len(peers)
+        f"{(data['results'][f].get('peak_rss_kib') or 0) / 1024:.0f}" for f in fss] + ["-"] * (len(peers) + len(floor_cols))
     lines.append("| " + " | ".join(rss) + " |")
     limits = data.get("limits", {})
     if limits:
-        lines += ["", "Raw boto3 on the same server (physical limit): " + ", ".join(
+        via = "through the same proxy" if meta.get("via_proxy") else "on the same server"
+        lines += ["", f"Raw boto3 {via} (physical limit): " + ", ".join(
             f"{k} {v['seconds']:.3f} s" for k, v in limits.items() if "seconds" in v and "latency" not in k)]
+    if floors:
+        lines += ["", "Floors (same run, same path): " + "; ".join(
+            f"{k} {v['seconds']:.3f} s = {v['doc']}" for k, v in floors.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -69,12 +83,19 @@ def chart(data, fss, steps, png: str):
         vals = [seconds(data, f, s) or 0 for s in steps]
         xs = [x + i * width for x in range(len(steps))]
         ax.bar(xs, vals, width, label=f, color=COLORS.get(f))
+    floors = data.get("floors") or {}
+    for x, s in enumerate(steps):
+        fl = floors.get(s, {}).get("seconds")
+        if fl:
+            ax.hlines(fl, x - width / 2, x + width * (len(fss) - 0.5), colors="black", linewidth=1.5,
+                      label="floor" if x == min(i for i, t in enumerate(steps) if t in floors) else None)
     ax.set_xticks([x + width * (len(fss) - 1) / 2 for x in range(len(steps))])
     ax.set_xticklabels(steps, rotation=25, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("seconds (log scale, lower is better)")
     meta = data["meta"]
-    ax.set_title(f"s3fuse vs peers on {meta['server']} - {meta['date'][:10]}, {meta['host']['cpus']} cores")
+    rtt = f", +{meta.get('rtt_ms', 0):g} ms RTT" if meta.get("via_proxy") else ""
+    ax.set_title(f"s3fuse vs peers on {meta['server']}{rtt} - {meta['date'][:10]}, {meta['host']['cpus']} cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -3,14 +3,17 @@
 Every callback passes through ``to_errno``: the adapter's operations
 (``fuse_ops._errno_boundary``) and the binding's own ctypes-level overrides
 (``fuse_binding``).  The errno comes from ``errors.ERRNO``; an everyday answer (ENOENT
-from a stat) is logged at debug level, a failure with its traceback, and an exception no
-table knows (a bug) as an error, answered EIO - never fusepy's accidental EINVAL.
+from a stat) is logged at debug level; a failure in one line (the path, the S3 request,
+its status and attempts, the errno returned and what became of the data, see
+``errors.describe``), its traceback at debug level only; an exception no table knows (a
+bug) with its traceback, answered EIO - never fusepy's accidental EINVAL.  Every answer
+but success is counted in ``metrics.FUSE_ERRORS`` by operation and errno.
 """
 from __future__ import annotations
 
 import logging
 
-from . import errors
+from . import errors, metrics
 
 log = logging.getLogger("s3fuse.fuse_ops")
 
@@ -19,10 +22,16 @@ def to_errno(operation: str, args: tuple, exc: BaseException) -> int:
     """Log ``exc`` as raised by callback ``operation`` (first argument ``args[:1]``) and
     return the positive errno to answer with."""
     code = errors.errno_of(exc)
+    name = errors.errno_name(code)
+    metrics.FUSE_ERRORS.inc(operation, name)
+    path = args[0] if args else ""
     if isinstance(exc, errors.FsError) and errors.is_quiet(exc):
-        log.debug("%s%r: %s", operation, args[:1], exc)
+        log.debug("%s %r: %s", operation, path, exc)
     elif isinstance(exc, (errors.FsError, OSError)):
-        log.error("%s%r failed: %s", operation, args[:1], exc, exc_info=exc)
+        action = getattr(exc, "action", None)
+        log.error("%s %r failed: %s; %s returned%s", operation, path, errors.describe(exc), name,
+                  f", {action}" if action else "")
+        log.debug("%s %r: traceback", operation, path, exc_info=exc)
     else:
-        log.error("%s%r failed unexpectedly; returning EIO", operation, args[:1], exc_info=exc)
+        log.error("%s %r failed unexpectedly; returning EIO", operation, path, exc_info=exc)
     return code

@@ -10,6 +10,7 @@ import logging
 import os
 import select
 import sys
+import textwrap
 import threading
 import time
 
@@ -19,22 +20,43 @@ from .errors import ConfigError
 
 log = logging.getLogger("s3fuse")
 
-USAGE = """usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]
-       s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)
-       s3fuse status [MOUNTPOINT] [--json]          (live uploads, cache, requests)
-       s3fuse resume BUCKET[:/PREFIX] -o ...        (finish a crashed mount's uploads)
-       s3fuse uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS]
-                                                    (list/abort stale multipart uploads)
-       s3fuse demo [MOUNTPOINT]                     (local S3 server + demo bucket mount)
+# The flags and commands, for --help and the man page (s3fuse/manpage.py) alike.
+FLAGS = [
+    ("-f", "stay in the foreground (log to stderr)"),
+    ("-d", "debug: foreground, verbose logs, libfuse debug output"),
+    ("-o OPTIONS", "comma-separated mount options (below)"),
+    ("-h, --help", "this help"),
+    ("--version", "print the version"),
+]
+COMMANDS = [
+    ("status [MOUNTPOINT] [--json]", "live uploads (progress, rate, ETA), cache, requests, metrics endpoint; "
+                                     "without MOUNTPOINT every s3fuse mount of the host"),
+    ("sync MOUNTPOINT", "wait until every file closed on the mount is uploaded (-o writeback)"),
+    ("resume BUCKET[:/PREFIX] -o ...", "finish a crashed mount's uploads without mounting"),
+    ("uploads BUCKET[:/PREFIX] -o ... [--abort] [--older-than=SECONDS] [--force]",
+     "list (and abort) stale multipart uploads under the prefix"),
+    ("demo [MOUNTPOINT]", "start a local S3 server (moto) with a demo bucket and mount it"),
+    ("install-helper [--sbin-dir=DIR] [--man-dir=DIR] [--no-man]",
+     "write the mount(8) helpers /sbin/mount.s3fuse and /sbin/mount.fuse.s3fuse (they run this Python "
+     "and this s3fuse) and the man page /usr/local/share/man/man8/mount.s3fuse.8"),
+    ("man [--output=FILE]", "print the man page as roff (man -l FILE shows it)"),
+]
 
-Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from
--o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...
-environment variables, ~/.aws files, instance role).
 
-  -f            stay in the foreground (log to stderr)
-  -d            debug: foreground, verbose logs, libfuse debug output
-  -o OPTIONS    comma-separated mount options:
-"""
+def _usage_text() -> str:
+    lines = ["usage: mount.s3fuse BUCKET[:/PREFIX] MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]",
+             "       s3fuse BUCKET[:/PREFIX] MOUNTPOINT [...]     (same as mount.s3fuse)"]
+    for synopsis, text in COMMANDS:
+        lines.append(f"       s3fuse {synopsis}")
+        lines += textwrap.wrap(text, 88, initial_indent=" " * 11, subsequent_indent=" " * 11)
+    lines += ["", "Mount an S3 bucket (or a prefix of it) as a filesystem.  Credentials come from",
+              "-o passwd_file=, -o profile=, or the standard AWS chain (AWS_ACCESS_KEY_ID/...",
+              "environment variables, ~/.aws files, instance role).  man mount.s3fuse has it all.", ""]
+    lines += [f"  {flag:<13} {text}" for flag, text in FLAGS]
+    return "\n".join(lines + ["", "Mount options:"]) + "\n"
+
+
+USAGE = _usage_text()
 
 READY = b"READY\n"
 
@@ -199,6 +221,15 @@ def _reopen_log_on_sighup(logs):
     threading.Thread(target=loop, name="sighup", daemon=True).start()
 
 
+def _raise_open_file_limit(want: int = 1 << 16):
+    """Each file open or waiting for its upload (writeback) holds its staging file open."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     """Check the bucket, mount, serve until unmounted.  Returns the exit code."""
     from . import logs
@@ -207,6 +238,7 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     from .fs import Filesystem
 
     os.umask(0o077)
+    _raise_open_file_limit()
     logs.setup(cfg.log_file, cfg.log_level, foreground=cfg.foreground, debug=cfg.debug)
     _reopen_log_on_sighup(logs)
 
@@ -218,7 +250,10 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
             sys.stderr.write(f"s3fuse: {message}\n")
         return 1
 
+    endpoint = None
     try:
+        if cfg.metrics:
+            endpoint = _metrics_server(cfg)       # bound now: a taken port fails the mount
         client = build_client(cfg)
         client.probe()
         fs = Filesystem.for_mount(cfg, client)
@@ -229,7 +264,13 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         return fail(describe_error(exc, cfg))
 
     from .status import StatusWriter
-    status = StatusWriter(cfg.mountpoint, fs.stats)
+    if endpoint is not None:
+        from . import metrics
+        from .fuse_binding import describe
+        metrics.REGISTRY.add_collector(metrics.mount_collector(fs, cfg.mountpoint, __version__, describe()))
+        endpoint.start()
+        log.warning("metrics at %s", endpoint.url)
+    status = StatusWriter(cfg.mountpoint, lambda: dict(fs.stats(), metrics=endpoint and endpoint.url))
 
     def on_init():
         status.start()
@@ -274,8 +315,19 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
         return fail(f"FUSE mount of {cfg.mountpoint} failed: {exc}{detail}")
     finally:
         status.stop()
+        if endpoint is not None:
+            endpoint.stop()
         log.warning("unmounted %s", cfg.mountpoint)
     return 0
+
+
+def _metrics_server(cfg: MountConfig):
+    from .metrics import MetricsServer
+    host, port = cfg.metrics
+    try:
+        return MetricsServer(host, port)
+    except OSError as exc:
+        raise ConfigError(f"metrics={host}:{port}: cannot listen there: {exc.strerror or exc}") from None
 
 
 def mount_main(argv) -> int:
@@ -357,7 +409,9 @@ def _subcommand(name: str):
     return run
 
 
-SUBCOMMANDS = {name: _subcommand(name) for name in ("demo", "status", "resume", "uploads")}
+SUBCOMMANDS = {name: _subcommand(name) for name in ("demo", "status", "resume", "uploads", "sync")}
+SUBCOMMANDS["install-helper"] = _subcommand("install_helper")
+SUBCOMMANDS["man"] = _subcommand("man")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ def status(argv) -> int:
     if targets and not entries:
         sys.stderr.write(f"s3fuse: no s3fuse mount at {targets[0]}\n")
         return 1
+    if not entries and not as_json:
+        print("no s3fuse mounts")
+        return 0
     if as_json:
         print(json.dumps(entries if not targets else entries[0], indent=1, sort_keys=True))
         return 0
@@ -168,3 +171,79 @@ def uploads(argv) -> int:
     print(f"aborted {len(victims)} upload(s)" + (f", kept {len(uploads) - len(victims)} resumable (--force aborts them)"
                                                  if len(victims) < len(uploads) else ""))
     return 0
+
+
+def sync(argv) -> int:
+    """Wait until every file closed on the mount is in S3 (writeback): an fsync of the
+    mount's root directory, which s3fuse answers once its upload queue is empty (sync(1)
+    and syncfs(2) do not reach FUSE daemons)."""
+    targets = [a for a in argv if not a.startswith("-")]
+    if len(targets) != 1:
+        sys.stderr.write("usage: s3fuse sync MOUNTPOINT\n")
+        return 2
+    try:
+        fd = os.open(targets[0], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        sys.stderr.write(f"s3fuse sync: {targets[0]}: {exc.strerror}\n")
+        return 1
+    return 0
+
+
+def install_helper(argv) -> int:
+    """Write the mount(8) helpers (and the man page) for this Python and this s3fuse."""
+    from .install import install
+    try:
+        opts = _flags(argv, ("--sbin-dir", "--man-dir"), ("--no-man",))
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\nusage: s3fuse install-helper [--sbin-dir=DIR] [--man-dir=DIR] "
+                         "[--no-man]\n")
+        return 2
+    try:
+        written = install(sbin_dir=opts.get("--sbin-dir", "/sbin"),
+                          man_dir=None if opts.get("--no-man") else opts.get("--man-dir", "/usr/local/share/man"))
+    except OSError as exc:
+        sys.stderr.write(f"s3fuse: install-helper: {exc.filename or ''}: {exc.strerror or exc}\n")
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def man(argv) -> int:
+    """The mount.s3fuse(8) man page as roff, on stdout or into --output=FILE."""
+    from .manpage import render
+    try:
+        opts = _flags(argv, ("--output",), ())
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\nusage: s3fuse man [--output=FILE]\n")
+        return 2
+    if "--output" in opts:
+        with open(opts["--output"], "w") as f:
+            f.write(render())
+    else:
+        sys.stdout.write(render())
+    return 0
+
+
+def _flags(argv, valued: tuple, plain: tuple) -> dict:
+    """--name=VALUE / --name VALUE for ``valued``, --flag for ``plain``; anything else is
+    a ConfigError."""
+    out, args = {}, list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, val = arg.partition("=")
+        if name in valued:
+            if not eq:
+                if not args:
+                    raise ConfigError(f"{name} needs a value")
+                val = args.pop(0)
+            out[name] = val
+        elif arg in plain:
+            out[arg] = True
+        else:
+            raise ConfigError(f"unknown argument {arg!r}")
+    return out

@@ -56,6 +56,20 @@ def parse_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def parse_listen(text: str) -> tuple:
+    """'[ADDR:]PORT' -> (host, port); a port alone (or ':PORT') listens on loopback only.
+    IPv6 addresses in brackets: '[::1]:9101'.  Port 0 picks a free port."""
+    host, _, port = text.rpartition(":")
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not [ADDR:]PORT: {text!r} (e.g. 9101 or 0.0.0.0:9101)")
+    if host and not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"bad address in {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
 def _choice(*choices):
     def parse(text):
         if text not in choices:
@@ -134,6 +148,8 @@ OPTIONS = {
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "small_file_readahead": ("small_file_readahead", parse_bool,
+                             "prefetch the next small files of a directory read in listing order (default on)"),
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
     "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
     "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
@@ -147,8 +163,17 @@ OPTIONS = {
                         "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
     "hardlinks": ("hardlinks", _choice("copy", "off"), "copy: link() makes a server-side copy; off: EPERM"),
+    "writeback": ("writeback", None, "close() returns once the file is durable on local disk; uploads run in "
+                                     "the background (default off: close() returns once the object is in S3)"),
+    "writeback_files": ("writeback_files", _positive(int), "files waiting for upload before close() waits (4096)"),
+    "writeback_bytes": ("writeback_bytes", _positive(parse_size),
+                        "bytes waiting for upload (staging disk) before close() waits (1G)"),
+    "writeback_threads": ("writeback_threads", _positive(int), "uploads of closed files at once (16)"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
-    "log_level": ("log_level", _choice("debug", "info", "warning", "error"), "default warning"),
+    "log_level": ("log_level", _choice("debug", "info", "warning", "error"),
+                  "default warning; info adds one line per finished upload (size, parts, seconds, MiB/s)"),
+    "metrics": ("metrics", parse_listen, "serve Prometheus metrics at http://[ADDR:]PORT/metrics (ADDR default "
+                "127.0.0.1; PORT 0 picks a free port, shown by s3fuse status)"),
 }
 
 # Options meant for mount(8), systemd or the kernel that s3fuse accepts and ignores.
@@ -199,6 +224,7 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
+    small_file_readahead: bool = True
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0
     negative_ttl: float = 5.0
@@ -209,8 +235,13 @@ class MountConfig:
     request_timeout: float = 30.0
     retries: int = 5
     hardlinks: str = "copy"
+    writeback: bool = False
+    writeback_files: int = 4096
+    writeback_bytes: int = 1 << 30
+    writeback_threads: int = 16
     log_file: Optional[str] = None
     log_level: str = "warning"
+    metrics: Optional[tuple] = None       # (host, port) of the Prometheus endpoint
     ignored: list = field(default_factory=list)
 
     @property

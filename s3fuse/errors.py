@@ -13,7 +13,18 @@ import errno as _errno
 
 
 class FsError(Exception):
-    """Base of every error with a definite errno (see ``ERRNO``)."""
+    """Base of every error with a definite errno (see ``ERRNO``).
+
+    An error that comes from an S3 request also says which request it was and how it
+    ended, for the one log line that reports it (``describe``): ``s3_op`` (S3's name,
+    "PutObject"), ``status`` (the HTTP status, or "unreachable"/"timeout" when no answer
+    came) and ``attempts`` (how many the retry layer made).  ``action`` is what s3fuse
+    did with the data besides answering (e.g. "upload kept in the journal for resume")."""
+
+    s3_op = None
+    status = None
+    attempts = 0
+    action = None
 
     @property
     def errno(self) -> int:
@@ -177,6 +188,45 @@ def is_quiet(exc: BaseException) -> bool:
     """An everyday answer (logged without a traceback)."""
     found = _entry(exc)
     return found is not None and found[1]
+
+
+def with_status(exc: FsError, status) -> FsError:
+    """``exc`` with the status of the request that failed set (HTTP status or
+    "unreachable", "timeout", "cut"), for ``describe`` and the metrics."""
+    exc.status = str(status)
+    return exc
+
+
+def set_action(exc: BaseException, action: str):
+    """Say what s3fuse did with the data of a failed operation (``describe``'s reader)."""
+    try:
+        exc.action = action
+    except AttributeError:       # an exception type without a __dict__
+        pass
+
+
+def errno_name(code: int) -> str:
+    """"EIO" for 5, as the logs and the metrics spell an errno."""
+    return _errno.errorcode.get(code, str(code))
+
+
+def s3_op_name(op: str) -> str:
+    """botocore's operation name as S3 spells it: put_object -> PutObject."""
+    return "".join(w.upper() if w == "v2" else w.capitalize() for w in op.split("_"))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure: the S3 request, its status and the attempts made (when it
+    came from S3), then the message.  E.g. "S3 PutObject failed (status 503, 5 attempts):
+    put 'a/b': 503 SlowDown"."""
+    message = str(exc) or exc.__class__.__name__
+    op = getattr(exc, "s3_op", None)
+    if not op:
+        return message
+    detail = [f"status {exc.status or 'unknown'}"]
+    if exc.attempts:
+        detail.append(f"{exc.attempts} attempt{'s' if exc.attempts > 1 else ''}")
+    return f"S3 {op} failed ({', '.join(detail)}): {message}"
 
 
 class ConfigError(Exception):

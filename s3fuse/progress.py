@@ -48,9 +48,20 @@ def render_status(entry: dict) -> str:
         lines.append(f"  transport: {t.get('endpoint')} ({t.get('addressing')}-style, region {t.get('region')}), "
                      f"fallbacks to botocore {t.get('fallback_total', 0)}"
                      + (f" ({', '.join(f'{k} {v}' for k, v in sorted(falls.items()))})" if falls else ""))
+    if entry.get("metrics"):
+        lines.append(f"  metrics: {entry['metrics']}")
     uploads = entry.get("uploads") or []
     lines.append(f"  uploads in progress: {len(uploads)}; pending in journal: {entry.get('journal_pending', 0)}")
     lines.extend(upload_line(u) for u in uploads)
+    wb = entry.get("writeback")
+    if wb:
+        rate = wb.get("rate")
+        lines.append(f"  writeback: {wb['pending_files']} file(s), {human(wb['pending_bytes'])} waiting for upload"
+                     + (f", {human(rate)}/s, ETA {eta(0, wb['pending_bytes'], rate)}" if rate else "")
+                     + f"; {wb['uploaded']} uploaded")
+        for fail in wb.get("failing") or []:
+            lines.append(f"    failing: {fail['path']}: {fail['attempts']} attempt(s), last error {fail['error']}; "
+                         f"next try in {max(0, fail['next_try'] - time.time()):.0f} s")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import random
 import time
 from typing import Callable, Optional, TypeVar
 
-from . import errors
+from . import errors, metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,17 +39,26 @@ class RetryPolicy:
             base = max(base, min(1.0, self.max_delay))
         return base * random.uniform(0.5, 1.0)
 
-    def run(self, attempt: Callable[[], T], what: str) -> T:
+    def run(self, attempt: Callable[[], T], what: str, op: Optional[str] = None) -> T:
+        """``attempt()`` until it answers, under this policy.  ``op`` (botocore's name of
+        the S3 operation) labels the failure: the error raised in the end carries it
+        (``s3_op``) and the attempts made, for the one line that reports it."""
         started = time.monotonic()
+        name = errors.s3_op_name(op) if op else None
         for n in range(1, self.attempts + 1):
             try:
                 return attempt()
-            except errors.Transient as exc:
-                if n == self.attempts:
+            except errors.FsError as exc:
+                if name and exc.s3_op is None:
+                    exc.s3_op = name
+                exc.attempts = n
+                if not isinstance(exc, errors.Transient) or n == self.attempts:
                     raise
                 wait = self.delay(n, exc)
                 if self.budget is not None and time.monotonic() - started + wait > self.budget:
                     raise
-                log.warning("%s: %s; attempt %d of %d in %.1f s", what, exc, n + 1, self.attempts, wait)
+                metrics.S3_RETRIES.inc(op or "unknown")
+                log.warning("%s; retrying in %.1f s (attempt %d of %d)", errors.describe(exc), wait, n + 1,
+                            self.attempts)
                 self._sleep(wait)
         raise AssertionError("not reached")

@@ -32,6 +32,7 @@ from .endpoint import Endpoint, Network, ca_bundle_from
 from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, error_kind, http_timestamp,
                       parse_list_page, strip_etag)
 from .retry import RetryPolicy
+from .s3_reads import RangeReads
 from .s3_stats import ClientStats
 from .s3_uploads import MultipartRequests
 from .sse import ObjectOptions
@@ -48,8 +49,33 @@ _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
                      if hasattr(botocore.exceptions, name))
 
 
+_TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
+                  if hasattr(botocore.exceptions, name))
+
+
+def _status(exc: Exception) -> str:
+    """The status of a failed botocore request, as metrics and logs give it: the HTTP
+    status, or "timeout"/"unreachable" when no answer came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                   or exc.response.get("Error", {}).get("Code") or "error")
+    if isinstance(exc, _TIMEOUTS):
+        return "timeout"
+    if isinstance(exc, _UNREACHABLE):
+        return "unreachable"
+    return "error"
+
+
 def _translate(exc: Exception, what: str) -> Exception:
-    """A botocore exception as one of ours (the only place that knows botocore's)."""
+    """A botocore exception as one of ours (the only place that knows botocore's), with
+    its ``status`` set."""
+    out = _kind_of(exc, what)
+    if out is not exc:
+        out.status = _status(exc)
+    return out
+
+
+def _kind_of(exc: Exception, what: str) -> Exception:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -95,10 +121,11 @@ def _session(profile, access_key, secret_key, region):
         raise errors.ConfigError(f"AWS configuration: {exc}") from None
 
 
-class ObjectClient(ClientStats, MultipartRequests):
+class ObjectClient(ClientStats, RangeReads, MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
     _header_params = staticmethod(_header_params)
+    _translate = staticmethod(_translate)
 
     def __init__(self, bucket: str, *, endpoint: Optional[str] = None, region: Optional[str] = None,
                  profile: Optional[str] = None, access_key: Optional[str] = None,
@@ -132,12 +159,12 @@ class ObjectClient(ClientStats, MultipartRequests):
         self._fast = self._probe_fast = None
         if credentials is not None:
             self._fast = Transport(self.endpoint, Network(self.ca_bundle, connect_timeout, read_timeout),
-                                   credentials, on_region=self._region_moved)
+                                   credentials, on_region=self._region_moved, observe=self._record)
             # The mount-time probe fails within seconds even against a server that accepts
             # connections and never answers: 2 attempts of at most 3 s each.
             self._probe_fast = Transport(self.endpoint, Network(self.ca_bundle, min(connect_timeout, 3.0),
                                                                 min(read_timeout, 3.0)),
-                                         credentials, on_region=self._region_moved)
+                                         credentials, on_region=self._region_moved, observe=self._record)
             for t in (self._fast, self._probe_fast):
                 t.common_headers = self.options.common()
                 t.read_headers = self.options.customer_key()
@@ -178,22 +205,28 @@ class ObjectClient(ClientStats, MultipartRequests):
 
     def _call(self, op: str, what: str, client=None, **kwargs):
         """One botocore request (no retry: the caller's policy decides)."""
-        self._count(op)
         for name, value in self._op_extra(op).items():
             kwargs.setdefault(name, value)
+        body = kwargs.get("Body")
+        size = len(body) if isinstance(body, (bytes, bytearray)) else 0
         try:
-            return getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
+            resp = getattr(client or self._client, op)(Bucket=self.bucket, **kwargs)
         except Exception as exc:
             translated = _translate(exc, what)
+            status = str(getattr(translated, "status", None) or "error")
+            self._record(op, status, size if status.isdigit() else 0)
             if translated is exc:
                 raise
             raise translated from exc
+        self._record(op, resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200, size)
+        return resp
 
-    def _run(self, what: str, attempt: Callable):
-        """``attempt`` under the retry policy; ``error_count`` counts the operations that
-        failed in the end (a 404 is an answer, not a failure)."""
+    def _run(self, op: str, what: str, attempt: Callable):
+        """``attempt`` (requests of S3 operation ``op``) under the retry policy;
+        ``error_count`` counts the operations that failed in the end (a 404 is an
+        answer, not a failure)."""
         try:
-            return self.retry.run(attempt, what)
+            return self.retry.run(attempt, what, op)
         except errors.NotFound:
             raise
         except errors.FsError:
@@ -203,7 +236,7 @@ class ObjectClient(ClientStats, MultipartRequests):
 
     def _op(self, op: str, what: str, **kwargs):
         """A botocore request under the retry policy."""
-        return self._run(what, lambda: self._call(op, what, **kwargs))
+        return self._run(op, what, lambda: self._call(op, what, **kwargs))
 
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
@@ -215,12 +248,11 @@ class ObjectClient(ClientStats, MultipartRequests):
         def once():
             if self._probe_fast is not None:
                 status, headers, _ = self._probe_fast._request("GET", None, query={"list-type": "2", "max-keys": "1"})
-                self._count("list_objects_v2")
                 return headers.get("date")
             resp = self._call("list_objects_v2", what, client=self._probe_client, MaxKeys=1)
             return _http_headers(resp).get("date")
         try:
-            date = self._probe_retry.run(once, what)
+            date = self._probe_retry.run(once, what, "list_objects_v2")
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
         self._saw_date(date)
@@ -241,7 +273,7 @@ class ObjectClient(ClientStats, MultipartRequests):
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
-        return self._run(f"list {prefix!r}", lambda: self._list_once(kwargs))
+        return self._run("list_objects_v2", f"list {prefix!r}", lambda: self._list_once(kwargs))
 
     def _list_once(self, kwargs: dict) -> ListPage:
         if self._fast is not None:
@@ -253,7 +285,6 @@ class ObjectClient(ClientStats, MultipartRequests):
             query["encoding-type"] = "url"
             page = parse_list_page(self._fast.list_objects(query))
             if page is not None:
-                self._count("list_objects_v2")
                 return page
             self._fallback("list_objects_v2", "a listing it could not read")
         resp = self._call("list_objects_v2", f"list {kwargs['Prefix']!r}", **kwargs)
@@ -289,7 +320,6 @@ class ObjectClient(ClientStats, MultipartRequests):
         return out
 
     def _head_info(self, key: str, answer: tuple) -> ObjectInfo:
-        self._count("head_object")
         status, h = answer
         if status == 404:
             raise errors.NotFound(f"head {key!r}: 404")
@@ -299,7 +329,7 @@ class ObjectClient(ClientStats, MultipartRequests):
                           headers=_content_headers(h))
 
     def head(self, key: str) -> ObjectInfo:
-        return self._run(f"head {key!r}", lambda: self._head_once(key))
+        return self._run("head_object", f"head {key!r}", lambda: self._head_once(key))
 
     def _head_once(self, key: str) -> ObjectInfo:
         if self._fast is not None:
@@ -309,70 +339,6 @@ class ObjectClient(ClientStats, MultipartRequests):
                           mtime=datetime_timestamp(resp.get("LastModified")),
                           metadata={k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
                           headers=_content_headers(_http_headers(resp)))
-
-    def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,
-                  chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
-        """GET bytes [start, end) of ``key``.  With ``etag`` the server must still have that
-        version (If-Match; a changed object raises ObjectChanged).  With ``sink`` the body is
-        streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned.
-        A body cut short is an attempt that failed: the next one asks for the rest."""
-        if end <= start:
-            return b""
-        pieces: list = []
-        reached = [start]       # bytes before this went to ``sink`` (or ``pieces``)
-
-        def deliver(offset: int, chunk):
-            if sink is None:
-                pieces.append(chunk)
-            else:
-                sink(offset, chunk)
-            reached[0] = offset + len(chunk)
-
-        def once():
-            if self._fast is not None:
-                at = reached[0]
-                got = self._fast.get(key, at, end, etag, chunk_size, deliver)
-                if got is not None:
-                    self._count("get_object")
-                    if got != end:
-                        raise errors.Unreachable(f"get {key!r}: body cut at {got} of [{at},{end})")
-                    return
-                self._fallback("get_object", "an answer that is not the range asked for")
-            self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
-        self._run(f"get {key!r} [{start},{end})", once)
-        return b"" if sink is not None else b"".join(pieces)
-
-    def _boto_get(self, key, start, end, etag, chunk_size, deliver):
-        what = f"get {key!r} [{start},{end})"
-        kwargs = dict(Key=key, Range=f"bytes={start}-{end - 1}")
-        if etag:
-            kwargs["IfMatch"] = f'"{etag}"'
-        resp = self._call("get_object", what, **kwargs)
-        body = resp["Body"]
-        offset = start
-        try:
-            pending = b""
-            while True:
-                chunk = body.read(chunk_size - len(pending))
-                if not chunk:
-                    break
-                pending += chunk
-                if len(pending) >= chunk_size:
-                    deliver(offset, pending)
-                    offset += len(pending)
-                    pending = b""
-            if pending:
-                deliver(offset, pending)
-                offset += len(pending)
-        except Exception as exc:
-            translated = _translate(exc, what)     # the connection broke inside the body
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            body.close()
-        if offset != end:
-            raise errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)")
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
@@ -386,7 +352,6 @@ class ObjectClient(ClientStats, MultipartRequests):
             if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
                 answer = self._fast.put(key, bytes(body), content_md5, metadata, sent)
                 if answer is not None:
-                    self._count("put_object")
                     self._saw_date(answer[1])
                     return answer[0]
                 self._fallback("put_object", "non-ASCII metadata")
@@ -396,7 +361,7 @@ class ObjectClient(ClientStats, MultipartRequests):
             resp = self._call("put_object", f"put {key!r}", **kwargs)
             self._saw_date(_http_headers(resp).get("date"))
             return strip_etag(resp.get("ETag"))
-        return self._run(f"put {key!r}", once)
+        return self._run("put_object", f"put {key!r}", once)
 
     def copy(self, src: str, dst: str, metadata: Optional[dict] = None, headers: Optional[dict] = None,
              if_match: Optional[str] = None) -> str:
@@ -421,10 +386,9 @@ class ObjectClient(ClientStats, MultipartRequests):
         def once():
             if self._fast is not None:
                 self._fast.delete(key)
-                self._count("delete_object")
                 return
             self._call("delete_object", f"delete {key!r}", Key=key)
-        self._run(f"delete {key!r}", once)
+        self._run("delete_object", f"delete {key!r}", once)
 
     def delete_many(self, keys: list):
         for i in range(0, len(keys), 1000):

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Optional
 
+from . import metrics
 from .objects import http_timestamp
 
 log = logging.getLogger("s3fuse.s3")
@@ -40,7 +41,12 @@ class ClientStats:
         if seen:
             self._clock_offset = seen + 0.5 - time.time()    # Date has whole seconds
 
-    def _count(self, op: str):
+    def _record(self, op: str, status, sent: int = 0):
+        """One request sent (by botocore or the transport) and how it ended: ``status`` is
+        the HTTP status, or "unreachable"/"timeout"; ``sent`` the bytes of its body."""
         with self.stats_lock:
             self.request_counts[op] = self.request_counts.get(op, 0) + 1
+        metrics.S3_REQUESTS.inc(op, str(status))
+        if sent:
+            metrics.S3_SENT.inc(n=sent)
 

@@ -23,7 +23,7 @@ class MultipartRequests:
         def once():
             tries.append(self.server_now())
             return self._call("create_multipart_upload", f"create upload {key!r}", **kwargs)["UploadId"]
-        upload_id = self._run(f"create upload {key!r}", once)
+        upload_id = self._run("create_multipart_upload", f"create upload {key!r}", once)
         if len(tries) > 1:
             self._abort_strays(key, keep=upload_id, since=tries[0])
         return upload_id
@@ -48,12 +48,11 @@ class MultipartRequests:
                 answer = self._fast.put(key, bytes(body), content_md5, headers=self.options.customer_key(),
                                         query={"partNumber": str(number), "uploadId": upload_id})
                 if answer is not None:
-                    self._count("upload_part")
                     return answer[0]
             resp = self._call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
                               PartNumber=number, Body=body, ContentMD5=content_md5)
             return strip_etag(resp.get("ETag"))
-        return self._run(f"upload part {number} of {key!r}", once)
+        return self._run("upload_part", f"upload part {number} of {key!r}", once)
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, src: str, start: int, end: int,
                          src_etag: Optional[str] = None) -> str:

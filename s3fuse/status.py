@@ -71,7 +71,19 @@ class StatusWriter:
             pass
 
 
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):
+        return isinstance(pid, int)
+    return True
+
+
 def read_all() -> list:
+    """The status of every live mount of this host (this user's runtime directory; root's
+    is /run/s3fuse).  A file left by a daemon that died (SIGKILL) is skipped."""
     out = []
     try:
         names = sorted(os.listdir(runtime_dir()))
@@ -81,9 +93,11 @@ def read_all() -> list:
         if name.endswith(".json"):
             try:
                 with open(os.path.join(runtime_dir(), name)) as f:
-                    out.append(json.load(f))
+                    entry = json.load(f)
             except (OSError, ValueError):
                 continue
+            if isinstance(entry, dict) and _alive(entry.get("pid")):
+                out.append(entry)
     return out
 
 

@@ -36,7 +36,8 @@ class _RegionMoved(Exception):
 
 class Transport:
     def __init__(self, endpoint: Endpoint, network: Network, credentials,
-                 on_region: Optional[Callable[[str], None]] = None):
+                 on_region: Optional[Callable[[str], None]] = None,
+                 observe: Optional[Callable[[str, object, int], None]] = None):
         self.endpoint = endpoint
         self.network = network
         self.signer = Signer(credentials)
@@ -47,6 +48,9 @@ class Transport:
         self._idle: list = []                  # keep-alive http.client connections
         self._idle_pipes: list = []            # connections used for pipelined HEADs
         self.connections_opened = 0            # for the status file (and the tests)
+        # observe(S3 operation, HTTP status or "unreachable"/"timeout", body bytes sent):
+        # every request sent, as the client counts them (metrics, status file)
+        self.observe = observe or (lambda op, status, sent: None)
 
     # -- connections ---------------------------------------------------------------------
     # Connections are checked out of a shared idle list for one request and returned once
@@ -77,9 +81,11 @@ class Transport:
         try:
             conn = self.network.connect(ep.scheme, ep.connect_host, ep.port)
         except TimeoutError:
-            raise errors.Unreachable(f"connect to {ep.connect_host}:{ep.port}: timed out") from None
+            raise errors.with_status(errors.Unreachable(f"connect to {ep.connect_host}:{ep.port}: timed out"),
+                                     "timeout") from None
         except OSError as exc:     # refused, DNS, TLS (certificate), proxy refused the tunnel
-            raise errors.Unreachable(f"connect to {ep.connect_host}:{ep.port}: {exc}") from None
+            raise errors.with_status(errors.Unreachable(f"connect to {ep.connect_host}:{ep.port}: {exc}"),
+                                     "unreachable") from None
         conn.host_id = ep.connect_host
         return conn
 
@@ -119,6 +125,7 @@ class Transport:
         url = path + ("?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in sorted(query.items())) if query else "")
         if self.network.absolute(ep.scheme, ep.connect_host):
             url = f"{ep.scheme}://{ep.host_header}{url}"
+        op = _operation(method, key, query)
         sent = dict(self.common_headers)
         if method in ("GET", "HEAD"):
             sent.update(self.read_headers)
@@ -134,20 +141,27 @@ class Transport:
                     signed["content-length"] = str(len(body))
                 conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
                 resp = conn.getresponse()
+            except errors.Unreachable as exc:       # no connection could be made
+                self.observe(op, getattr(exc, "status", "unreachable"), 0)
+                raise
             except TimeoutError:
                 if conn is not None:
                     conn.close()
-                raise errors.Unreachable(f"{what}: timed out") from None
+                self.observe(op, "timeout", 0)
+                raise errors.with_status(errors.Unreachable(f"{what}: timed out"), "timeout") from None
             except (http.client.HTTPException, OSError) as exc:
                 if conn is not None:
                     conn.close()     # e.g. a keep-alive connection the server closed
                 if attempt:
-                    raise errors.Unreachable(f"{what}: {exc or exc.__class__.__name__}") from None
+                    self.observe(op, "unreachable", 0)
+                    raise errors.with_status(errors.Unreachable(f"{what}: {exc or exc.__class__.__name__}"),
+                                             "unreachable") from None
                 continue
             except BaseException:
                 if conn is not None:
                     conn.close()
                 raise
+            self.observe(op, resp.status, len(body) if method == "PUT" else 0)
             if resp.status in ok:
                 return conn, resp
             self._fail(conn, resp, what)
@@ -168,7 +182,8 @@ class Transport:
             raise _RegionMoved(region)
         if resp.status in (301, 307) and not code:
             code = "PermanentRedirect"
-        raise error_kind(code, resp.status)(f"{what}: {resp.status}{' ' + code if code else ''}")
+        raise errors.with_status(error_kind(code, resp.status)(f"{what}: {resp.status}{' ' + code if code else ''}"),
+                                 resp.status)
 
     def _done(self, conn, resp, reusable: bool = True):
         """Give back a connection whose answer was read to its end (``reusable``), or close
@@ -186,7 +201,8 @@ class Transport:
             data = resp.read()
         except (http.client.HTTPException, OSError) as exc:
             self._done(conn, resp, reusable=False)
-            raise errors.Unreachable(f"{method} {key!r}: answer cut ({exc.__class__.__name__})") from None
+            raise errors.with_status(errors.Unreachable(f"{method} {key!r}: answer cut ({exc.__class__.__name__})"),
+                                     "cut") from None
         except BaseException:
             self._done(conn, resp, reusable=False)
             raise
@@ -210,9 +226,9 @@ class Transport:
         try:
             conn, resp = self._open("GET", key, headers=headers, ok=(200, 206))
         except errors.NotFound as exc:
-            raise errors.NotFound(f"get {key!r}: {exc}") from None
+            raise errors.with_status(errors.NotFound(f"get {key!r}: {exc}"), 404) from None
         except errors.ObjectChanged:
-            raise errors.ObjectChanged(f"get {key!r}: changed on the server (412)") from None
+            raise errors.with_status(errors.ObjectChanged(f"get {key!r}: changed on the server (412)"), 412) from None
         length = resp.length
         if length is None or length != end - start:
             self._done(conn, resp, reusable=False)     # not the range asked for (a server ignoring Range)
@@ -317,6 +333,7 @@ class Transport:
                 if status not in (200, 404):
                     raise ConnectionError(f"answer {status}")     # asked again one by one
                 results.append((status, answer))
+                self.observe("head_object", status, 0)
                 if answer.get("connection", "").lower() == "close":
                     raise ConnectionError("server closes the connection")
             if buf:
@@ -333,3 +350,12 @@ class Transport:
             raise
         self._give_back(self._idle_pipes, conn)
         return results
+
+
+def _operation(method: str, key: Optional[str], query: dict) -> str:
+    """The S3 operation of a request, as botocore names it."""
+    if method == "GET":
+        return "get_object" if key is not None else "list_objects_v2"
+    if method == "PUT":
+        return "upload_part" if "partNumber" in query else "put_object"
+    return {"HEAD": "head_object", "DELETE": "delete_object"}.get(method, method.lower())

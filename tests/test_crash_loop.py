@@ -206,11 +206,11 @@ def orphan_uploads(s3, bucket, m, tree) -> int:
     return len(uploads)
 
 
-def crash_loop(s3, bucket, mounter, tmp_path, seed: int, nfiles: int, kills: int):
+def crash_loop(s3, bucket, mounter, tmp_path, seed: int, nfiles: int, kills: int, options=OPTIONS):
     rng = random.Random(seed)
     src_root = str(tmp_path / "src")
     tree = make_tree(rng, src_root, nfiles)
-    m = mounter(bucket, options=OPTIONS, name="crash")
+    m = mounter(bucket, options=options, name="crash")
     confirmed: set = set()
     t_start = time.monotonic()
     for cycle in range(kills):
@@ -273,6 +273,13 @@ def crash_loop(s3, bucket, mounter, tmp_path, seed: int, nfiles: int, kills: int
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_crash_loop(s3, bucket, mounter, tmp_path, seed):
     crash_loop(s3, bucket, mounter, tmp_path, seed, FILES, KILLS)
+
+
+@pytest.mark.parametrize("seed", range(200, 200 + max(1, SEEDS // 2)))
+def test_crash_loop_writeback(s3, bucket, mounter, tmp_path, seed):
+    """-o writeback: close() returns before the upload; every file whose close returned
+    success is in the bucket after the kill, the remount and the journal's drain."""
+    crash_loop(s3, bucket, mounter, tmp_path, seed, FILES, KILLS, options=OPTIONS + ["writeback"])
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""mount.s3fuse as a mount helper: mount(8) with fstab entries, umount, signals, status."""
+"""mount.s3fuse as a mount helper: mount(8) with fstab entries, umount, signals, status;
+`s3fuse install-helper` and the man page."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,21 +15,21 @@ import pytest
 
 from s3fuse import status
 
-from .conftest import MOUNT_HELPER, REPO, is_mounted, unmount
+from .conftest import REPO, is_mounted, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
 
 
 @pytest.fixture(scope="module")
 def mount_helpers():
-    """Make sure mount(8) finds our helpers (scripts/install.sh installs them)."""
+    """Make sure mount(8) finds our helpers (scripts/install.sh installs them with
+    `s3fuse install-helper`)."""
+    from s3fuse.install import helper_text
     created = []
-    with open(MOUNT_HELPER) as f:
-        body = f.read().split("\n", 1)[1]
     for path in HELPERS:
         if not os.path.exists(path):
-            with open(path, "w") as f:     # as scripts/install.sh does: mount(8) gives no PATH
-                f.write(f"#!{sys.executable}\n{body}")
+            with open(path, "w") as f:     # as install-helper does: mount(8) gives no PATH
+                f.write(helper_text())
             os.chmod(path, 0o755)
             created.append(path)
     yield
@@ -184,3 +186,121 @@ def test_sighup_reopens_log(mounter, bucket):
     assert os.path.exists(m.log_file), "log not reopened after SIGHUP"
     assert is_mounted(m.path), "SIGHUP must not unmount"
     assert "reopened" in open(m.log_file).read()
+
+
+# -- install-helper and the man page ----------------------------------------------------------
+def _install_helper(tmp_path) -> tuple:
+    sbin, man = tmp_path / "sbin", tmp_path / "man"
+    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "install-helper", f"--sbin-dir={sbin}",
+                           f"--man-dir={man}"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return sbin, man
+
+
+def test_install_helper_writes_helpers_that_mount_t_and_fstab_run(mount_helpers, s3_server, s3, bucket, tmp_path):
+    """`s3fuse install-helper` output, used the way mount(8) uses it: `mount -t
+    fuse.s3fuse`, `mount -t s3fuse` and an fstab line, in a private mount namespace where
+    the helpers written are bound over /sbin's (so no other mount of the host sees
+    them), and the fuse.TYPE symlink run directly with an empty environment."""
+    sbin, man = _install_helper(tmp_path)
+    helper, link = sbin / "mount.s3fuse", sbin / "mount.fuse.s3fuse"
+    assert os.stat(helper).st_mode & 0o777 == 0o755
+    assert os.readlink(link) == "mount.s3fuse"
+    text = helper.read_text()
+    assert text.startswith(f"#!{sys.executable}\n") and f"sys.path.insert(0, {REPO!r})" in text
+    assert (man / "man8" / "mount.s3fuse.8").exists()
+
+    s3.put_object(Bucket=bucket, Key="sub/hello.txt", Body=b"from the bucket\n")
+    mnts = {name: tmp_path / name for name in ("t", "short", "fstab", "direct")}
+    for path in mnts.values():
+        path.mkdir()
+    common = [f"endpoint={s3_server.endpoint}", f"passwd_file={_passwd_file(tmp_path, s3_server)}"]
+
+    def opts(name):
+        return ",".join(common + [f"cache_dir={tmp_path / (name + '-cache')}", f"log_file={tmp_path / (name + '.log')}"])
+    fstab = tmp_path / "fstab.test"
+    fstab.write_text(f"{bucket}:/sub {mnts['fstab']} fuse.s3fuse _netdev,nofail,{opts('fstab')} 0 0\n")
+    script = f"""
+set -eu
+trap 'for m in {mnts['t']} {mnts['short']} {mnts['fstab']}; do umount -l "$m" 2>/dev/null || true; done' EXIT
+mount --bind {helper} /sbin/mount.s3fuse
+mount --bind {helper} /sbin/mount.fuse.s3fuse
+mount -t fuse.s3fuse -o {opts('t')} {bucket} {mnts['t']}
+mount -t s3fuse -o {opts('short')} {bucket}:/sub {mnts['short']}
+mount -T {fstab} {mnts['fstab']}
+cat {mnts['t']}/sub/hello.txt {mnts['short']}/hello.txt {mnts['fstab']}/hello.txt
+printf 'through mount -t' > {mnts['t']}/sub/by-t.txt
+printf 'through fstab' > {mnts['fstab']}/by-fstab.txt
+grep " fuse.s3fuse " /proc/self/mounts | grep -c " {tmp_path}/"
+umount {mnts['t']}
+umount {mnts['short']}
+umount {mnts['fstab']}
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:4] == ["from the bucket"] * 3 + ["3"], proc.stdout
+    assert s3.get_object(Bucket=bucket, Key="sub/by-t.txt")["Body"].read() == b"through mount -t"
+    assert s3.get_object(Bucket=bucket, Key="sub/by-fstab.txt")["Body"].read() == b"through fstab"
+    assert not any(is_mounted(str(p)) for p in mnts.values())
+
+    # mount(8) runs /sbin/mount.fuse.TYPE with an empty environment: so does this
+    proc = subprocess.run(["env", "-i", str(link), f"{bucket}:/sub", str(mnts["direct"]), "-o", opts("direct")],
+                          capture_output=True, text=True, timeout=60)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert (mnts["direct"] / "hello.txt").read_bytes() == b"from the bucket\n"
+    finally:
+        unmount(str(mnts["direct"]))
+
+
+def _rendered(page: str) -> str:
+    env = dict(os.environ, MANWIDTH="120", LC_ALL="C.UTF-8")
+    proc = subprocess.run(["man", "--warnings", "-l", page], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", f"roff warnings: {proc.stderr}"
+    return proc.stdout
+
+
+def test_man_page_renders_every_option_command_and_metric(tmp_path):
+    """`man -l` renders the page without warnings, and everything the tables hold is in
+    it: each mount option (and in --help too), each ignored option, flag, command and
+    metric - the page is generated from them."""
+    from s3fuse import metrics
+    from s3fuse.cli import COMMANDS, FLAGS
+    from s3fuse.config import IGNORED, OPTIONS
+    page = tmp_path / "mount.s3fuse.8"
+    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "man", f"--output={page}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = _rendered(str(page))
+    help_text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "--help"], cwd=REPO, capture_output=True,
+                               text=True, timeout=60).stdout
+    for name, (_, parser, help) in OPTIONS.items():
+        tag = name if parser is None else f"{name}=VALUE"
+        assert re.search(rf"^\s+{re.escape(tag)}$", text, re.M) or f"{tag} " in text, f"option {name} missing"
+        assert f"-o {name}" in help_text, f"option {name} missing from --help"
+        assert " ".join(help.split())[:40] in " ".join(text.split()), f"help of {name} missing"
+    for name in IGNORED:
+        assert re.search(rf"\b{re.escape(name)}\b", text), name
+    for flag, _ in FLAGS:
+        assert flag in text, flag
+    for synopsis, _ in COMMANDS:
+        assert f"s3fuse {synopsis}" in " ".join(text.split()), synopsis
+    for name, kind, _ in metrics.REGISTRY.names():
+        assert f"{name} ({kind})" in text, name
+    for section in ("SYNOPSIS", "OPTIONS", "COMMANDS", "FSTAB", "SYSTEMD", "METRICS", "LOGGING",
+                    "EXIT STATUS", "FILES", "SEMANTICS", "SEE ALSO"):
+        assert re.search(rf"^{section}$", text, re.M), section
+    assert "fuse.s3fuse  _netdev" in text and "Type=fuse.s3fuse" in text
+
+
+def test_man_finds_the_installed_page(tmp_path):
+    """What install-helper (and so scripts/install.sh) installs, `man mount.s3fuse` finds."""
+    _, man = _install_helper(tmp_path)
+    env = dict(os.environ, MANWIDTH="100", LC_ALL="C.UTF-8")
+    proc = subprocess.run(["man", "-M", str(man), "mount.s3fuse"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "mount.s3fuse, s3fuse - mount an S3 bucket as a filesystem" in proc.stdout

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -85,7 +86,7 @@ def clean_env(extra=None) -> dict:
 def test_secret_never_leaks(s3_server, s3, bucket, tmp_path, via):
     secret = "S3CR3T-" + uuid.uuid4().hex
     srv = SecretServer(s3_server, secret, via_env=(via == "env"))
-    options = ["log_level=debug", "part_size=5M"]
+    options = ["log_level=debug", "part_size=5M", "metrics=0"]
     if via == "passwd_file":
         pw = tmp_path / "passwd"
         pw.write_text(f"{bucket}:{srv.access_key}:{secret}\n")
@@ -123,12 +124,15 @@ result = True
         status_file = status.status_path(m.path)
         with open(status_file) as f:
             status_json = f.read()
+        with urllib.request.urlopen(json.loads(status_json)["metrics"], timeout=10) as resp:
+            metrics_text = resp.read().decode()
     finally:
         m.unmount()
     log = m.log()
     assert "DEBUG" in log, "the log ran at debug level"
     for what, text in (("log", log), ("status --json", st.stdout + st.stderr),
-                       ("status", st_text.stdout + st_text.stderr), ("status file", status_json)):
+                       ("status", st_text.stdout + st_text.stderr), ("status file", status_json),
+                       ("metrics", metrics_text)):
         assert secret not in text, f"the secret appears in the {what}"
     assert secret.encode() not in cmdline, "the secret is on the daemon's command line"
     hits = [h for h in grep_tree(m.cache_dir, secret.encode())]

@@ -138,3 +138,67 @@ def test_errno_of_local_failures_and_bugs():
     assert errors.errno_of(errors.WriteFailed("x")) == errno.EIO
     assert errors.errno_of(OSError(errno.EDQUOT, "quota")) == errno.EDQUOT
     assert errors.errno_of(KeyError("a bug")) == errno.EIO, "never EINVAL by accident"
+
+
+def test_small_files_opened_in_listing_order_are_fetched_ahead(make_fs):
+    """cp -r / tar c pattern: after two opens in listing order the next small files are
+    fetched in parallel, within the byte budget; a jump elsewhere fetches nothing more."""
+    fake = FakeS3()
+    for i in range(40):
+        fake.seed(f"d/f{i:02d}", b"%d" % i * 100)
+    fake.seed("d/zbig", b"x" * (5 << 20))          # beyond SMALL: never prefetched
+    fs = make_fs(fake)
+    names = [n for n, _ in fs.readdir("/d")][2:]
+    assert names[:2] == ["f00", "f01"]
+
+    def read(name):
+        fh, _ = fs.open(f"/d/{name}", os.O_RDONLY)
+        data = fs.read(fh, 1 << 20, 0)
+        fs.release(fh)
+        return bytes(data)
+
+    read("f00")
+    assert fake.count("get_range") == 1, "one open: no pattern yet"
+    read("f01")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len({d[0] for d in fake.details("get_range")}) < 40:
+        time.sleep(0.01)
+    fetched = {d[0] for d in fake.details("get_range")}
+    assert {f"d/f{i:02d}" for i in range(2, 40)} <= fetched, "the rest of the directory is fetched ahead"
+    assert "d/zbig" not in fetched
+    gets = fake.count("get_range")
+    for i in range(2, 40):
+        assert read(f"f{i:02d}") == b"%d" % i * 100
+    assert fake.count("get_range") == gets, "every later open is served from the block cache"
+
+
+def test_small_file_readahead_stops_when_the_pattern_breaks(make_fs):
+    fake = FakeS3()
+    for i in range(40):
+        fake.seed(f"d/f{i:02d}", b"y" * 10)
+    fs = make_fs(fake)
+    list(fs.readdir("/d"))
+    for name in ("f10", "f30", "f05", "f20"):          # random order: nothing ahead
+        fh, _ = fs.open(f"/d/{name}", os.O_RDONLY)
+        fs.read(fh, 100, 0)
+        fs.release(fh)
+    time.sleep(0.2)
+    assert fake.count("get_range") == 4 and fs.parts.readahead.started == 0
+
+
+def test_a_stale_listing_is_revalidated_by_one_list_not_per_name(make_fs):
+    """Names missing from a listing older than negative_ttl: one LIST re-checks them all
+    (an untar looks up one new name per file), and finds what another client added."""
+    fake = FakeS3()
+    fake.seed("d/a", b"a")
+    fs = make_fs(fake, negative_ttl=0.2, dir_ttl=60)
+    list(fs.readdir("/d"))
+    fake.seed("d/new", b"by another client")
+    time.sleep(0.3)
+    before = (fake.count("list_page"), fake.count("head"))
+    for i in range(20):
+        with pytest.raises(errors.NotFound):
+            fs.getattr(f"/d/missing{i}")
+    assert fake.count("list_page") - before[0] == 1 and fake.count("head") == before[1], \
+        "one LIST for twenty missing names, no HEAD"
+    assert fs.getattr("/d/new").size == len(b"by another client")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -548,7 +549,8 @@ def test_server_down_during_upload_loses_nothing(tmp_path):
         with open(recs[0]["staging"], "rb") as st:
             assert st.read() == data, "the staging file still holds every byte"
         # the release after close retries once more, then the record waits for the retry loop
-        wait_for(lambda: "upload at release failed" in m.log(), 60, "the release-time attempt to give up")
+        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
+                 "the release-time attempt to give up")
         server.start()                          # same port, empty
         s3.create_bucket(Bucket="down")
         t1 = time.monotonic()
@@ -588,7 +590,8 @@ def test_failed_upload_never_overwrites_a_later_write(tmp_path):
         with pytest.raises(OSError) as info:
             f.close()
         assert info.value.errno == errno.EIO
-        wait_for(lambda: "upload at release failed" in m.log(), 60, "the release-time attempt to give up")
+        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
+                 "the release-time attempt to give up")
         assert [r["state"] for r in journal_records(m)] == ["closed"]
         server.start()
         s3.create_bucket(Bucket="stale")
@@ -674,7 +677,7 @@ def test_enospc_in_staging(s3, bucket, mounter, tmp_path, tmpfs_cache):
         (tmp_path / "big").write_bytes(big)
         cp = subprocess.run(["cp", str(tmp_path / "big"), m.p("new.bin")], capture_output=True, text=True)
         assert cp.returncode != 0 and "No space left on device" in cp.stderr
-        wait_for(lambda: uploads_of(s3, bucket) == [], 15, "streamed uploads to be aborted")
+        wait_for(lambda: uploads_of(s3, bucket) == [], 30, "streamed uploads to be aborted")
         assert s3.head_object(Bucket=bucket, Key="keep.bin")["ETag"] == old_etag
         assert obj(s3, bucket, "keep.bin")[0] == old
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]

@@ -22,6 +22,7 @@ from .files import FileOps, StatFs
 from .names import NameOps
 from .parts import Parts, build, lock_cache_dir
 from .setattr import UTIME_NOW, UTIME_OMIT, AttrOps
+from .writeback import Writeback
 
 __all__ = ["Filesystem", "StatFs", "build", "lock_cache_dir"]
 
@@ -39,12 +40,17 @@ class Filesystem:
         self.files = FileOps(parts)
         self.names = NameOps(parts, self.files)
         self.attrs = AttrOps(parts, self.files)
+        if self.cfg.writeback:
+            parts.writeback = Writeback(self.files.commit, self.files.writeback_done,
+                                        threads=self.cfg.writeback_threads, max_files=self.cfg.writeback_files,
+                                        max_bytes=self.cfg.writeback_bytes)
         f, n, a = self.files, self.names, self.attrs
         # the operations, as the FUSE adapter calls them
         self.getattr, self.readdir, self.readlink = f.getattr, f.readdir, f.readlink
         self.statfs, self.access = f.statfs, f.access
         self.open, self.create, self.read, self.write = f.open, f.create, f.read, f.write
         self.truncate, self.flush, self.fsync, self.release = f.truncate, f.flush, f.fsync, f.release
+        self.fsyncdir = f.fsyncdir
         self.mkdir, self.rmdir, self.unlink = n.mkdir, n.rmdir, n.unlink
         self.symlink, self.link, self.rename, self.mknod = n.symlink, n.link, n.rename, n.mknod
         self.chmod, self.chown, self.utimens = a.chmod, a.chown, a.utimens
@@ -80,10 +86,16 @@ class Filesystem:
         self.files.commit_all()
 
     def close(self):
+        wb = self.parts.writeback
+        if wb is not None and not wb.drain(self.DRAIN_SECONDS):
+            log.warning("unmount: uploads still queued after %d s; they stay in the journal and the next "
+                        "mount (or s3fuse resume) finishes them", self.DRAIN_SECONDS)
         if not self.wait_idle(300):
             log.warning("unmount: uploads still running after 300 s; they stay in the journal")
         self.shutdown()
         self.parts.close()
+
+    DRAIN_SECONDS = 600
 
     def stats(self) -> dict:
         p = self.parts
@@ -95,4 +107,5 @@ class Filesystem:
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
                 "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
                 "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
-                "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused}
+                "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused,
+                "writeback": p.writeback.status() if p.writeback is not None else None}

@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import Callable
 
+from .. import errors
 from ..write import recovery
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class CommitScheduler:
         self._busy = threading.Condition()
         self._commits = 0
         self._stop = threading.Event()
+        self._interval = 30.0
 
     # -- key locks ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -114,7 +116,9 @@ class CommitScheduler:
                 try:
                     etag = recovery.resume(self.uploader, self.journal, entry)
                 except Exception as exc:
-                    log.error("upload of %r still failing (%s); staging kept, will retry", entry.key, exc)
+                    log.error("resume of upload %r failed: %s; kept in the journal, next try in %.0f s",
+                              entry.key, errors.describe(exc), self._interval)
+                    log.debug("resume of %r: traceback", entry.key, exc_info=True)
                     continue
             with self._lock:
                 self._pending.pop(entry.id, None)
@@ -124,6 +128,7 @@ class CommitScheduler:
     def start(self, interval: float, first: Callable[[], None]):
         """Background thread: ``first()`` (crash leftovers), then retry pending uploads
         every ``interval`` seconds until ``stop``."""
+        self._interval = interval
         def loop():
             first()
             while not self._stop.is_set():

@@ -175,6 +175,8 @@ class FileOps:
         obj = PinnedObject(self.p.mapper.key(path), attr.etag or "", attr.size)
         reader = Reader(self.p.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
         fh = self.handles.add(Handle(path, flags, reader))
+        if self.p.readahead is not None:
+            self.p.readahead.opened(path)
         return fh, self.handles.keep_kernel_cache(path, obj.etag)
 
     def create(self, path: str, mode: int, uid: int, gid: int, flags: int = 0) -> int:
@@ -248,46 +250,88 @@ class FileOps:
             self.p.cache.add(parent, name, f.path, f.attr)
 
     def flush(self, fh: int):
+        """close(): upload now (durable close), or seal and queue (writeback)."""
+        handle = self.handles.get(fh)
+        if handle.writable:
+            if self.p.writeback is not None:
+                self.writeback_close(handle.file)
+            else:
+                self.commit(handle.file)
+
+    def fsync(self, fh: int):
+        """The file's content is in S3 when fsync returns (also in writeback mode)."""
         handle = self.handles.get(fh)
         if handle.writable:
             self.commit(handle.file)
 
-    def fsync(self, fh: int):
-        self.flush(fh)
+    def fsyncdir(self, path: str):
+        """Writeback: wait until every closed file is uploaded (sync of the mount)."""
+        if self.p.writeback is not None:
+            self.p.writeback.drain(timeout=float("inf"), report=log.info)
+
+    def writeback_close(self, f: OpenFile):
+        """Writeback: ``f`` is durable on local disk (sealed) and its upload queued."""
+        if f.seal():
+            self.p.writeback.submit(f)
+
+    def writeback_done(self, f: OpenFile):
+        """Writeback: the last queued upload of ``f`` is done (or it was unlinked)."""
+        if self.handles.forget_file(f):
+            pending = f.discard()
+            if pending is not None:          # cannot happen after a successful upload
+                self.p.commits.add_pending(pending)
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)
         if key is not None:
-            self.p.client.delete(key)
+            self.delete_key(key)
             for p in ended:        # a listing made meanwhile still holds the name
                 self.p.cache.forget(*split(p), p)
         if handle is not None and handle.file is not None:
             self._release_file(handle.file)
 
     def _release_file(self, f: OpenFile):
-        if not self.handles.drop_file_ref(f):
+        queue = self.p.writeback is not None and (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None
+        if not self.handles.drop_file_ref(f, keep=queue):
             return
+        if queue:
+            try:
+                self.writeback_close(f)
+                return
+            except Exception:
+                log.error("%s: could not seal at release; uploading now", f.path, exc_info=True)
+                self.handles.forget_file(f, force=True)
         if (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None:
             try:
                 self.commit(f)
-            except Exception:
-                log.error("%s: upload at release failed; kept for retry", f.path, exc_info=True)
+            except Exception as exc:
+                log.error("release %r: upload failed: %s; %s", f.path, errors.describe(exc),
+                          getattr(exc, "action", None) or "not kept")
+                log.debug("release %r: traceback", f.path, exc_info=True)
         pending = f.discard()
         if pending is not None:
             self.p.commits.add_pending(pending)
         if not f.unlinked and f.dirty:
             self.p.cache.invalidate(f.path)
 
+    def delete_key(self, key: str):
+        """DeleteObject, after any upload of the key in progress (never a deleted file
+        brought back by an upload that was still running)."""
+        with self.p.commits.key_lock(key):
+            self.p.client.delete(key)
+
     def delete_or_defer(self, path: str, key: str):
         """Delete the object of ``path`` now, or when the last descriptor reading it closes
         (its name is hidden from then on)."""
         if not self.handles.defer_delete(path, key):
-            self.p.client.delete(key)
+            self.delete_key(key)
 
     def commit_all(self):
         """Unmount: commit what is still open (best effort); failures stay in the journal."""
         for f in self.handles.open_files():
             try:
                 self.commit(f)
-            except Exception:
-                log.error("%s: upload at unmount failed; kept in the journal", f.path, exc_info=True)
+            except Exception as exc:
+                log.error("unmount %r: upload failed: %s; %s", f.path, errors.describe(exc),
+                          getattr(exc, "action", None) or "not kept")
+                log.debug("unmount %r: traceback", f.path, exc_info=True)

@@ -127,14 +127,26 @@ class HandleTable:
         made.discard()
         return other
 
-    def drop_file_ref(self, f) -> bool:
-        """One reference less; True if it was the last (the file left the table)."""
+    def drop_file_ref(self, f, keep: bool = False) -> bool:
+        """One reference less; True if it was the last.  The file then leaves the table,
+        unless ``keep`` (writeback: it stays, for lookups and reads, until uploaded)."""
         with self._lock:
             f.refs -= 1
             last = f.refs <= 0
-            if last and self._files.get(f.path) is f:
+            if last and not keep and self._files.get(f.path) is f:
                 del self._files[f.path]
         return last
+
+    def forget_file(self, f, force: bool = False) -> bool:
+        """Writeback: ``f``'s upload is done; it leaves the table unless it was opened
+        again (or, unless ``force``, written) meanwhile.  True if it left (the caller
+        discards it)."""
+        with self._lock:
+            if f.refs > 0 or (f.dirty and not f.unlinked and not force):
+                return False
+            if self._files.get(f.path) is f:
+                del self._files[f.path]
+            return True
 
     def unlink_file(self, path: str):
         """``path`` is unlinked: its OpenFile (returned, or None) leaves the table marked

@@ -184,6 +184,8 @@ class NameOps:
             with f.lock:
                 f.detach_from_base(stop_stream=True)
                 self.handles.retarget_file(old, new, new_key)
+                if self.p.writeback is not None and f.refs <= 0:
+                    self.files.writeback_close(f)     # closed, upload pending: sealed under the new key
             if src.etag:
                 self.files.delete_or_defer(old, old_key)
             self.p.cache.add(*split(new), new, f.attr)

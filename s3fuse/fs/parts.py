@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..config import MountConfig
 from ..data.blockcache import BlockCache
@@ -27,6 +28,7 @@ from ..write.journal import Journal
 from ..write.uploader import Uploader
 from .commits import CommitScheduler
 from .handles import HandleTable
+from .prefetch import ListingReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,12 @@ class Parts:
     recovery_dir: str
     lockfile: object = None
     writing_leftovers: list = field(default_factory=list)   # WRITING records found at start
+    writeback: Optional[object] = None    # fs.writeback.Writeback with -o writeback (made by Filesystem)
+    readahead: Optional[object] = None    # fs.prefetch.ListingReadAhead
 
     def close(self):
+        if self.writeback is not None:
+            self.writeback.close()
         self.uploader.close()
         self.mover.close()
         self.fetcher.close()
@@ -122,7 +128,8 @@ def build(cfg: MountConfig, client) -> Parts:
     closed, writing = recovery.sort_out(journal, staging_dir, recovery_dir)
     for entry in closed:
         commits.add_pending(entry)
+    readahead = ListingReadAhead(cache, fetcher, mapper) if cfg.small_file_readahead else None
     return Parts(cfg=cfg, client=client, mapper=mapper, cache=cache, known=known, ns=ns, blocks=blocks,
                  fetcher=fetcher, journal=journal, uploader=uploader, mover=TreeMover(client, journal.dir),
                  handles=HandleTable(), commits=commits, staging_dir=staging_dir, recovery_dir=recovery_dir,
-                 lockfile=lockfile, writing_leftovers=writing)
+                 lockfile=lockfile, writing_leftovers=writing, readahead=readahead)

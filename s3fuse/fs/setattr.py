@@ -55,6 +55,8 @@ class AttrOps:
         f = self.p.handles.live_file(path)
         if f is not None and f.dirty:
             f.set_attr(change(f.attr))
+            if self.p.writeback is not None and f.refs <= 0:
+                self.files.writeback_close(f)     # closed, upload pending: durable again
             return
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:

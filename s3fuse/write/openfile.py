@@ -18,6 +18,7 @@ Lock order: OpenFile.lock -> Uploader._lock.  OpenFile.lock is held across a com
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,6 +36,7 @@ from .parts import PartPlan
 from .ranges import RangeSet
 
 log = logging.getLogger(__name__)
+KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
 
 
 class OpenFile:
@@ -55,7 +57,8 @@ class OpenFile:
         self.present = RangeSet()
         self.size = 0 if (truncate or new) else attr.size
         if truncate or new:
-            self.attr = attr.copy(size=0)
+            now = time.time_ns()          # O_TRUNC changes the file: its mtime and ctime
+            self.attr = attr.copy(size=0, mtime_ns=now, ctime_ns=now) if truncate else attr.copy(size=0)
         self.dirty = truncate or new
         self.meta_dirty = False
         self.failed: Optional[BaseException] = None
@@ -77,6 +80,12 @@ class OpenFile:
         # metadata and content headers) or None; asked once, when the upload needs it.
         self._origin = origin
         self._origin_asked = False
+        # writeback: changes made so far, and (changes, key) when the record in _pending
+        # was sealed - while both still hold, the upload sends that record
+        self._changes = 0
+        self._sealed: Optional[tuple] = None
+        self._uploading = False                  # a sealed record's upload runs (without the lock)
+        self._idle = threading.Condition(self.lock)
 
     def _object_fields(self):
         """(user metadata, content headers) of the version to upload: the POSIX fields of
@@ -114,7 +123,7 @@ class OpenFile:
         """Stage every byte still only in the original object and stop reading it: the
         file no longer depends on the object at its key (unlink, rename while dirty).
         ``stop_stream``: the key changes, so a streamed upload to the old key is aborted."""
-        with self.lock:
+        with self._changing():
             self._fill(0, self.size)
             if stop_stream:
                 self._stop_stream()
@@ -123,14 +132,14 @@ class OpenFile:
     def rebase(self, key: str, etag: str):
         """The original object was copied to ``key`` as ``etag`` (a rename): bytes not
         staged yet come from there, and ``attr`` carries the new ETag."""
-        with self.lock:
+        with self._changing():
             if self.base is not None:
                 self.base = dataclasses.replace(self.base, key=key, etag=etag)
             self.attr = self.attr.copy(etag=etag)
 
     # -- writing -----------------------------------------------------------------------------
     def write(self, offset: int, data: bytes) -> int:
-        with self.lock:
+        with self._changing():
             if self.failed is not None:
                 raise errors.WriteFailed(f"{self.path}: earlier write failed")
             end = offset + len(data)
@@ -145,6 +154,7 @@ class OpenFile:
                 self.present.add(self.size, offset)    # the hole reads as zeros
             self.size = max(self.size, end)
             self.dirty = True
+            self._changes += 1
             now = time.time_ns()
             self.attr = self.attr.copy(size=self.size, mtime_ns=now, ctime_ns=now)
             if self._hasher is not None:
@@ -159,7 +169,7 @@ class OpenFile:
             return written
 
     def truncate(self, length: int):
-        with self.lock:
+        with self._changing():
             if length < self.size:
                 self.present.clip(length)
                 self._base_end = min(self._base_end, length)
@@ -168,6 +178,7 @@ class OpenFile:
             os.ftruncate(self._fd, length)
             self.size = length
             self.dirty = True
+            self._changes += 1
             now = time.time_ns()
             self.attr = self.attr.copy(size=length, mtime_ns=now, ctime_ns=now)
             if self._hasher is not None and length != self._hashed:
@@ -181,9 +192,10 @@ class OpenFile:
 
     def set_attr(self, attr: Attr):
         """chmod/chown/utimens while open: the new values go with the upload."""
-        with self.lock:
+        with self._changing():
             self.attr = attr.copy(size=self.size)
             self.meta_dirty = True
+            self._changes += 1
 
     # -- streaming while writing ----------------------------------------------------------
     def _after_write(self, start: int, end: int):
@@ -223,7 +235,8 @@ class OpenFile:
             try:
                 f.result()
             except Exception as exc:
-                log.warning("%s: streamed part %d failed (%s); it will be sent again", self.path, n, exc)
+                log.warning("%s: streamed part %d failed: %s; it will be sent again at close", self.path, n,
+                            errors.describe(exc))
                 self._redo_parts.add(n)
             del self._stream_futures[n]
 
@@ -244,35 +257,101 @@ class OpenFile:
         self._redo_parts.clear()
 
     # -- commit --------------------------------------------------------------------------------
+    def seal(self) -> bool:
+        """Writeback close: make the staged content durable (fsync) and record it in the
+        journal as CLOSED, without uploading it; the upload (``commit``) comes later, and
+        a crash before it resumes it from the record.  False: nothing to upload."""
+        if self.sealed and self.failed is None:
+            return True          # closed again without a change (flush, then release)
+        with self._changing():
+            self._check_not_failed()
+            if self.unlinked or not (self.dirty or self.meta_dirty):
+                return False
+            if self.sealed:
+                return True
+            self._fill(0, self.size)
+            os.fsync(self._fd)
+            entry = self._closed_entry()
+            self.journal.save(entry, durable=True)
+            self._drop_pending()        # a record of the same file sealed before (other key or content)
+            self._pending = entry
+            self._sealed = (self._changes, self.key)
+            return True
+
+    @property
+    def sealed(self) -> bool:
+        """A sealed record holds the current content, metadata and key."""
+        return self._sealed == (self._changes, self.key) and self._pending is not None
+
+    @contextlib.contextmanager
+    def _changing(self):
+        """The lock, for a change of the staged file or its record: after a sealed record's
+        upload in progress (which runs without the lock) has ended."""
+        with self.lock:
+            self._idle.wait_for(lambda: not self._uploading)
+            yield
+
+    def _check_not_failed(self):
+        if self.failed is not None:
+            raise errors.WriteFailed(f"{self.path}: not uploaded after a failed write",
+                                     getattr(self.failed, "errno", None) or 0)
+
     def commit(self):
         """Make the bucket hold this file.  Returns (etag, the journal Entry uploaded: its
         metadata, headers, creation time), or None if nothing changed."""
-        with self.lock:
-            if self.failed is not None:
-                raise errors.WriteFailed(f"{self.path}: not uploaded after a failed write",
-                                         getattr(self.failed, "errno", None) or 0)
+        with self._changing():
+            self._check_not_failed()
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
-            self._fill(0, self.size)
-            # Power loss: a multipart upload must resume from intact staging data.  When the
-            # whole-file MD5 is known the record carries it and recovery checks the staging
-            # file against it (``verify_md5``) instead of an fsync here (256 MiB written to
-            # disk on the close path); otherwise the staging file is fsynced.  A daemon
-            # crash loses nothing in the page cache either way.
-            durable = self.size >= self.uploader.threshold or self._stream is not None
-            if durable and not self._md5_known():
-                os.fsync(self._fd)
-            entry = self._closed_entry()
-            self.journal.save(entry, durable=durable)
-            self._drop_pending()        # the new record replaces the one of a failed commit
-            self._pending = entry
+            if self.sealed:
+                # sealed at close (writeback): upload that record without holding the lock,
+                # so reads go on; changes wait for the upload (``_changing``)
+                entry, self._uploading = self._pending, True
+            else:
+                entry = None
+            if entry is None:
+                return self._commit_now()
+        try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
-            self.journal.remove(entry.id, durable=False)
-            self._pending = None
-            self.dirty = self.meta_dirty = False
-            self._streamable = False
-            self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
-            return etag, entry
+        except Exception as exc:
+            errors.set_action(exc, KEPT)
+            raise
+        finally:
+            with self.lock:
+                self._uploading = False
+                self._idle.notify_all()
+        with self.lock:
+            return self._uploaded(entry, etag)
+
+    def _commit_now(self):
+        """Durable close: stage, record and upload under the lock (held by the caller)."""
+        self._fill(0, self.size)
+        # Power loss: a multipart upload must resume from intact staging data.  When the
+        # whole-file MD5 is known the record carries it and recovery checks the staging
+        # file against it (``verify_md5``) instead of an fsync here (256 MiB written to
+        # disk on the close path); otherwise the staging file is fsynced.  A daemon
+        # crash loses nothing in the page cache either way.
+        durable = self.size >= self.uploader.threshold or self._stream is not None
+        if durable and not self._md5_known():
+            os.fsync(self._fd)
+        entry = self._closed_entry()
+        self.journal.save(entry, durable=durable)
+        self._drop_pending()        # the new record replaces the one of a failed commit
+        self._pending = entry
+        try:
+            etag = self.uploader.upload(entry, verify_server_parts=False)
+        except Exception as exc:
+            errors.set_action(exc, KEPT)
+            raise
+        return self._uploaded(entry, etag)
+
+    def _uploaded(self, entry: Entry, etag: str):
+        self.journal.remove(entry.id, durable=False)
+        self._pending = self._sealed = None
+        self.dirty = self.meta_dirty = False
+        self._streamable = False
+        self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
+        return etag, entry
 
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
@@ -329,7 +408,7 @@ class OpenFile:
         """Close the staging file and delete it, unless a failed upload still needs it:
         then the journal keeps both and that upload's record is returned (the caller
         retries it later); else None."""
-        with self.lock:
+        with self._changing():
             self._stop_stream()        # a stream never handed to close(): abort it
             if self._hasher is not None:
                 self._drop_hasher()

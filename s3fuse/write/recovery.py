@@ -23,6 +23,7 @@ import os
 import time
 import urllib.parse
 
+from .. import metrics
 from .journal import CLOSED, WRITING, Entry, Journal
 from .uploader import abort_unrecorded, file_md5
 
@@ -174,5 +175,6 @@ def resume(uploader, journal: Journal, entry) -> str:
         os.unlink(entry.staging)
     except FileNotFoundError:
         pass
-    log.warning("resumed upload of %r completed", entry.key)
+    metrics.UPLOADS_RESUMED.inc()
+    log.warning("resumed upload of %r completed (%d bytes): it is in the bucket", entry.key, entry.size)
     return etag

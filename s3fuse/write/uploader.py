@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import cachetools
 
-from .. import errors
+from .. import errors, metrics
 from ..meta.attrs import MD5_HEADER
 from ..objects import MAX_PART, md5_header
 from .journal import CLOSED, Entry, Journal, part_etag, part_md5, part_record
@@ -37,6 +37,7 @@ from .parts import PartPlan
 log = logging.getLogger(__name__)
 
 
+MiB = 1 << 20
 CLOCK_SLACK = 300.0     # seconds of clock difference allowed between us and the server
 
 
@@ -184,16 +185,28 @@ class Uploader:
         """Upload (or finish) a CLOSED entry.  Returns the new ETag.  The journal record is
         removed only after success; on failure it stays for a later resume."""
         assert entry.state == CLOSED
+        started = time.monotonic()
         with self._lock:
             self.progress[entry.id] = Progress(entry.key, entry.size)
         try:
             if entry.upload_id is None and entry.size < self.threshold:
                 etag = self._put_single(entry)
+                parts, earlier, sent = 1, 0, entry.size
             else:
-                etag = self._multipart(entry, verify_server_parts)
+                etag, parts, earlier, sent = self._multipart(entry, verify_server_parts)
+        except BaseException:
+            metrics.UPLOADS.inc("failed")
+            raise
         finally:
             with self._lock:
                 self.progress.pop(entry.id, None)
+        metrics.UPLOADS.inc("ok")
+        metrics.UPLOADED_BYTES.inc(n=entry.size)
+        seconds = time.monotonic() - started
+        log.info("upload of %r done: %d bytes (%.1f MiB) in %d part%s, %.2f s, %.1f MiB/s%s", entry.key, entry.size,
+                 entry.size / MiB, parts, "" if parts == 1 else "s", seconds, sent / MiB / max(seconds, 1e-6),
+                 f" ({earlier} part{'' if earlier == 1 else 's'} sent before: streamed while written, or "
+                 f"kept from an earlier attempt)" if earlier else "")
         return etag
 
     def _put_single(self, entry: Entry) -> str:
@@ -208,7 +221,8 @@ class Uploader:
             self.progress[entry.id].done = entry.size
         return etag
 
-    def _multipart(self, entry: Entry, verify_server_parts: bool) -> str:
+    def _multipart(self, entry: Entry, verify_server_parts: bool) -> tuple:
+        """(ETag, parts in all, parts sent before this call, bytes sent by this call)."""
         plan = PartPlan.for_base(entry.part_size or self.part_size)
         entry.part_size = plan.base
         try:
@@ -226,8 +240,8 @@ class Uploader:
         with self._lock:
             progress = self.progress[entry.id]
             progress.done = sum(end - start for n, start, end in wanted if n in done)
-        futures = [self.pool.submit(self.send_part, entry, n, start, end)
-                   for n, start, end in wanted if n not in done]
+        todo = [(n, start, end) for n, start, end in wanted if n not in done]
+        futures = [self.pool.submit(self.send_part, entry, n, start, end) for n, start, end in todo]
         try:
             for f in futures:
                 f.result()
@@ -259,7 +273,7 @@ class Uploader:
                 log.warning("%r: over 5 GiB, metadata set at upload start kept (no MD5 header)", entry.key)
                 final = entry.uploaded_metadata
         entry.metadata = final
-        return etag
+        return etag, len(wanted), len(wanted) - len(todo), sum(end - start for _, start, end in todo)
 
     def _reconcile_with_server(self, entry: Entry, wanted: list):
         """Resume: keep the parts the server lists with the ETag recorded when they were

@@ -1,0 +1,1 @@
+"""POSIX conformance tier: pjdfstest run on real mounts (see run_pjdfstest.py)."""
