@@ -35,7 +35,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 KiB = 1 << 10
 MiB = 1 << 20
-ALL_FS = ["s3fuse", "s3fs", "rclone"]      # default set; "s3fuse-list" (meta=list) on demand
+ALL_FS = ["s3fuse", "s3fs", "rclone"]      # default set; "s3fuse-list" (meta=list), "s3fuse-wb" (writeback) on demand
 PEERS_OF = "s3fuse"  # ratios are s3fuse / peer
 
 SCALES = {
@@ -433,6 +433,17 @@ class S3fuseListFs(S3fuseFs):
         return cmd
 
 
+class S3fuseWritebackFs(S3fuseFs):
+    """s3fuse with -o writeback: close() returns once the file is durable on local disk;
+    write steps are still timed until the bucket shows the result."""
+    name = "s3fuse-wb"
+
+    def mount_cmd(self, mnt, cache):
+        cmd = super().mount_cmd(mnt, cache)
+        cmd[-1] += ",writeback"
+        return cmd
+
+
 class S3fsFs(Fs):
     name = "s3fs"
 
@@ -516,7 +527,7 @@ class RcloneFs(Fs):
                 *self.extra("rclone_opts")]
 
 
-FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fuseListFs, S3fsFs, RcloneFs)}
+FS_CLASSES = {c.name: c for c in (S3fuseFs, S3fuseListFs, S3fuseWritebackFs, S3fsFs, RcloneFs)}
 
 
 @dataclass

@@ -170,13 +170,15 @@ def check_local(cfg: MountConfig):
 def build_client(cfg: MountConfig, max_connections: int = 64):
     from .credentials import read_passwd_file
     from .s3 import ObjectClient
+    from .sse import ObjectOptions
     access = secret = None
     if cfg.passwd_file:
         access, secret = read_passwd_file(cfg.passwd_file, cfg.bucket)
     return ObjectClient(cfg.bucket, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile,
                         access_key=access, secret_key=secret, path_style=cfg.addressing_path_style,
                         max_connections=max_connections, max_attempts=cfg.retries,
-                        connect_timeout=min(10.0, cfg.request_timeout), read_timeout=cfg.request_timeout)
+                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.request_timeout,
+                        ca_bundle=cfg.ca_bundle, options=ObjectOptions.from_config(cfg))
 
 
 def describe_error(exc: Exception, cfg: MountConfig) -> str:
@@ -335,6 +337,10 @@ def mount_main(argv) -> int:
         if cfg.passwd_file:
             from .credentials import read_passwd_file
             read_passwd_file(cfg.passwd_file, cfg.bucket)
+        from .sse import ObjectOptions
+        ObjectOptions.from_config(cfg)        # the SSE-C key file: readable, 0600, 256 bits
+        if cfg.ca_bundle and not os.path.isfile(cfg.ca_bundle):
+            raise ConfigError(f"ca_bundle {cfg.ca_bundle}: no such file")
     except ConfigError as exc:
         sys.stderr.write(f"s3fuse: {exc}\n")
         return 2

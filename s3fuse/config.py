@@ -16,6 +16,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import ConfigError
+from .sse import CANNED_ACLS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -93,6 +94,12 @@ def _positive(conv):
     return parse
 
 
+def _storage_class(text: str) -> str:
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]{1,63}", text):
+        raise ValueError(f"not a storage class: {text!r} (e.g. STANDARD_IA)")
+    return text
+
+
 def _nonneg_float(text):
     value = _finite_float(text)
     if value < 0:
@@ -109,14 +116,30 @@ def _part_size(text) -> int:
 
 # name: (field, parser or None for a flag, help)
 OPTIONS = {
-    "endpoint": ("endpoint", parse_url, "S3 endpoint URL (default: AWS). Implies path-style addressing."),
+    "endpoint": ("endpoint", parse_url, "S3 endpoint URL (default: AWS, virtual-hosted). Implies path-style "
+                                        "addressing unless virtual_host is given."),
     "url": ("endpoint", parse_url, "alias of endpoint (s3fs-fuse spelling)"),
-    "region": ("region", str, "AWS region (default: from profile/env, else us-east-1)"),
+    "region": ("region", str, "AWS region (default: the bucket's, as the server names it; else profile/env, "
+                              "us-east-1)"),
+    "ca_bundle": ("ca_bundle", str, "CA certificates (PEM) to trust for HTTPS (default: AWS_CA_BUNDLE, the "
+                                    "profile's ca_bundle, else the system's)"),
+    "connect_timeout": ("connect_timeout", _positive(_finite_float), "seconds to establish a connection "
+                                                                     "(default 5)"),
     "profile": ("profile", str, "profile in ~/.aws/credentials and ~/.aws/config"),
     "passwd_file": ("passwd_file", str, "file with ACCESS:SECRET or BUCKET:ACCESS:SECRET lines (mode 0600)"),
     "path_style": ("path_style", None, "path-style requests (bucket in the path)"),
     "use_path_request_style": ("path_style", None, "alias of path_style (s3fs-fuse spelling)"),
     "virtual_host": ("virtual_host", None, "virtual-host-style requests (bucket in the host name)"),
+    "sse": ("sse", _choice("AES256", "aws:kms"), "server-side encryption of the objects written: AES256 "
+                                                  "(SSE-S3) or aws:kms (SSE-KMS)"),
+    "sse_kms_key_id": ("sse_kms_key_id", str, "KMS key for sse=aws:kms (default: the account's S3 key)"),
+    "sse_c_key": ("sse_c_key", str, "file with a 256-bit SSE-C key (32 bytes, base64 or hex; mode 0600): "
+                                    "objects are encrypted with it and read with it"),
+    "storage_class": ("storage_class", _storage_class, "storage class of the objects written (STANDARD, "
+                                                       "STANDARD_IA, INTELLIGENT_TIERING, ...)"),
+    "acl": ("acl", _choice(*CANNED_ACLS), "canned ACL of the objects written (private, public-read, "
+                                         "bucket-owner-full-control, ...)"),
+    "requester_pays": ("requester_pays", None, "send x-amz-request-payer: requester (requester-pays buckets)"),
     "uid": ("uid", int, "owner of objects without POSIX metadata (default: mounting user)"),
     "gid": ("gid", int, "group of objects without POSIX metadata (default: mounting group)"),
     "umask": ("umask", parse_octal, "umask applied to default modes (default 022)"),
@@ -189,6 +212,14 @@ class MountConfig:
     passwd_file: Optional[str] = None
     path_style: bool = False
     virtual_host: bool = False
+    ca_bundle: Optional[str] = None
+    connect_timeout: float = 5.0
+    sse: Optional[str] = None
+    sse_kms_key_id: Optional[str] = None
+    sse_c_key: Optional[str] = None
+    storage_class: Optional[str] = None
+    acl: Optional[str] = None
+    requester_pays: bool = False
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0o022
@@ -236,7 +267,7 @@ class MountConfig:
             return False
         if self.path_style:
             return True
-        return None   # default: path-style for custom endpoints, auto for AWS
+        return None   # default: path-style for custom endpoints, virtual-hosted for AWS
 
 
 def resolve_cache_dir(cfg: MountConfig):

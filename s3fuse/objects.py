@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 from xml.etree import ElementTree
 
+from . import errors
+
 # Limits of S3 (and of every S3-compatible server worth mounting).
 MIN_PART = 5 << 20            # every part of a multipart upload but the last
 MAX_PART = 5 << 30            # one part, one PutObject, one CopyObject
@@ -20,9 +22,60 @@ KEY_MAX = 1024                # bytes of an object key
 
 
 # Headers that describe an object's content besides its user metadata: a metadata
-# change (chmod...) or an overwrite through the mount keeps every one the object had.
+# change (chmod...) or an overwrite through the mount keeps every one the object had
+# (its server-side encryption too; an SSE-C key is the mount's own, never stored).
 CONTENT_HEADERS = ("content-type", "cache-control", "content-disposition", "content-encoding",
-                   "content-language", "expires", "x-amz-storage-class", "x-amz-website-redirect-location")
+                   "content-language", "expires", "x-amz-storage-class", "x-amz-website-redirect-location",
+                   "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id")
+
+# Error codes, as S3 and S3-compatible servers spell them.
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "InvalidToken", "ExpiredToken", "AccountProblem", "AllAccessDisabled"}
+_CHANGED = {"PreconditionFailed", "412"}
+_NO_UPLOAD = {"NoSuchUpload"}
+_TOO_LARGE = {"EntityTooLarge"}
+_NOT_IMPLEMENTED = {"NotImplemented"}      # e.g. RGW 16 copying an encrypted object (501)
+_BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+         "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
+
+
+def error_kind(code: str, status: int):
+    """The ``errors`` kind of an S3 error answer (its ``<Code>`` and HTTP status)."""
+    if code in _NO_BUCKET:
+        return errors.NoSuchBucket
+    if code in _NOT_FOUND or (status == 404 and code not in _NO_UPLOAD):
+        return errors.NotFound
+    if code in _DENIED or status == 403:
+        return errors.AccessDenied
+    if code in _CHANGED or status == 412:
+        return errors.ObjectChanged
+    if code in _NO_UPLOAD:
+        return errors.UploadGone
+    if code in _TOO_LARGE:
+        return errors.TooLarge
+    if code in _NOT_IMPLEMENTED:
+        return errors.NotSupported
+    if code in _BUSY or status >= 500 or status == 429:
+        return errors.ServerBusy
+    return errors.BackendError
+
+
+def error_code(body: bytes) -> str:
+    """The <Code> of an S3 error document ("SlowDown"...), or ""."""
+    return _element(body, b"Code")
+
+
+def error_region(body: bytes) -> str:
+    """The <Region> of an S3 error document (AuthorizationHeaderMalformed...), or ""."""
+    return _element(body, b"Region")
+
+
+def _element(body: bytes, name: bytes) -> str:
+    start = body.find(b"<" + name + b">")
+    end = body.find(b"</" + name + b">", start)
+    return body[start + len(name) + 2:end].decode("ascii", "replace") if 0 <= start < end else ""
 
 
 @dataclass

@@ -42,6 +42,12 @@ def render_status(entry: dict) -> str:
     reqs = entry.get("requests") or {}
     lines.append(f"  requests: {sum(reqs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(reqs.items()))}),"
                  f" errors {entry.get('errors', 0)}")
+    t = entry.get("transport") or {}
+    if t:
+        falls = t.get("fallbacks") or {}
+        lines.append(f"  transport: {t.get('endpoint')} ({t.get('addressing')}-style, region {t.get('region')}), "
+                     f"fallbacks to botocore {t.get('fallback_total', 0)}"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in sorted(falls.items()))})" if falls else ""))
     if entry.get("metrics"):
         lines.append(f"  metrics: {entry['metrics']}")
     uploads = entry.get("uploads") or []

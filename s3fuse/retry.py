@@ -4,7 +4,7 @@ A failure of kind ``errors.Transient`` (the endpoint unreachable or timing out, 
 short, 5xx, 503 SlowDown, 429) is tried again after a growing delay with jitter, at most
 ``attempts`` times in all and never past ``budget`` seconds from the first try; any other
 error is an answer and goes straight to the caller.  botocore's own retries are off, the
-lean client does not retry (it only replaces a stale keep-alive connection once), and the
+transport does not retry (it only replaces a stale keep-alive connection once), and the
 code above the client does not retry requests either: the journal is what makes an
 upload that ran out of attempts finish later (fs/commits.py).
 """

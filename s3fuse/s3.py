@@ -1,49 +1,52 @@
 """ObjectClient: the only module that imports boto3.
 
-It builds one botocore client (path-style for custom endpoints, CRC checksums only when
-required so S3-compatible servers work, a connection pool sized to the threads that use
-it, botocore's own retries off) and turns every botocore exception - session and client
-creation included - into the error kinds of ``s3fuse.errors``: callers never see one.
-Every request runs through one ``retry.RetryPolicy``; on path-style endpoints most of
-them go through ``lean.LeanS3`` first (hand-signed, pooled keep-alive connections),
-botocore answering what lean does not understand.
+One ``endpoint.Endpoint`` (addressing, region) and one ``endpoint.Network`` (CA bundle,
+proxies, timeouts) serve two request paths, AWS and custom endpoints alike:
+
+- ``transport.Transport`` (hand-signed, pooled keep-alive connections) carries the data
+  path: HEAD, GET, ListObjectsV2, PutObject, UploadPart, DeleteObject.
+- botocore carries the control requests with XML bodies (multipart create/complete/
+  list, copies, batch delete) and whatever the transport hands back (non-ASCII
+  metadata, a server ignoring Range): each such fallback is logged and counted
+  (``transport_stats``, shown by ``s3fuse status``).  Its client uses the same endpoint
+  URL, addressing style, region, CA bundle and proxies (botocore reads the same
+  environment), CRC checksums only when required, botocore's own retries off.
+
+Every botocore exception - session and client creation included - becomes an error kind
+of ``s3fuse.errors``: callers never see one.  Every request runs through one
+``retry.RetryPolicy``.  The mount's ``sse.ObjectOptions`` (encryption, storage class,
+ACL, requester-pays) go with every request that takes them, on both paths.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable, Iterator, Optional
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import errors, metrics, strict_http
-from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, http_timestamp,
+from . import errors, strict_http
+from .endpoint import Endpoint, Network, ca_bundle_from
+from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, error_kind, http_timestamp,
                       parse_list_page, strip_etag)
 from .retry import RetryPolicy
 from .s3_reads import RangeReads
+from .s3_stats import ClientStats
 from .s3_uploads import MultipartRequests
+from .sse import ObjectOptions
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 strict_http.install()     # a response cut inside its headers is an error, not an empty answer
 
-# Error codes, as S3 and S3-compatible servers spell them.
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_NO_BUCKET = {"NoSuchBucket"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-           "InvalidToken", "ExpiredToken", "AccountProblem", "AllAccessDisabled"}
-_CHANGED = {"PreconditionFailed", "412"}
-_NO_UPLOAD = {"NoSuchUpload"}
-_TOO_LARGE = {"EntityTooLarge"}
-_BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-         "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 # Connection trouble, including a body cut after botocore handed it over.
 _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
                      ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                       "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
-                      "ProxyConnectionError", "HTTPClientError") if hasattr(botocore.exceptions, name))
+                      "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError")
+                     if hasattr(botocore.exceptions, name))
 
 
 _TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
@@ -77,22 +80,7 @@ def _kind_of(exc: Exception, what: str) -> Exception:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        msg = f"{what}: {code or status} {err.get('Message', '')}".strip()
-        if code in _NO_BUCKET:
-            return errors.NoSuchBucket(msg)
-        if code in _NOT_FOUND or (status == 404 and code not in _NO_UPLOAD):
-            return errors.NotFound(msg)
-        if code in _DENIED or status == 403:
-            return errors.AccessDenied(msg)
-        if code in _CHANGED or status == 412:
-            return errors.ObjectChanged(msg)
-        if code in _NO_UPLOAD:
-            return errors.UploadGone(msg)
-        if code in _TOO_LARGE:
-            return errors.TooLarge(msg)
-        if code in _BUSY or status >= 500 or status == 429:
-            return errors.ServerBusy(msg)
-        return errors.BackendError(msg)
+        return error_kind(code, status)(f"{what}: {code or status} {err.get('Message', '')}".strip())
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return errors.NoCredentials(f"{what}: no AWS credentials found (env, ~/.aws, instance role)")
     if isinstance(exc, _UNREACHABLE):
@@ -105,7 +93,9 @@ def _kind_of(exc: Exception, what: str) -> Exception:
 # A content header as botocore's request parameter.
 _PARAM = {"content-type": "ContentType", "cache-control": "CacheControl", "content-disposition": "ContentDisposition",
           "content-encoding": "ContentEncoding", "content-language": "ContentLanguage", "expires": "Expires",
-          "x-amz-storage-class": "StorageClass", "x-amz-website-redirect-location": "WebsiteRedirectLocation"}
+          "x-amz-storage-class": "StorageClass", "x-amz-website-redirect-location": "WebsiteRedirectLocation",
+          "x-amz-server-side-encryption": "ServerSideEncryption",
+          "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId"}
 
 
 def _header_params(headers: Optional[dict]) -> dict:
@@ -131,7 +121,7 @@ def _session(profile, access_key, secret_key, region):
         raise errors.ConfigError(f"AWS configuration: {exc}") from None
 
 
-class ObjectClient(RangeReads, MultipartRequests):
+class ObjectClient(ClientStats, RangeReads, MultipartRequests):
     """Everything s3fuse asks of S3, for one bucket."""
 
     _header_params = staticmethod(_header_params)
@@ -141,68 +131,82 @@ class ObjectClient(RangeReads, MultipartRequests):
                  profile: Optional[str] = None, access_key: Optional[str] = None,
                  secret_key: Optional[str] = None, path_style: Optional[bool] = None,
                  max_connections: int = 32, max_attempts: int = 5,
-                 connect_timeout: float = 10.0, read_timeout: float = 60.0):
+                 connect_timeout: float = 5.0, read_timeout: float = 60.0,
+                 ca_bundle: Optional[str] = None, options: Optional[ObjectOptions] = None):
         self.bucket = bucket
-        self.endpoint = endpoint
         self.stats_lock = threading.Lock()
         self.request_counts: dict = {}
         self.error_count = 0
+        self.fallbacks: dict = {}         # operation -> requests botocore sent for the transport
         self._clock_offset = 0.0          # server time - local time, from answers' Date headers
+        self.options = options or ObjectOptions()
+        self._params = self.options.params()
+        self._op_params: dict = {}
         # Attempts never start later than ``attempts`` request timeouts after the first.
         self.retry = RetryPolicy(attempts=max_attempts, budget=max_attempts * read_timeout)
-        session = _session(profile, access_key, secret_key, region)
-        if path_style is None:
-            path_style = bool(endpoint)
-        cfg = dict(max_pool_connections=max_connections, retries={"mode": "standard", "total_max_attempts": 1},
-                   connect_timeout=connect_timeout, read_timeout=read_timeout,
-                   s3={"addressing_style": "path" if path_style else "auto"})
-        if endpoint:
-            cfg.update(request_checksum_calculation="when_required", response_checksum_validation="when_required")
-        self._client_kwargs = dict(endpoint_url=endpoint or None,
-                                   region_name=region or session.region_name or "us-east-1")
+        self._session = session = _session(profile, access_key, secret_key, region)
         try:
-            self._client = session.client("s3", config=Config(**cfg), **self._client_kwargs)
             credentials = session.get_credentials()
-            # The mount-time probe fails within seconds even against a server that accepts
-            # connections and never answers: 2 attempts of at most 3 s each.
-            self._probe_client = session.client("s3", config=Config(**dict(
-                cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))),
-                **self._client_kwargs)
+            bundle = session._session.get_config_variable("ca_bundle")    # AWS_CA_BUNDLE, profile
         except botocore.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        self.endpoint = Endpoint.resolve(bucket, endpoint, region, path_style, session.region_name)
+        self.ca_bundle = ca_bundle_from(ca_bundle, bundle)
+        self._timeouts = (connect_timeout, read_timeout)
+        self._client_lock = threading.Lock()
+        self._make_botocore(max_connections)
         self._probe_retry = RetryPolicy(attempts=2, first_delay=0.5, budget=8.0)
-        self._fast = None
-        if endpoint and path_style and credentials is not None:
-            from .lean import LeanS3
-            self._fast = LeanS3(endpoint, bucket, self._client_kwargs["region_name"], credentials,
-                                timeout=read_timeout, connect_timeout=connect_timeout, observe=self._record)
+        self._fast = self._probe_fast = None
+        if credentials is not None:
+            self._fast = Transport(self.endpoint, Network(self.ca_bundle, connect_timeout, read_timeout),
+                                   credentials, on_region=self._region_moved, observe=self._record)
+            # The mount-time probe fails within seconds even against a server that accepts
+            # connections and never answers: 2 attempts of at most 3 s each.
+            self._probe_fast = Transport(self.endpoint, Network(self.ca_bundle, min(connect_timeout, 3.0),
+                                                                min(read_timeout, 3.0)),
+                                         credentials, on_region=self._region_moved, observe=self._record)
+            for t in (self._fast, self._probe_fast):
+                t.common_headers = self.options.common()
+                t.read_headers = self.options.customer_key()
 
-    # -- bookkeeping -------------------------------------------------------------------
-    def lean_connections_opened(self) -> int:
-        """TCP connections the lean client has opened so far (0 without it)."""
-        return 0 if self._fast is None else self._fast.connections_opened
+    def _make_botocore(self, max_connections: Optional[int] = None):
+        """botocore clients for the endpoint as it is now (again after a region move)."""
+        self._max_connections = max_connections or self._max_connections
+        connect_timeout, read_timeout = self._timeouts
+        ep = self.endpoint
+        cfg = dict(max_pool_connections=self._max_connections, retries={"mode": "standard", "total_max_attempts": 1},
+                   connect_timeout=connect_timeout, read_timeout=read_timeout,
+                   s3={"addressing_style": ep.style}, request_checksum_calculation="when_required",
+                   response_checksum_validation="when_required")
+        kwargs = dict(endpoint_url=ep.url(), region_name=ep.region, verify=self.ca_bundle or None)
+        try:
+            client = self._session.client("s3", config=Config(**cfg), **kwargs)
+            # The mount-time probe fails within seconds (see above).
+            probe = self._session.client("s3", config=Config(**dict(
+                cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))), **kwargs)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        with self._client_lock:
+            self._client, self._probe_client = client, probe
 
-    def server_now(self) -> float:
-        """The server's clock now, as estimated from the Date of its answers (LastModified
-        values are in server time)."""
-        return time.time() + self._clock_offset
+    def _region_moved(self, region: str):
+        log.warning("bucket %r is in region %s: requests go there from now on", self.bucket, region)
+        self._make_botocore()
 
-    def _saw_date(self, value: Optional[str]):
-        seen = http_timestamp(value)
-        if seen:
-            self._clock_offset = seen + 0.5 - time.time()    # Date has whole seconds
-
-    def _record(self, op: str, status, sent: int = 0):
-        """One request sent (by botocore or lean.py) and how it ended: ``status`` is the
-        HTTP status, or "unreachable"/"timeout"; ``sent`` the bytes of its body."""
-        with self.stats_lock:
-            self.request_counts[op] = self.request_counts.get(op, 0) + 1
-        metrics.S3_REQUESTS.inc(op, str(status))
-        if sent:
-            metrics.S3_SENT.inc(n=sent)
+    def _op_extra(self, op: str) -> dict:
+        """The mount's options (sse.ObjectOptions) that botocore operation ``op`` takes."""
+        extra = self._op_params.get(op)
+        if extra is None and op == "create_bucket":
+            extra = {}
+        if extra is None:
+            model = self._client.meta.service_model.operation_model(self._client.meta.method_to_api_mapping[op])
+            extra = self._op_params[op] = {k: v for k, v in self._params.items() if k in model.input_shape.members}
+        return extra
 
     def _call(self, op: str, what: str, client=None, **kwargs):
         """One botocore request (no retry: the caller's policy decides)."""
+        for name, value in self._op_extra(op).items():
+            kwargs.setdefault(name, value)
         body = kwargs.get("Body")
         size = len(body) if isinstance(body, (bytes, bytearray)) else 0
         try:
@@ -237,14 +241,21 @@ class ObjectClient(RangeReads, MultipartRequests):
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
         """Fail fast (seconds) if the bucket cannot be used: no such bucket, bad
-        credentials, unreachable endpoint.  Raises typed errors with readable messages."""
+        credentials, unreachable endpoint, untrusted certificate.  The first answer also
+        tells the bucket's region when it was not given (the transport moves there)."""
         what = f"bucket {self.bucket!r}"
+
+        def once():
+            if self._probe_fast is not None:
+                status, headers, _ = self._probe_fast._request("GET", None, query={"list-type": "2", "max-keys": "1"})
+                return headers.get("date")
+            resp = self._call("list_objects_v2", what, client=self._probe_client, MaxKeys=1)
+            return _http_headers(resp).get("date")
         try:
-            resp = self._probe_retry.run(lambda: self._call("list_objects_v2", what, client=self._probe_client,
-                                                            MaxKeys=1), what, "list_objects_v2")
+            date = self._probe_retry.run(once, what, "list_objects_v2")
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
-        self._saw_date(_http_headers(resp).get("date"))
+        self._saw_date(date)
 
     def create_bucket(self):
         """CreateBucket (the demo's local server); an existing bucket of ours is fine."""
@@ -272,10 +283,10 @@ class ObjectClient(RangeReads, MultipartRequests):
                      "ContinuationToken": "continuation-token"}
             query = {names[k]: str(v) for k, v in kwargs.items()}
             query["encoding-type"] = "url"
-            body = self._fast.list_objects(query)
-            page = parse_list_page(body) if body is not None else None
+            page = parse_list_page(self._fast.list_objects(query))
             if page is not None:
                 return page
+            self._fallback("list_objects_v2", "a listing it could not read")
         resp = self._call("list_objects_v2", f"list {kwargs['Prefix']!r}", **kwargs)
         page = ListPage()
         for item in resp.get("Contents", ()):
@@ -297,22 +308,18 @@ class ObjectClient(RangeReads, MultipartRequests):
                 return
 
     def head_many(self, keys: list) -> list:
-        """HEAD each key; one ObjectInfo or exception (NotFound...) per key, in order.
-        Path-style endpoints get one pipelined batch; keys it did not answer, and other
-        endpoints, get one HEAD each."""
+        """HEAD each key; one ObjectInfo or exception (NotFound...) per key, in order: one
+        pipelined batch, then one HEAD each for the keys it did not answer."""
         answers = self._fast.head_many(keys) if self._fast is not None else [None] * len(keys)
         out = []
         for key, answer in zip(keys, answers):
             try:
-                if answer is not None and answer[0] in (200, 404):
-                    out.append(self._lean_head_info(key, answer))
-                else:
-                    out.append(self.head(key))
+                out.append(self._head_info(key, answer) if answer is not None else self.head(key))
             except errors.FsError as exc:
                 out.append(exc)
         return out
 
-    def _lean_head_info(self, key: str, answer: tuple) -> ObjectInfo:
+    def _head_info(self, key: str, answer: tuple) -> ObjectInfo:
         status, h = answer
         if status == 404:
             raise errors.NotFound(f"head {key!r}: 404")
@@ -326,9 +333,7 @@ class ObjectClient(RangeReads, MultipartRequests):
 
     def _head_once(self, key: str) -> ObjectInfo:
         if self._fast is not None:
-            answer = self._fast.head(key)
-            if answer is not None:
-                return self._lean_head_info(key, answer)
+            return self._head_info(key, self._fast.head(key))
         resp = self._call("head_object", f"head {key!r}", Key=key)
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)), etag=strip_etag(resp.get("ETag")),
                           mtime=datetime_timestamp(resp.get("LastModified")),
@@ -338,14 +343,19 @@ class ObjectClient(RangeReads, MultipartRequests):
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body, metadata: Optional[dict] = None, content_md5: Optional[str] = None,
             headers: Optional[dict] = None) -> str:
-        """PutObject with user ``metadata`` and content ``headers`` (CONTENT_HEADERS)."""
+        """PutObject with user ``metadata`` and content ``headers`` (CONTENT_HEADERS); the
+        mount's encryption, storage class and ACL.  Returns the ETag the server answered
+        (an MD5 only for unencrypted or SSE-S3 single PUTs)."""
+        sent = self.options.write_headers(headers)
+
         def once():
             if self._fast is not None and content_md5 and isinstance(body, (bytes, bytearray)):
-                answer = self._fast.put(key, bytes(body), content_md5, metadata, headers)
+                answer = self._fast.put(key, bytes(body), content_md5, metadata, sent)
                 if answer is not None:
                     self._saw_date(answer[1])
                     return answer[0]
-            kwargs = dict(Key=key, Body=body, Metadata=metadata or {}, **_header_params(headers))
+                self._fallback("put_object", "non-ASCII metadata")
+            kwargs = dict(Key=key, Body=body, Metadata=metadata or {}, **_header_params(sent))
             if content_md5:
                 kwargs["ContentMD5"] = content_md5
             resp = self._call("put_object", f"put {key!r}", **kwargs)
@@ -358,10 +368,13 @@ class ObjectClient(RangeReads, MultipartRequests):
         """Server-side copy.  ``metadata`` None keeps the source's metadata and headers (tags
         too); else they are replaced by ``metadata`` and ``headers`` - pass every header the
         object should keep.  ``if_match``: only if the source still has that ETag (a
-        concurrent overwrite raises ObjectChanged instead of copying a half-known version)."""
+        concurrent overwrite raises ObjectChanged instead of copying a half-known version).
+        The mount's encryption (and SSE-C key, for the source too), storage class and ACL
+        go with every copy: a copy does not keep them by itself."""
         kwargs = dict(Key=dst, CopySource={"Bucket": self.bucket, "Key": src})
         if metadata is not None:
-            kwargs.update(Metadata=metadata, MetadataDirective="REPLACE", **_header_params(headers))
+            kwargs.update(Metadata=metadata, MetadataDirective="REPLACE",
+                          **_header_params(self.options.write_headers(headers)))
             kwargs.setdefault("ContentType", "binary/octet-stream")
         if if_match:
             kwargs["CopySourceIfMatch"] = f'"{if_match}"'
@@ -371,7 +384,8 @@ class ObjectClient(RangeReads, MultipartRequests):
 
     def delete(self, key: str):
         def once():
-            if self._fast is not None and self._fast.delete(key):
+            if self._fast is not None:
+                self._fast.delete(key)
                 return
             self._call("delete_object", f"delete {key!r}", Key=key)
         self._run("delete_object", f"delete {key!r}", once)

@@ -1,6 +1,7 @@
-"""Ranged GETs of ``s3.ObjectClient`` (a mixin: through lean.py where it can, else one
-botocore request per attempt, all under the client's retry policy; it imports nothing of
-botocore itself - ``self._translate`` maps its exceptions)."""
+"""Ranged GETs of ``s3.ObjectClient`` (a mixin: through the transport, else - a server
+that ignored the Range, counted as a fallback - one botocore request per attempt, all
+under the client's retry policy; it imports nothing of botocore itself -
+``self._translate`` maps its exceptions)."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -29,30 +30,18 @@ class RangeReads:
             reached[0] = offset + len(chunk)
 
         def once():
-            if self._fast is not None and self._lean_get(key, reached[0], end, etag, chunk_size, deliver):
-                return
+            if self._fast is not None:
+                at = reached[0]
+                got = self._fast.get(key, at, end, etag, chunk_size, deliver)
+                if got is not None:
+                    if got != end:
+                        raise errors.with_status(errors.Unreachable(
+                            f"get {key!r}: body cut at {got} of [{at},{end})"), "cut")
+                    return
+                self._fallback("get_object", "an answer that is not the range asked for")
             self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
         self._run("get_object", f"get {key!r} [{start},{end})", once)
         return b"" if sink is not None else b"".join(pieces)
-
-    def _lean_get(self, key, start, end, etag, chunk_size, deliver) -> bool:
-        """One ranged GET through lean.py; True when it delivered everything.  404 and 412
-        are answers (typed errors), a cut body is an attempt that failed; False leaves
-        the request to botocore."""
-        answer = self._fast.get(key, start, end, etag, chunk_size, deliver)
-        if answer is None:
-            return False
-        status, reached = answer
-        if status == 404:
-            raise errors.NotFound(f"get {key!r}: 404")
-        if status == 412:
-            raise errors.with_status(errors.ObjectChanged(f"get {key!r}: changed on the server (412)"), 412)
-        if status not in (200, 206):
-            return False
-        if reached != end:
-            raise errors.with_status(errors.Unreachable(f"get {key!r}: body cut at {reached} of [{start},{end})"),
-                                     "cut")
-        return True
 
     def _boto_get(self, key, start, end, etag, chunk_size, deliver):
         what = f"get {key!r} [{start},{end})"

@@ -17,7 +17,7 @@ class MultipartRequests:
                          headers: Optional[dict] = None) -> str:
         """CreateMultipartUpload.  An attempt that failed may have created an upload on
         the server all the same (its answer lost): after a retry, those are aborted."""
-        kwargs = dict(Key=key, Metadata=metadata or {}, **self._header_params(headers))
+        kwargs = dict(Key=key, Metadata=metadata or {}, **self._header_params(self.options.write_headers(headers)))
         tries = []
 
         def once():
@@ -40,9 +40,12 @@ class MultipartRequests:
             log.warning("could not look for uploads of %r left by a failed attempt", key, exc_info=True)
 
     def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
+        """UploadPart with Content-MD5 (the server checks the bytes).  Returns the part's
+        ETag as the server answered: an MD5 of the part only on some servers and for
+        some encryptions (not SSE-KMS or SSE-C on AWS)."""
         def once():
             if self._fast is not None and isinstance(body, (bytes, bytearray)):
-                answer = self._fast.put(key, bytes(body), content_md5,
+                answer = self._fast.put(key, bytes(body), content_md5, headers=self.options.customer_key(),
                                         query={"partNumber": str(number), "uploadId": upload_id})
                 if answer is not None:
                     return answer[0]

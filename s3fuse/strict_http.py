@@ -1,12 +1,12 @@
 """Refuse HTTP responses whose header block was cut off by the connection closing.
 
-``http.client`` (used by urllib3, hence botocore, and by ``s3fuse.lean``) takes end of
+``http.client`` (used by urllib3, hence botocore, and by ``s3fuse.transport``) takes end of
 file inside the response headers as the end of the headers: a response cut there looks
 complete, with the headers after the cut missing and an empty body.  For S3 that is a
 wrong answer, not an error: an empty ListObjectsV2 (a directory that seems not to exist
 -> ENOENT), a 200 HEAD without Content-Length or ETag (a 0-byte file).  ``install()``
 makes such a response raise ``RemoteDisconnected`` - a connection error that botocore
-retries like any other, and that ``lean`` answers by falling back to botocore.
+retries like any other, and that ``transport`` answers as a connection error too.
 """
 from __future__ import annotations
 

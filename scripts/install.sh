@@ -4,7 +4,8 @@
 #                                 (/sbin/mount.s3fuse, /sbin/mount.fuse.s3fuse) + the man page
 #   scripts/install.sh --demo     + the local S3 server the demo runs (moto), nothing else
 #   scripts/install.sh --test     + test tools (pytest, moto server, hypothesis, s3fs-fuse, rsync,
-#                                   man-db, pjdfstest's build tools, the aws CLI in a venv) and
+#                                   man-db, pjdfstest's build tools, the aws CLI in a venv,
+#                                   tinyproxy and openssl for the proxy and HTTPS tests) and
 #                                   the Ceph RGW packages of the real-server test tier
 #   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone) and matplotlib
 # SBIN_DIR and MAN_DIR (environment) move the helpers and the man page elsewhere
@@ -24,6 +25,7 @@ pkgs="fuse3 libfuse3-3 ca-certificates"
 [ $want_test = 1 ] && pkgs="$pkgs libfuse2 s3fs rsync procps psmisc attr man-db util-linux"
 # the conformance tier builds pjdfstest (../shared/tools) and runs it with prove (perl)
 [ $want_test = 1 ] && pkgs="$pkgs autoconf automake libtool gcc make perl"
+[ $want_test = 1 ] && pkgs="$pkgs tinyproxy openssl"     # the proxy and HTTPS tests
 [ $want_bench = 1 ] && pkgs="$pkgs libfuse2 s3fs procps"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -206,6 +206,8 @@ def mounter(s3_server, tmp_path):
     for m in mounts:
         log = m.log()
         assert "failed unexpectedly" not in log, f"unexpected exception in {m.log_file}:\n{log[-4000:]}"
+        # every request of the data path went through the transport (s3fuse/s3_stats.py logs each kind)
+        assert "through botocore (" not in log, f"fallback to botocore in {m.log_file}:\n{log[-4000:]}"
 
 
 @pytest.fixture

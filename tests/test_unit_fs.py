@@ -184,3 +184,21 @@ def test_small_file_readahead_stops_when_the_pattern_breaks(make_fs):
         fs.release(fh)
     time.sleep(0.2)
     assert fake.count("get_range") == 4 and fs.parts.readahead.started == 0
+
+
+def test_a_stale_listing_is_revalidated_by_one_list_not_per_name(make_fs):
+    """Names missing from a listing older than negative_ttl: one LIST re-checks them all
+    (an untar looks up one new name per file), and finds what another client added."""
+    fake = FakeS3()
+    fake.seed("d/a", b"a")
+    fs = make_fs(fake, negative_ttl=0.2, dir_ttl=60)
+    list(fs.readdir("/d"))
+    fake.seed("d/new", b"by another client")
+    time.sleep(0.3)
+    before = (fake.count("list_page"), fake.count("head"))
+    for i in range(20):
+        with pytest.raises(errors.NotFound):
+            fs.getattr(f"/d/missing{i}")
+    assert fake.count("list_page") - before[0] == 1 and fake.count("head") == before[1], \
+        "one LIST for twenty missing names, no HEAD"
+    assert fs.getattr("/d/new").size == len(b"by another client")

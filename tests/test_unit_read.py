@@ -579,3 +579,25 @@ class TestReader:
             Reader(fetcher, obj).read(2 * BS, 10)
         assert Reader(fetcher, obj).read(2 * BS, 10) == data[2 * BS:2 * BS + 10]
         fetcher.close()
+
+
+def test_known_versions_stay_visible_while_a_batch_is_flushed(tmp_path):
+    """An entry handed to the store is found by get() while its batch is being written
+    (it used to be in neither the buffer nor the store then: a listing right after a
+    rename of 1,000 files HEADed the entries of the batch in flight)."""
+    known = KnownMetadata(str(tmp_path / "known"), "b")
+    try:
+        known.wrote("k", "e1", {"mode": "33188"}, {}, (100.0, 101.0))
+        seen = []
+        real_set = known._store.set
+
+        def set_and_look(k, v):
+            seen.append(known.get("k", "e1", 100.5))
+            return real_set(k, v)
+        known._store.set = set_and_look
+        known.flush()
+        assert seen and seen[0] is not None and seen[0].metadata == {"mode": "33188"}
+        known._store.set = real_set
+        assert known.get("k", "e1", 100.5) is not None
+    finally:
+        known.close()

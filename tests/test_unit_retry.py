@@ -74,7 +74,7 @@ def free_port() -> int:
 
 
 def test_client_retries_a_refused_endpoint_retries_times(monkeypatch):
-    """-o retries=N: N attempts in all through the lean client (no botocore pass on top),
+    """-o retries=N: N attempts in all through the transport (no botocore pass on top),
     and the mount-time probe makes 2 short ones."""
     client = ObjectClient("b", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="s",
                           max_attempts=4, read_timeout=5)

@@ -314,15 +314,53 @@ class TestUploader:
         up.close()                           # waits for anything still queued
         assert c.count("upload_part") == calls, "nothing ran after upload() raised"
 
-    def test_wrong_part_etag_is_an_error(self, tmp_path):
+    def test_part_etags_that_are_not_md5s_are_recorded_and_completed(self, tmp_path):
+        """SSE-KMS and SSE-C part ETags on AWS are not MD5s: the upload records each as the
+        server answered it and CompleteMultipartUpload names those (it used to refuse the
+        part and retry forever)."""
         c = FakeWriteClient()
+        c.part_etags = "kms"
         up, j = make_uploader(c, tmp_path)
-        data = os.urandom(6 * MiB)
+        data = os.urandom(12 * MiB)
         e = closed_entry(j, "k", staged(tmp_path, data), data)
-        c.upload_part = lambda *a, **k: "0" * 32
-        with pytest.raises(errors.BackendError):
-            up.upload(e)
-        assert "k" not in c.objects
+        saved = []
+        real = j.write
+        j.write = lambda entry_id, blob: (saved.append(json.loads(blob)), real(entry_id, blob))
+        up.upload(e)
+        assert c.objects["k"][0] == data and c.objects["k"][1][MD5_HEADER] == md5(data)
+        parts = saved[-1]["parts"]
+        assert parts["1"] == [md5(data[:5 * MiB]), c.kms_etag(data[:5 * MiB])], parts
+        assert all(m != etag for m, etag in parts.values())
+
+    def test_resume_keeps_parts_by_recorded_etag_when_etags_are_not_md5s(self, tmp_path):
+        data = os.urandom(16 * MiB)
+        P = [data[i:i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
+        c = FakeWriteClient()
+        c.part_etags = "kms"
+        up, j = make_uploader(c, tmp_path)
+        uid = c.create_multipart("k", {"mode": "33188", MD5_HEADER: md5(data)})
+        for n in (1, 2, 3):
+            c.uploads[uid]["parts"][n] = (P[n - 1], c.kms_etag(P[n - 1]))
+        # 1 and 2 recorded with their ETags, 3 sent but not recorded (crash in between)
+        e = closed_entry(j, "k", staged(tmp_path, data), data, upload_id=uid, md5=md5(data),
+                         parts={str(n): [md5(P[n - 1]), c.kms_etag(P[n - 1])] for n in (1, 2)},
+                         uploaded_metadata={"mode": "33188", MD5_HEADER: md5(data)})
+        e.metadata = dict(e.uploaded_metadata)
+        j.save(e)
+        c.calls.clear()
+        up.upload(Journal(j.dir).load(e.id), verify_server_parts=True)
+        assert sorted(d for o, d in c.calls if o == "upload_part") == [3, 4], \
+            "recorded parts kept by ETag; an unrecorded non-MD5 ETag cannot be checked: sent again"
+        assert up.parts_reused == 2 and c.objects["k"][0] == data
+
+    def test_resume_of_a_record_from_before_server_etags(self, tmp_path):
+        """Records written before part ETags were kept hold only the MD5 (then also the ETag)."""
+        data = os.urandom(11 * MiB)
+        P = [data[i:i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
+        c, up, j, e = self._interrupted(tmp_path, data, {1: P[0]}, {1: md5(P[0])})
+        up.upload(Journal(j.dir).load(e.id), verify_server_parts=True)
+        assert sorted(d for o, d in c.calls if o == "upload_part") == [2, 3] and up.parts_reused == 1
+        assert c.objects["k"][0] == data
 
     def _interrupted(self, tmp_path, data, server_parts, journal_parts):
         """A CLOSED record of an upload interrupted by a crash: the server holds

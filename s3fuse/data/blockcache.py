@@ -46,7 +46,7 @@ class WholeWriteDisk(diskcache.Disk):
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if type(value) is bytearray and len(value) >= self.min_file_size:
-            # a block from a lean GET: a file like bytes (diskcache would pickle it)
+            # a block from a transport GET: a file like bytes (diskcache would pickle it)
             filename, full_path = self.filename(key, value)
             self._write(full_path, [value], "xb")
             return len(value), diskcache.core.MODE_BINARY, filename, None

@@ -212,7 +212,7 @@ class Reader:
             data = self._block(index)
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
-            # a view, not a copy: blocks fetched by lean GETs are bytearrays
+            # a view, not a copy: blocks fetched by transport GETs are bytearrays
             pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 

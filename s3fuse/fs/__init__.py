@@ -103,7 +103,7 @@ class Filesystem:
         hits, misses = p.blocks.hits, p.blocks.misses
         return {"bucket": p.client.bucket, "prefix": p.mapper.prefix,
                 "requests": dict(p.client.request_counts), "errors": p.client.error_count,
-                "lean_connections_opened": p.client.lean_connections_opened(),
+                "transport": p.client.transport_stats(),
                 "cache": {"hits": hits, "misses": misses, "bytes": p.blocks.volume(), "dropped": p.blocks.dropped,
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
                 "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),

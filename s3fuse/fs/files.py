@@ -283,10 +283,13 @@ class FileOps:
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)
-        if key is not None:
-            self.delete_key(key)
-            for p in ended:        # a listing made meanwhile still holds the name
-                self.p.cache.forget(*split(p), p)
+        try:
+            if key is not None:
+                self.delete_key(key)
+                for p in ended:        # a listing made meanwhile still holds the name
+                    self.p.cache.forget(*split(p), p)
+        finally:
+            self.handles.end_deferred(ended)
         if handle is not None and handle.file is not None:
             self._release_file(handle.file)
 

@@ -87,7 +87,9 @@ class HandleTable:
 
     def release(self, fh: int):
         """Forget handle ``fh``.  Returns (handle or None, key to delete now or None,
-        paths whose deferred delete this ends)."""
+        paths whose deferred delete this ends).  Those paths stay hidden until the caller
+        has deleted the key and updated the caches (``end_deferred``): a listing in between
+        must not show a name whose object is gone."""
         with self._lock:
             handle = self._handles.pop(fh, None)
             d = handle.deferred if handle is not None else None
@@ -97,9 +99,15 @@ class HandleTable:
             if d.fhs:
                 return handle, None, []
             ended = [p for p, v in self._deferred.items() if v is d]
-            for p in ended:
-                del self._deferred[p]
             return handle, (None if d.cancelled else d.key), ended
+
+    def end_deferred(self, paths: list):
+        """The deferred deletes of ``paths`` are done: their names are no longer hidden."""
+        with self._lock:
+            for p in paths:
+                d = self._deferred.get(p)
+                if d is not None and not d.fhs:
+                    del self._deferred[p]
 
     # -- files open for writing --------------------------------------------------------------
     def live_file(self, path: str):

@@ -121,6 +121,28 @@ class MetaCache:
             listing = self.dirs.get(path)
             return None if listing is None else listing.copy()
 
+    def absent_from_stale_listing(self, parent: str, name: str) -> bool:
+        """A cached listing of ``parent`` lacks ``name`` but is older than ``negative_ttl``."""
+        with self._lock:
+            listing = self.dirs.get(parent)
+            return listing is not None and name not in listing.entries and \
+                time.monotonic() - listing.fetched > self._negative_ttl
+
+    def revalidate(self, parent: str, entries: dict, started: float):
+        """A fresh listing of ``parent`` (fetched from ``started``, monotonic) confirms the
+        cached one's absences: names it has that the cached one lacks are added (unless
+        this mount removed them meanwhile: they are in the negative cache), and the cached
+        listing counts as fetched at ``started``."""
+        base = parent.rstrip("/") + "/"
+        with self._lock:
+            listing = self.dirs.get(parent)
+            if listing is None:
+                return
+            for name, is_dir in entries.items():
+                if name not in listing.entries and (base + name) not in self.missing:
+                    listing.entries[name] = is_dir
+            listing.fetched = max(listing.fetched, started)
+
     def dir_fetched(self, path: str) -> Optional[float]:
         """When the cached listing of ``path`` was fetched (no copy), or None."""
         with self._lock:

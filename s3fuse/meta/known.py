@@ -15,7 +15,8 @@ LastModified; what the mount learnt of the old version must not answer for the n
 
 Writes are buffered in memory and flushed in one sqlite transaction per batch (a
 transaction per entry would cost more than the HEAD it saves); ``get`` sees the buffer
-first.  ``_lock`` is a leaf lock guarding the buffer only.
+first, then the batch being flushed.  ``_lock`` is a leaf lock guarding the buffer only;
+``_flush_lock`` serialises flushes (the flusher thread and close()).
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ class KnownMetadata:
                                       eviction_policy="least-recently-stored", cull_limit=0)
         self._lock = threading.Lock()
         self._buffer: dict = {}
+        self._flushing: dict = {}       # the batch being written: still seen by get()
+        self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self._flusher = threading.Thread(target=self._run, name="meta-flush", daemon=True)
@@ -79,7 +82,7 @@ class KnownMetadata:
             return None
         k = self._k(key, etag)
         with self._lock:
-            entry = self._buffer.get(k)
+            entry = self._buffer.get(k) or self._flushing.get(k)
         if entry is None:
             raw = self._store.get(k)
             entry = Known(**raw) if isinstance(raw, dict) else None
@@ -112,13 +115,21 @@ class KnownMetadata:
             self._wake.set()
 
     def flush(self):
-        with self._lock:
-            batch, self._buffer = self._buffer, {}
-        if batch:
-            with self._store.transact():
-                for k, v in batch.items():
-                    self._store.set(k, vars(v))
-            self._store.cull()
+        # A batch stays visible to get() until the store has it (a rename of 1,000 files
+        # then listing the target found some entries in neither and HEADed them).
+        with self._flush_lock:
+            with self._lock:
+                batch, self._buffer = self._buffer, {}
+                self._flushing = batch
+            try:
+                if batch:
+                    with self._store.transact():
+                        for k, v in batch.items():
+                            self._store.set(k, vars(v))
+                    self._store.cull()
+            finally:
+                with self._lock:
+                    self._flushing = {}
 
     def _run(self):
         while not self._closed:

@@ -85,7 +85,30 @@ class Namespace:
             raise errors.NotFound(path)
         if self.cache.listed_absent(parent, name):
             raise errors.NotFound(path)
+        if self.cache.absent_from_stale_listing(parent, name) and self._revalidate(parent) and \
+                self.cache.listed_absent(parent, name):
+            raise errors.NotFound(path)
         return self._lookup_remote(path)
+
+    def _revalidate(self, parent: str) -> bool:
+        """The cached listing of ``parent`` is older than negative_ttl: one ListObjectsV2
+        page re-checks every name it lacks at once (an untar asks for one missing name per
+        file: this costs a LIST every negative_ttl, not a HEAD and a LIST per file).  False
+        for a directory of more than one page (each missing name is then looked up)."""
+        started = time.monotonic()
+        prefix = self.mapper.dir_prefix(parent)
+        page = self.client.list_page(prefix)
+        if page.next_token:
+            return False
+        entries = {name: True for name in self._names(prefix, page.prefixes, is_dir=True)}
+        for obj in page.objects:
+            if obj.key.endswith(FOLDER_SUFFIX):
+                entries[obj.key[len(prefix):-len(FOLDER_SUFFIX)]] = True
+            elif obj.key != prefix:
+                for name in self._names(prefix, [obj.key], is_dir=False):
+                    entries.setdefault(name, False)
+        self.cache.revalidate(parent, entries, started)
+        return True
 
     def _lookup_remote(self, path: str) -> Attr:
         key = self.mapper.key(path)

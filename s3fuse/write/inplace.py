@@ -20,7 +20,7 @@ from concurrent.futures import wait
 
 from .. import errors
 from ..meta.attrs import MD5_HEADER
-from .journal import Entry
+from .journal import Entry, part_etag, part_md5, part_record
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EditUploads:
             if isinstance(exc, (errors.ObjectChanged, errors.NotFound)) and not isinstance(exc, errors.NoSuchBucket):
                 self._give_up_edit(entry, exc)
             raise
-        parts = [(n, entry.parts[str(n)]) for n, _, _, _ in plan]
+        parts = [(n, part_etag(entry.parts[str(n)])) for n, _, _, _ in plan]
         etag = self.client.complete_multipart(entry.key, entry.upload_id, parts)
         return etag, len(plan), len(plan) - len(todo), sum(e - s for _, s, e, copy in todo if not copy)
 
@@ -64,7 +64,7 @@ class EditUploads:
             raise errors.BackendError(f"copy of part {number} of {entry.key!r}: no ETag in the answer")
 
         def record(e):
-            e.parts[str(number)] = etag
+            e.parts[str(number)] = part_record("", etag)     # a copy: no local bytes to hash
             self.parts_copied += 1
             self.bytes_copied += end - start
             progress = self.progress.get(e.id)
@@ -99,15 +99,15 @@ class EditUploads:
             if part is None or (part.size and part.size != end - start):
                 continue
             recorded = entry.parts.get(str(n))
-            if copy:
-                if recorded == part.etag:
-                    kept[str(n)] = recorded
+            if recorded is not None and part_etag(recorded) == part.etag:
+                kept[str(n)] = part_record(part_md5(recorded), part.etag)
                 continue
-            if recorded != part.etag:
-                with open(entry.staging, "rb") as f:
-                    recorded = hashlib.md5(os.pread(f.fileno(), end - start, start)).hexdigest()
-            if recorded == part.etag:
-                kept[str(n)] = recorded
+            if copy:
+                continue
+            with open(entry.staging, "rb") as f:
+                local = hashlib.md5(os.pread(f.fileno(), end - start, start)).hexdigest()
+            if local == part.etag:
+                kept[str(n)] = part_record(local, part.etag)
 
         def keep(e):
             self.parts_reused += len(kept)

@@ -3,15 +3,17 @@
 A record is written (tmp file, fsync, rename, fsync of the directory) when an upload
 starts and after every finished part, so after a crash the next mount (or
 ``s3fuse resume``) knows: the key, the staging file, the object size and MD5, the
-metadata, the multipart upload id, the part size and the MD5 of every finished part.
+metadata, the multipart upload id, the part size, and the MD5 of every finished part with
+the ETag the server answered for it (not an MD5 with SSE-KMS or SSE-C on AWS).
 
 States
 - ``writing``: a multipart upload was started while the file was still being written
   (sequential writer); close() has NOT been reached.  After a crash such a record is
   never completed: its upload is aborted and its staging file moved to ``recovery/``.
 - ``closed``: close()/fsync() handed the file over; the data is final and must reach
-  the bucket.  Resumed after a crash: ListParts, keep parts whose ETag equals the local
-  MD5, upload the rest, complete.
+  the bucket.  Resumed after a crash: ListParts, keep parts whose ETag equals the one
+  recorded (or, for a part sent but not recorded, the local MD5 where ETags are MD5s),
+  upload the rest, complete.
 
 A record with a ``plan`` is an edit in place: its staging file holds only the parts to
 upload (sparse); the other parts are copied on the server from ``source`` (that key at
@@ -45,7 +47,7 @@ class Entry:
     headers: dict = field(default_factory=dict)     # content headers (objects.CONTENT_HEADERS)
     upload_id: Optional[str] = None
     part_size: int = 0
-    parts: dict = field(default_factory=dict)      # str(part number) -> md5 hex of that part
+    parts: dict = field(default_factory=dict)      # str(part number) -> [md5 hex, server ETag] (part_md5/part_etag)
     uploaded_metadata: Optional[dict] = None        # what CreateMultipartUpload was given
     created: float = 0.0
     verify_md5: bool = False       # staging not fsynced: check it against ``md5`` after a restart
@@ -54,6 +56,21 @@ class Entry:
     # plan [[number, start, end, copy], ...]; ``parts`` then holds copied parts' ETags too
     source: Optional[dict] = None  # {"key": ..., "etag": ...}
     plan: Optional[list] = None
+
+
+def part_record(md5: str, etag: str) -> list:
+    return [md5, etag]
+
+
+def part_md5(record) -> str:
+    """The MD5 of a recorded part (records of s3fuse before issue 14 hold only the MD5,
+    which was then also its ETag)."""
+    return record[0] if isinstance(record, list) else record
+
+
+def part_etag(record) -> str:
+    """The ETag the server answered for a recorded part."""
+    return record[1] if isinstance(record, list) else record
 
 
 def _write(path: str, data: bytes, fsync: bool):

@@ -1,7 +1,7 @@
 """After a crash: decide what each leftover journal record and staging file becomes.
 
 - CLOSED record: close()/fsync() accepted the data -> resume the upload (ListParts, keep
-  parts whose ETag equals the local MD5, send the rest, complete).  A record marked
+  parts whose ETag equals the recorded one, send the rest, complete).  A record marked
   ``verify_md5`` (its staging file was not fsynced) is resumed only if the staging file
   still has the recorded whole-file MD5: after a power loss it may not, and then it goes
   to ``recovery/`` and its upload is aborted - never a damaged object in the bucket.

@@ -1,8 +1,11 @@
 """Uploads of staging files: one PutObject for small files, parallel multipart for large
 ones, and resume of interrupted multipart uploads from the journal.
 
-Every request carries Content-MD5.  The whole-object MD5 goes in the metadata
-(``x-amz-meta-s3fuse-md5``) because a multipart ETag is not an MD5.  Transient failures
+Every request carries Content-MD5: the server checks the bytes it got.  ETags are never
+taken for MD5s (with SSE-KMS or SSE-C on AWS no ETag is one): each part's ETag is
+recorded as the server answered it and CompleteMultipartUpload sends those; resume keeps
+a part the server lists with the recorded ETag.  The whole-object MD5 goes in the
+metadata (``x-amz-meta-s3fuse-md5``).  Transient failures
 are retried by the client's retry layer (``retries`` attempts, growing delays, bounded
 by ``retries x request_timeout``); the uploader does not retry requests itself.  On
 final failure the journal record stays, so nothing accepted by close() is lost: the
@@ -29,7 +32,7 @@ from .. import errors, metrics
 from ..meta.attrs import MD5_HEADER
 from ..objects import MAX_PART, md5_header
 from .inplace import EditUploads
-from .journal import CLOSED, Entry, Journal
+from .journal import CLOSED, Entry, Journal, part_etag, part_md5, part_record
 from .parts import PartPlan
 
 log = logging.getLogger(__name__)
@@ -144,12 +147,14 @@ class Uploader(EditUploads):
         if len(data) != end - start:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
         digest = hashlib.md5(data)
+        # Content-MD5 makes the server refuse damaged bytes; the ETag it answers may be
+        # anything (SSE-KMS, SSE-C): it is what CompleteMultipartUpload must name.
         etag = self.client.upload_part(entry.key, entry.upload_id, number, data, md5_header(digest))
-        if etag and etag != digest.hexdigest():
-            raise errors.BackendError(f"part {number} of {entry.key!r}: server ETag {etag} != MD5")
+        if not etag:
+            raise errors.BackendError(f"part {number} of {entry.key!r}: the server answered no ETag")
 
         def record(e):
-            e.parts[str(number)] = digest.hexdigest()
+            e.parts[str(number)] = part_record(digest.hexdigest(), etag)
             self.parts_sent += 1
             progress = self.progress.get(e.id)
             if progress:
@@ -257,7 +262,7 @@ class Uploader(EditUploads):
                 f.cancel()
             wait(futures)
             raise
-        parts = [(n, entry.parts[str(n)]) for n, _, _ in wanted]
+        parts = [(n, part_etag(entry.parts[str(n)])) for n, _, _ in wanted]
         etag = self.client.complete_multipart(entry.key, entry.upload_id, parts)
         if not entry.md5:
             entry.md5 = file_md5(entry.staging, entry.size)
@@ -266,7 +271,13 @@ class Uploader(EditUploads):
             # Metadata changed after the upload began (streamed file, chmod while open):
             # one metadata-only copy sets the final headers.
             if entry.size <= MAX_PART:
-                etag = self.client.copy(entry.key, entry.key, final, entry.headers)
+                try:
+                    etag = self.client.copy(entry.key, entry.key, final, entry.headers)
+                except errors.NotSupported:
+                    # RGW 16 cannot copy an encrypted object (NotImplemented): the data is
+                    # complete with the metadata given at its start.
+                    log.warning("%r: the server cannot copy it; metadata set at upload start kept", entry.key)
+                    final = entry.uploaded_metadata
             else:
                 log.warning("%r: over 5 GiB, metadata set at upload start kept (no MD5 header)", entry.key)
                 final = entry.uploaded_metadata
@@ -274,7 +285,9 @@ class Uploader(EditUploads):
         return etag, len(wanted), len(wanted) - len(todo), sum(end - start for _, start, end in todo)
 
     def _reconcile_with_server(self, entry: Entry, wanted: list):
-        """Resume: keep only parts the server holds with an ETag equal to the local MD5."""
+        """Resume: keep the parts the server lists with the ETag recorded when they were
+        sent.  A part sent but not recorded (crash in between) is kept only if its ETag
+        is the MD5 of the local bytes - where ETags are MD5s; elsewhere it is sent again."""
         try:
             server = {p.number: p.etag for p in self.client.list_parts(entry.key, entry.upload_id)}
         except errors.UploadGone:
@@ -288,11 +301,13 @@ class Uploader(EditUploads):
             etag = server.get(n)
             if etag is None:
                 continue
-            local = entry.parts.get(str(n))
-            if local is None or local != etag:
-                local = hashlib.md5(read_range(entry.staging, start, end)).hexdigest()
+            recorded = entry.parts.get(str(n))
+            if recorded is not None and part_etag(recorded) == etag:
+                kept[str(n)] = part_record(part_md5(recorded), etag)
+                continue
+            local = hashlib.md5(read_range(entry.staging, start, end)).hexdigest()
             if local == etag:
-                kept[str(n)] = local
+                kept[str(n)] = part_record(local, etag)
         def keep(e):
             self.parts_reused += len(kept)
             e.parts = kept

@@ -40,20 +40,21 @@ class RGWError(RuntimeError):
     pass
 
 
-def _env(run_dir):
+def _env(run_dir, extra=None):
     env = dict(os.environ)
+    env.update(extra or {})
     if run_dir:
         env["S3FUSE_RGW_DIR"] = str(run_dir)
     return env
 
 
-def _run(args, run_dir=None, timeout=180):
+def _run(args, run_dir=None, timeout=180, extra_env=None):
     try:
         p = subprocess.run(
             ["bash", RGW_SH] + list(args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_env(run_dir),
+            env=_env(run_dir, extra_env),
             timeout=timeout,
             universal_newlines=True,
         )
@@ -148,7 +149,9 @@ class RGWServer:
     kind = "rgw"
     _serial = itertools.count()
 
-    def __init__(self, port=0, run_dir=None):
+    def __init__(self, port=0, run_dir=None, extra_env=None):
+        """``extra_env``: rgw.sh settings (S3FUSE_RGW_SSL_PORT, S3FUSE_RGW_DNS_NAME, ...)."""
+        self.extra_env = dict(extra_env or {})
         self.port = port or _free_port()
         n = next(self._serial)
         self.run_dir = run_dir or "%s%d%s" % (RUN_DIR_PATTERN, os.getpid(), "-%d" % n if n else "")
@@ -163,7 +166,7 @@ class RGWServer:
         cleanup_stale_run_dirs()
         for attempt in range(attempts):
             try:
-                p = _run(["start", str(self.port)], run_dir=self.run_dir, timeout=240)
+                p = _run(["start", str(self.port)], run_dir=self.run_dir, timeout=240, extra_env=self.extra_env)
             except RGWError:
                 _run(["stop"], run_dir=self.run_dir, timeout=60)   # a timed-out start leaves daemons
                 raise

@@ -21,6 +21,13 @@
 #                             RSS is about 2x the bytes stored. When the store
 #                             is full, writes HANG (OSD failsafe), not fail.
 #   S3FUSE_RGW_TIMEOUT        start timeout in seconds (default 90)
+#   S3FUSE_RGW_SSL_PORT       also serve HTTPS on 127.0.0.1:PORT (beast ssl_endpoint) with
+#   S3FUSE_RGW_SSL_CERT       this certificate and
+#   S3FUSE_RGW_SSL_KEY        this private key (PEM files)
+#   S3FUSE_RGW_DNS_NAME       rgw_dns_name: BUCKET.NAME hosts are virtual-hosted buckets
+#                             (default 127.0.0.1: every request is path-style)
+#   S3FUSE_RGW_STORAGE_CLASSES space-separated storage classes besides STANDARD (e.g.
+#                             "COLD"), added to the default placement (radosgw restarts)
 #   S3FUSE_RGW_EXTRA_CONF     extra ceph.conf text appended as is at the end,
 #                             i.e. inside [client.rgw.s3fuse] unless it starts
 #                             with its own header, e.g. $'[osd]\ndebug osd = 20'
@@ -194,6 +201,15 @@ do_start() {
         die "port 127.0.0.1:$port is already in use by something else"
     fi
 
+    local frontends="beast endpoint=127.0.0.1:$port tcp_nodelay=1"
+    if [ -n "${S3FUSE_RGW_SSL_PORT:-}" ]; then
+        [ -r "${S3FUSE_RGW_SSL_CERT:-}" ] && [ -r "${S3FUSE_RGW_SSL_KEY:-}" ] \
+            || die "S3FUSE_RGW_SSL_PORT needs readable S3FUSE_RGW_SSL_CERT and S3FUSE_RGW_SSL_KEY"
+        port_in_use "$S3FUSE_RGW_SSL_PORT" && die "port 127.0.0.1:$S3FUSE_RGW_SSL_PORT is already in use"
+        frontends="$frontends ssl_endpoint=127.0.0.1:$S3FUSE_RGW_SSL_PORT"
+        frontends="$frontends ssl_certificate=$S3FUSE_RGW_SSL_CERT ssl_private_key=$S3FUSE_RGW_SSL_KEY"
+    fi
+
     STARTING=1
     mon_port="${S3FUSE_RGW_MON_PORT:-$(free_port)}"
     fsid="$(cat /proc/sys/kernel/random/uuid)"
@@ -274,8 +290,8 @@ osd crush update on start = false
 osd class update on start = false
 
 [$RGW_NAME]
-rgw frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
-rgw dns name = 127.0.0.1
+rgw frontends = $frontends
+rgw dns name = ${S3FUSE_RGW_DNS_NAME:-127.0.0.1}
 rgw thread pool size = 128
 # Reclaim deleted objects' data quickly so repeated benchmarks do not pile up in RAM.
 rgw gc obj min wait = 60
@@ -378,6 +394,30 @@ PY
         [ "$(date +%s)" -lt "$deadline" ] || die "timeout waiting for signed S3 requests to succeed"
         sleep 0.5
     done
+
+    if [ -n "${S3FUSE_RGW_STORAGE_CLASSES:-}" ]; then
+        local sc pid
+        for sc in $S3FUSE_RGW_STORAGE_CLASSES; do
+            log "radosgw-admin: storage class $sc"
+            timeout 60 radosgw-admin -c "$CONF" -n client.admin zonegroup placement add --rgw-zonegroup default \
+                --placement-id default-placement --storage-class "$sc" >>"$RUN_DIR/log/user.out" 2>&1 \
+                || die "zonegroup placement add $sc failed"
+            timeout 60 radosgw-admin -c "$CONF" -n client.admin zone placement add --rgw-zone default \
+                --placement-id default-placement --storage-class "$sc" \
+                --data-pool "default.rgw.$(tr 'A-Z' 'a-z' <<<"$sc").data" >>"$RUN_DIR/log/user.out" 2>&1 \
+                || die "zone placement add $sc failed"
+        done
+        # radosgw reads the zone's placement at start only.
+        pid="$(tr -dc '0-9' <"$RUN_DIR/run/$RGW_NAME.pid")"
+        kill -KILL "$pid"
+        while alive "$pid"; do sleep 0.1; done
+        radosgw -c "$CONF" -n "$RGW_NAME" >>"$RUN_DIR/log/daemons.out" 2>&1 || die "radosgw failed to restart"
+        while :; do
+            case "$(http_code "$port")" in 2??|4??) break ;; esac
+            [ "$(date +%s)" -lt "$deadline" ] || die "timeout waiting for the restarted radosgw"
+            sleep 0.3
+        done
+    fi
 
     STARTING=0
     local t1
