@@ -32,8 +32,8 @@ from .uploader import abort_unrecorded, file_md5
 log = logging.getLogger(__name__)
 
 
-def _recover_file(staging: str, key: str, recovery_dir: str,
-                  why: str = "writer never closed it") -> str:
+def _recovery_path(recovery_dir: str, key: str) -> str:
+    """A free name in ``recovery_dir`` for a file of ``key``."""
     os.makedirs(recovery_dir, mode=0o700, exist_ok=True)
     name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key, safe="")[:200]
     target = os.path.join(recovery_dir, name)
@@ -41,6 +41,12 @@ def _recover_file(staging: str, key: str, recovery_dir: str,
     while os.path.exists(target):
         target = f"{os.path.join(recovery_dir, name)}.{n}"
         n += 1
+    return target
+
+
+def _recover_file(staging: str, key: str, recovery_dir: str,
+                  why: str = "writer never closed it") -> str:
+    target = _recovery_path(recovery_dir, key)
     os.replace(staging, target)
     log.warning("unfinished write of %r (%s) kept in %s", key, why, target)
     return target
@@ -176,6 +182,16 @@ def abandon(journal: Journal, entry, why: str):
     if os.path.exists(entry.staging):
         _recover_file(entry.staging, entry.key, os.path.join(os.path.dirname(journal.dir), "recovery"),
                       "its upload was abandoned; the bytes written are at their offsets")
+
+
+def keep_written(journal: Journal, staging: str, key: str, why: str) -> str:
+    """A file whose edit can never be uploaded (its old version changed on the server
+    before the bytes it lacks were staged): a hard link to its staging file (the bytes
+    written, at their offsets; the file stays open) is kept in ``recovery/``."""
+    target = _recovery_path(os.path.join(os.path.dirname(journal.dir), "recovery"), key)
+    os.link(staging, target)
+    log.error("upload of %r abandoned: %s; the bytes written are kept in %s", key, why, target)
+    return target
 
 
 def resume(uploader, journal: Journal, entry) -> str:

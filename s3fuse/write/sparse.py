@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from .. import errors
+from . import recovery
 from ..data.reader import PinnedObject, Reader
 from .editplan import edit_plan
 from .ranges import RangeSet
@@ -88,13 +89,26 @@ class SparseStaging:
                 and self.size >= self.uploader.threshold:
             plan = edit_plan(self.size, self._base_end, self.present, upload_part=self._plan.base,
                              copy_part=self.uploader.copy_part_size)
-        if plan is None:
-            self._fill(0, self.size)
-            return None
-        for _, start, end, copy in plan:
-            if not copy:
-                self._fill(start, end)
+        try:
+            if plan is None:
+                self._fill(0, self.size)
+                return None
+            for _, start, end, copy in plan:
+                if not copy:
+                    self._fill(start, end)
+        except errors.ObjectChanged as exc:
+            self._base_gone(exc)
         return plan
+
+    def _base_gone(self, exc: errors.ObjectChanged):
+        """The old version whose bytes complete the upload changed on the server (another
+        client overwrote or deleted the key): this file can never be uploaded as it was
+        edited.  The bytes written are kept in ``recovery/``; the file is failed."""
+        why = f"the version {self.base.etag} it edits is gone from the server (changed by another client)"
+        target = recovery.keep_written(self.journal, self.staging, self.key, why)
+        self.failed = errors.SourceChanged(f"{self.key!r}: {why}")
+        errors.set_action(self.failed, f"bytes written kept in {target}")
+        raise self.failed from exc
 
     def _edited(self, etag: str):
         """An edit in place is in the bucket as ``etag``: it is the base from now on."""
