@@ -10,6 +10,8 @@ import glob
 import hashlib
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -155,3 +157,54 @@ def test_concurrent_overwrite_fails_the_edit_cleanly(mounter, s3, bucket):
     with open(kept[0], "rb") as r:
         assert os.pread(r.fileno(), len(patch), 5 * MiB) == patch
     assert "abandoned" in m.log()
+
+
+EDITOR = r"""
+import os, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(0, os.SEEK_END)
+    f.write(b"appended line\n")
+"""
+
+
+def test_sigkill_during_an_edit_resumes_without_copying_finished_parts(s3_server, s3, bucket, tmp_path):
+    """close() of an append to a 64 MiB object copies 5 MiB parts one at a time through a
+    proxy that delays every request; the daemon is SIGKILLed when the server holds >= 2
+    parts.  The remount finishes the edit from the journal: the parts already copied are
+    kept (not copied again), and the bucket holds the old bytes plus the appended line."""
+    from .conftest import Mount, unmount
+    from .faultproxy import FaultProxy, ProxiedServer
+    from .test_write_mount import journal_records, kill_daemon, server_parts, uploads_of, wait_for
+
+    old = random.Random(5).randbytes(SIZE)
+    _object(s3, bucket, "app.log", old)
+    proxy = FaultProxy(s3_server.endpoint, lifetime=600)
+    opts = ["copy_part_size=5M", "part_size=5M", "upload_threads=1"]
+    m = Mount(ProxiedServer(s3_server, proxy), bucket, str(tmp_path), options=opts, name="edit")
+    try:
+        m.mount()
+        proxy.set("delay", 150)
+        editor = subprocess.Popen([sys.executable, "-c", EDITOR, m.p("app.log")], stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: len(server_parts(s3, bucket, "app.log")) >= 2, 120, ">= 2 parts on the server", 0.02)
+            kill_daemon(m)
+            on_server = len(server_parts(s3, bucket, "app.log"))
+        finally:
+            editor.wait(60)
+            unmount(m.path)
+        assert editor.returncode != 0, "the editor's close() was still uploading when the daemon died"
+        records = [r for r in journal_records(m) if r["key"] == "app.log"]
+        assert records and records[0]["plan"], records
+        nparts = len(records[0]["plan"])
+        assert on_server < nparts
+        proxy.clear()
+        m.mount()
+        wait_for(lambda: not journal_records(m), 180, "the resumed edit to finish")
+        assert s3.get_object(Bucket=bucket, Key="app.log")["Body"].read() == old + b"appended line\n"
+        st = status.read(m.path)
+        assert st["parts_reused"] >= on_server, st
+        assert st["parts_copied"] + st["parts_sent"] <= nparts - on_server, st
+        assert uploads_of(s3, bucket) == []
+    finally:
+        unmount(m.path)
+        proxy.close()
