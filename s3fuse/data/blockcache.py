@@ -194,7 +194,9 @@ class BlockCache:
 
     def drop(self, key: str, etag: str, blocks: int) -> int:
         """Forget blocks 0..blocks-1 of one version (e.g. after -o verify found it wrong).
-        Returns how many were cached on disk."""
+        Returns how many were cached on disk.  Blocks still waiting for the writer are
+        written first (waits up to 5 s), so that none lands after the drop."""
+        self.flush(5.0)
         dropped = 0
         for index in range(blocks):
             k = self._k(key, etag, index)
