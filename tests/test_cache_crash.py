@@ -167,3 +167,52 @@ def test_repeated_kills_while_caching_never_leave_a_wrong_block(s3, bucket, moun
     assert read_all(m.p("obj.bin")) == data
     st = daemon_stats(m)
     assert st["cache"]["torn"] == 0
+
+
+WRITER = r"""
+import hashlib, sys
+from s3fuse.data.blockcache import BlockCache
+cache = BlockCache(sys.argv[1], 6 << 20, "b", memory=0)
+i = int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    index = i % 200
+    cache.put("k", "e", index, bytearray(hashlib.sha256(str(index).encode()).digest() * 4096))
+    i += 1
+"""
+
+
+def block_of(index: int) -> bytes:
+    return hashlib.sha256(str(index).encode()).digest() * 4096      # 128 KiB
+
+
+def test_sigkill_of_a_process_writing_blocks_never_leaves_a_torn_block(tmp_path):
+    """The writer thread of a process that only writes blocks (culls included: 6 MiB limit)
+    is killed at random moments; after each kill every row serves its whole block, and the
+    next open sweeps the files a kill left without a row."""
+    rng = random.Random(99)
+    directory = str(tmp_path / "blocks")
+    orphans_seen = rows_seen = 0
+    for loop in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, directory, str(loop * 37)], stdout=subprocess.PIPE,
+                                text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait(10)
+        cache = diskcache.Cache(directory, disk=WholeWriteDisk)
+        try:
+            named, found = value_files(cache)
+            assert named <= found, "a row names a file that is not there"
+            orphans_seen += len(found - named)
+            for k in cache.iterkeys():
+                index = int(k.split("\0")[3])
+                assert bytes(cache.get(k)) == block_of(index), f"block {index} torn"
+                rows_seen += 1
+        finally:
+            cache.close()
+    cache = BlockCache(directory, 6 << 20, "b")
+    assert cache.flush()
+    wait_for(lambda: (lambda n, f: n == f)(*value_files(cache._cache)), 5, "orphans swept")
+    cache.close()
+    print(f"\n  6 kills while writing: {rows_seen} rows checked whole, {orphans_seen} orphan files seen and swept")
