@@ -17,8 +17,10 @@ import shutil
 
 import pytest
 
+from s3fuse import errors
 from s3fuse.data.verify import WholeReadDigest
 
+from .fakes import FakeS3
 from .test_read_mount import daemon_stats
 
 MIB = 1 << 20
@@ -58,6 +60,46 @@ def test_digest_gives_up_on_non_sequential_reads():
     d.MAX_AHEAD = 64 << 10
     assert d.feed(128 << 10, data[128 << 10:256 << 10]) is None
     assert not d.active, "more out-of-order bytes than MAX_AHEAD is not a sequential read"
+
+
+def test_filesystem_fails_the_completing_read_and_every_later_one(make_fs):
+    """Through ``Filesystem`` (a fake S3): no request beyond a plain read's at open, EIO at
+    the read that completes the file (blocks dropped), a quiet EIO for later reads of that
+    handle; objects without the header and a mount without verify are not checked."""
+    good = random.Random(6).randbytes(3 * MIB + 1)
+    bad = random.Random(7).randbytes(3 * MIB + 1)
+    fake = FakeS3()
+    fake.seed("good", good, {"s3fuse-md5": md5(good)})
+    fake.seed("bad", bad, {"s3fuse-md5": md5(good)})
+    fake.seed("plain", bad)
+    fs = make_fs(fake, verify=True)
+
+    def read_through(path, step=MIB):
+        fh, _ = fs.open(path, os.O_RDONLY)
+        try:
+            return b"".join(bytes(fs.read(fh, step, off)) for off in range(0, 3 * MIB + 1, step))
+        finally:
+            fs.release(fh)
+    for path in ("/good", "/bad", "/plain"):
+        fs.getattr(path)
+    heads = fake.count("head")
+    assert read_through("/good") == good and read_through("/plain") == bad
+    assert fake.count("head") == heads, "the MD5 header came with the lookup's HEAD"
+    fh, _ = fs.open("/bad", os.O_RDONLY)
+    for off in range(0, 3 * MIB, MIB):
+        assert bytes(fs.read(fh, MIB, off)) == bad[off:off + MIB]
+    with pytest.raises(errors.ChecksumMismatch) as info:
+        fs.read(fh, MIB, 3 * MIB)
+    assert info.value.errno == errno.EIO and not errors.is_quiet(info.value)
+    assert md5(bad) in str(info.value) and "dropped" in info.value.action
+    assert not any(fs.parts.blocks.contains("bad", fake.objects["bad"][2], i) for i in range(4))
+    with pytest.raises(errors.ChecksumFailedBefore) as info:
+        fs.read(fh, MIB, 0)
+    assert info.value.errno == errno.EIO and errors.is_quiet(info.value)
+    fs.release(fh)
+    plain = make_fs(fake)
+    fh, _ = plain.open("/bad", os.O_RDONLY)
+    assert b"".join(bytes(plain.read(fh, MIB, off)) for off in range(0, 3 * MIB + 1, MIB)) == bad
 
 
 def read_all(path: str) -> bytes:
