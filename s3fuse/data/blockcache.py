@@ -109,6 +109,8 @@ class WholeWriteDisk(diskcache.Disk):
 def value_files(cache: diskcache.Cache) -> tuple:
     """(files the rows name, value files on disk): relative paths.  Rows first, so a file
     written between the two looks like an orphan only if its row is not committed yet."""
+    # diskcache has no public call for the file names of its rows (Cache.check would
+    # "fix" a short file by updating its row's size, i.e. serve it): its _sql, 5.x schema
     named = {row[0] for row in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
     found = set()
     with os.scandir(cache.directory) as top:
