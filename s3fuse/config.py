@@ -157,6 +157,8 @@ OPTIONS = {
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
     "small_file_readahead": ("small_file_readahead", parse_bool,
                              "prefetch the next small files of a directory read in listing order (default on)"),
+    "verify": ("verify", None, "check a whole sequential read of an object written by s3fuse against the MD5 it "
+                               "carries (x-amz-meta-s3fuse-md5): EIO on a mismatch (default off: costs CPU)"),
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
     "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
     "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
@@ -235,6 +237,7 @@ class MountConfig:
     readahead: int = 64 << 20
     read_threads: int = 8
     small_file_readahead: bool = True
+    verify: bool = False
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0
     negative_ttl: float = 5.0

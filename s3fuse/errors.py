@@ -135,6 +135,11 @@ class ChecksumMismatch(BackendError):
     """Bytes read do not have the MD5 their object carries (``-o verify``)."""
 
 
+class ChecksumFailedBefore(ChecksumMismatch):
+    """A later read of a handle whose whole read failed ``-o verify`` (EIO again; the
+    mismatch itself was logged once)."""
+
+
 class Transient(BackendError):
     """A failure worth another attempt (see s3fuse.retry)."""
 
@@ -168,6 +173,7 @@ ERRNO = {
     Stale: (_errno.ESTALE, True),
     WriteFailed: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),
+    ChecksumFailedBefore: (_errno.EIO, True),
     BackendError: (_errno.EIO, False),
     FsError: (_errno.EIO, False),
 }

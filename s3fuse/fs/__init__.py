@@ -105,6 +105,7 @@ class Filesystem:
                 "requests": dict(p.client.request_counts), "errors": p.client.error_count,
                 "transport": p.client.transport_stats(),
                 "cache": {"hits": hits, "misses": misses, "bytes": p.blocks.volume(), "dropped": p.blocks.dropped,
+                          "torn": p.blocks.torn, "orphans_removed": p.blocks.orphans,
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
                 "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
                 "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
