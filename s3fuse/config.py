@@ -170,7 +170,7 @@ OPTIONS = {
                             "files from this size upload in parts (default = part_size)"),
     "copy_part_size": ("copy_part_size", _part_size,
                        "largest part an edit of a large file copies on the server from its old version "
-                       "(default 1G; 5M..5G)"),
+                       "(default 64M: parts copied in parallel; 5M..5G)"),
     "request_timeout": ("request_timeout", _positive(_finite_float),
                         "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
@@ -245,7 +245,7 @@ class MountConfig:
     part_size: int = 8 << 20
     upload_threads: int = 8
     multipart_threshold: Optional[int] = None
-    copy_part_size: int = 1 << 30
+    copy_part_size: int = 64 << 20
     request_timeout: float = 30.0
     retries: int = 5
     hardlinks: str = "copy"

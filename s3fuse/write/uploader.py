@@ -92,7 +92,7 @@ class Progress:
 
 class Uploader(EditUploads):
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
-                 threshold: Optional[int] = None, copy_part_size: int = 1 << 30):
+                 threshold: Optional[int] = None, copy_part_size: int = 64 << 20):
         self.client = client
         self.journal = journal
         self.part_size = part_size
