@@ -18,8 +18,9 @@ same offsets (up to ``base_end``: a truncate cuts them).  ``edit_plan`` covers
 - over 10,000 parts (a huge object with edits everywhere, or small copy parts): the
   minimum and both part sizes double until the plan fits.
 
-The result is [(number, start, end, copy)], or None when nothing would be copied (the
-edit rewrote everything the old version had: the ordinary upload is as cheap).
+The result is [(number, start, end, copy)], or None when under 5 MiB would be copied
+(the edit rewrote about everything the old version had): the ordinary upload then costs
+at most 5 MiB more and keeps the whole-object MD5 header that an edit in place loses.
 """
 from __future__ import annotations
 
@@ -119,6 +120,6 @@ def edit_plan(size: int, base_end: int, present, upload_part: int = 8 << 20,
         if len(plan) <= MAX_PARTS or minimum >= MAX_PART // 2:
             break
         minimum, upload_part, copy_part = min(minimum * 2, MAX_PART // 2), upload_part * 2, copy_part * 2
-    if not any(copy for _, _, copy in plan):
-        return None
+    if sum(b - a for a, b, copy in plan if copy) < MIN_PART:
+        return None         # copying under 5 MiB saves less than the whole-object MD5 is worth
     return [(n, s, e, copy) for n, (s, e, copy) in enumerate(plan, start=1)]
