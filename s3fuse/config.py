@@ -155,6 +155,9 @@ OPTIONS = {
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "max_memory": ("max_memory", _positive(parse_size),
+                   "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 64M; "
+                   "read-ahead and upload parallelism shrink to fit)"),
     "small_file_readahead": ("small_file_readahead", parse_bool,
                              "prefetch the next small files of a directory read in listing order (default on)"),
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
@@ -234,6 +237,7 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
+    max_memory: int = 64 << 20
     small_file_readahead: bool = True
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0

@@ -5,8 +5,10 @@ stale blocks can never be served; they just age out.  Size-bounded (diskcache cu
 least recently stored blocks), survives remounts.  Blocks over 32 KiB are stored as
 plain files by diskcache, so a hit is a sqlite lookup plus a file read from page cache.
 
-Writes are behind: ``put`` keeps the block in a small in-memory LRU (``memory`` bytes)
-and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
+Writes are behind: ``put`` keeps the block in a small in-memory FIFO (``memory`` bytes;
+first in, first out, because a sequential reader consumes read-ahead blocks in the order
+they arrive, and a block it has read is the one to drop; ``reclaim`` drops the oldest
+when the memory budget needs room, see data/memory.py) and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
 When ``max_pending`` blocks wait for the disk, ``put`` waits too (bounded memory; a
 block fetched for read-ahead must not be dropped before it is read).  ``_lock`` (with
 its condition) is a leaf lock over the LRU, the pending set and the counters.
@@ -79,7 +81,7 @@ class BlockCache:
         self._written_since_cull = self._cull_every   # cull once soon after start
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
+        self._recent = cachetools.FIFOCache(maxsize=max(memory, 1), getsizeof=len)
         self._pending: dict = {}
         self._max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
@@ -111,6 +113,16 @@ class BlockCache:
             if k in self._pending or k in self._recent:
                 return True
         return k in self._cache
+
+    def reclaim(self, nbytes: int) -> int:
+        """Drop the oldest in-memory blocks, about ``nbytes`` of them (a budget reclaimer:
+        their buffers become free in the pool; returns 0, the pool gives the budget back)."""
+        dropped = 0
+        with self._lock:
+            while dropped < nbytes and self._recent:
+                _, data = self._recent.popitem()
+                dropped += len(data)
+        return 0
 
     def put(self, key: str, etag: str, index: int, data: bytes):
         k = self._k(key, etag, index)

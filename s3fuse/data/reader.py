@@ -40,8 +40,12 @@ class PinnedObject:
 
 
 class BlockFetcher:
-    def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8):
+    def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8,
+                 pool=None, window_cap: int = 1 << 30):
         self.client = client
+        # block buffers come from the pool (memory.BufferPool) when its buffers are blocks
+        self._alloc = pool.get if pool is not None and pool.size == block_size else None
+        self.window_cap = max(1, window_cap)     # read-ahead blocks per reader (the budget's share)
         self.cache = cache
         self.block_size = block_size
         self.span_blocks = span_blocks
@@ -135,7 +139,8 @@ class BlockFetcher:
             self._resolve(obj, index, futures, result=chunk)
 
         try:
-            pinned_get(self.client, obj, first * bs, min(obj.size, (last + 1) * bs), chunk_size=bs, sink=sink)
+            pinned_get(self.client, obj, first * bs, min(obj.size, (last + 1) * bs), chunk_size=bs, sink=sink,
+                       alloc=self._alloc)
             with self._lock:
                 self.bytes_fetched += min(obj.size, (last + 1) * bs) - first * bs
         except BaseException as exc:
@@ -163,7 +168,7 @@ class Reader:
     def __init__(self, fetcher: BlockFetcher, obj: PinnedObject, max_readahead_blocks: int = 64):
         self.fetcher = fetcher
         self.obj = obj
-        self.max_window = max(1, max_readahead_blocks)
+        self.max_window = max(1, min(max_readahead_blocks, fetcher.window_cap))
         self._lock = threading.Lock()
         self._last_block = -2
         self._window = 0
