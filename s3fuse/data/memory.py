@@ -18,7 +18,10 @@ through the pool (bytearrays have no weak references), and the pool checks and h
 out under its lock, so a check cannot race with a new holder.  A reused buffer is not
 zeroed: every user overwrites all of it (a GET fills the whole block or drops it).
 
-Lock order: ``BufferPool._lock`` -> ``MemoryBudget._lock`` (leaf).  Reclaimers are
+``Share`` gives one kind of user (upload parts) at most part of the budget.
+
+Lock order: ``BufferPool._lock`` -> ``MemoryBudget._lock`` (leaf); ``Share._lock`` is a
+leaf too (released before the budget is asked).  Reclaimers are
 called with no lock held.
 """
 from __future__ import annotations
@@ -34,9 +37,20 @@ import time
 log = logging.getLogger(__name__)
 
 
+UNACCOUNTED = 16 << 20
+
+
+def accounted_limit(max_memory: int) -> int:
+    """The part of ``max_memory`` the budget hands out.  The rest (16 MiB, at most half) is
+    for data buffers nobody counts: libfuse's request buffer of each FUSE thread (1 MiB
+    each, ~10 threads) and the MD5 queue of a sequential writer (8 MiB, write/hashing.py)."""
+    return max(max_memory // 2, max_memory - UNACCOUNTED)
+
+
 class MemoryBudget:
-    def __init__(self, limit: int, patience: float = 2.0):
+    def __init__(self, limit: int, patience: float = 2.0, total: int = 0):
         self.limit = max(1, limit)
+        self.total = total or self.limit     # max_memory: limit + what is not accounted
         self.patience = patience
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
@@ -108,8 +122,35 @@ class MemoryBudget:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"limit": self.limit, "used": self.used, "peak": self.peak,
+            return {"max_memory": self.total, "limit": self.limit, "used": self.used, "peak": self.peak,
                     "overdrafts": self.overdrafts, "waits": self.waits}
+
+
+class Share:
+    """At most ``limit`` bytes of ``budget`` for one kind of user (upload parts): the rest
+    stays for reads, and for what the budget does not count (libfuse's and mfusepy's
+    per-thread write buffers, ~2 MiB per FUSE thread).  A request larger than the share
+    alone is let through when nothing else of the share is held."""
+
+    def __init__(self, budget: MemoryBudget, limit: int):
+        self.budget = budget
+        self.limit = max(1, limit)
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self, n: int):
+        with self._lock:
+            self._freed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            with self.budget.hold(n):
+                yield
+        finally:
+            with self._lock:
+                self.used -= n
+                self._freed.notify_all()
 
 
 class BufferPool:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..config import MountConfig
 from ..data.blockcache import BlockCache
-from ..data.memory import BufferPool, MemoryBudget
+from ..data.memory import BufferPool, MemoryBudget, Share, accounted_limit
 from ..data.reader import BlockFetcher
 from ..errors import ConfigError
 from ..meta.attrs import Defaults
@@ -106,10 +106,10 @@ def _read_path(cfg: MountConfig, client):
     """The memory budget and what draws from it on the read side (docs/design/memory.md):
     a quarter of the budget for blocks kept in memory, a quarter for blocks queued for the
     cache disk, a quarter for each reader's read-ahead window; upload parts take theirs
-    from the same budget while they are sent."""
-    budget = MemoryBudget(cfg.max_memory)
+    from the same budget while they are sent, at most half of it (``Share``)."""
+    budget = MemoryBudget(accounted_limit(cfg.max_memory), total=cfg.max_memory)
     buffers = BufferPool(budget, cfg.block_size)
-    quarter = max(cfg.block_size, cfg.max_memory // 4)
+    quarter = max(cfg.block_size, budget.limit // 4)
     blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
                         memory=quarter, max_pending=max(2, quarter // cfg.block_size))
     budget.add_reclaimer(blocks.reclaim, first=True)
@@ -133,7 +133,8 @@ def build(cfg: MountConfig, client) -> Parts:
     os.makedirs(staging_dir, mode=0o700, exist_ok=True)
     journal = Journal(os.path.join(cfg.cache_dir, "journal"))
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size, budget=budget)
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size,
+                        budget=Share(budget, budget.limit // 2))
 
     def uploaded(entry, etag: str):
         """A resumed upload finished: what this mount knows of the key is new."""
