@@ -163,6 +163,9 @@ class BlockCache:
                     for k in keys:
                         self._pending.pop(k, None)
                     self._room.notify_all()
+            # no reference to a written block may outlive its batch: an idle writer
+            # holding one would keep a buffer out of the pool (data/memory.py)
+            batch = data = None
             if stop:
                 return
 
