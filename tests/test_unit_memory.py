@@ -138,3 +138,19 @@ def test_reads_through_pool_buffers_are_correct_and_bounded(tmp_path):
     finally:
         fetcher.close()
         cache.close()
+
+
+def test_blocks_read_back_from_disk_fill_pool_buffers(tmp_path):
+    pool = BufferPool(MemoryBudget(64 * KIB), 32 * KIB)
+    cache = BlockCache(str(tmp_path / "c"), 1 << 30, "b", memory=1, max_pending=4, pool=pool)
+    try:
+        full, short, tiny = bytes(range(256)) * 128, b"s" * (20 * KIB), b"t" * 100
+        for i, data in enumerate((full, short, tiny)):
+            cache.put("k", "e", i, bytearray(data))
+        assert cache.flush()
+        got = cache.get("k", "e", 0)
+        assert got == full and type(got) is bytearray and pool.snapshot()["allocated"] == 1
+        assert cache.get("k", "e", 1) == short and cache.get("k", "e", 2) == tiny
+        assert cache.get("k", "e", 3) is None
+    finally:
+        cache.close()

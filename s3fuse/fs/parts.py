@@ -111,7 +111,7 @@ def _read_path(cfg: MountConfig, client):
     buffers = BufferPool(budget, cfg.block_size)
     quarter = max(cfg.block_size, budget.limit // 4)
     blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
-                        memory=quarter, max_pending=max(2, quarter // cfg.block_size))
+                        memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
     budget.add_reclaimer(blocks.reclaim, first=True)
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
                            window_cap=max(2, quarter // cfg.block_size))
