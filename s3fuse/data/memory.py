@@ -234,11 +234,13 @@ def process_rss() -> dict:
     return out
 
 
-def tune_malloc(mmap_threshold: int = 256 << 10, arenas: int = 2) -> bool:
-    """glibc: allocations from ``mmap_threshold`` up are mmap'd and unmapped when freed
-    (the default threshold climbs to 32 MiB after the first large free, so freed 1-8 MiB
-    buffers then stay in the heap, one heap per thread arena); at most ``arenas`` arenas.
-    Without this a daemon's RSS keeps the high-water mark of every thread's buffers."""
+def tune_malloc(mmap_threshold: int = 2 << 20, arenas: int = 2) -> bool:
+    """glibc: allocations from ``mmap_threshold`` up (upload parts, 8 MiB) are mmap'd and
+    unmapped when freed (the default threshold climbs to 32 MiB after the first large
+    free, so freed parts then stayed in per-thread heaps); at most ``arenas`` arenas.
+    Without this a daemon's RSS keeps the high-water mark of every thread's buffers.
+    Not lower than 2 MiB: libfuse mallocs a 1 MiB reply buffer per read, and mmap'd it
+    costs 256 page faults and the kernel's zeroing per read (22% of a cold read's CPU)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         ok = libc.mallopt(-3, mmap_threshold) == 1     # M_MMAP_THRESHOLD
