@@ -69,7 +69,7 @@ def test_the_block_cache_gives_memory_blocks_back_under_pressure(tmp_path):
     budget = MemoryBudget(4 * KIB, patience=5)
     pool = BufferPool(budget, KIB)
     cache = BlockCache(str(tmp_path / "c"), 1 << 20, "b", memory=4 * KIB, max_pending=8)
-    budget.add_reclaimer(cache.reclaim, first=True)
+    budget.add_reclaimer(cache.reclaim)
     try:
         for i in range(4):
             buf = pool.get()
@@ -124,7 +124,7 @@ def test_reads_through_pool_buffers_are_correct_and_bounded(tmp_path):
     budget = MemoryBudget(16 * 4 * KIB, patience=5)
     pool = BufferPool(budget, 4 * KIB)
     cache = BlockCache(str(tmp_path / "c"), 1 << 30, "b", memory=4 * 4 * KIB, max_pending=4)
-    budget.add_reclaimer(cache.reclaim, first=True)
+    budget.add_reclaimer(cache.reclaim)
     fetcher = BlockFetcher(client, cache, 4 * KIB, threads=4, span_blocks=4, pool=pool, window_cap=4)
     try:
         reader = Reader(fetcher, PinnedObject("k", "e1", len(data)), max_readahead_blocks=64)
@@ -153,4 +153,34 @@ def test_blocks_read_back_from_disk_fill_pool_buffers(tmp_path):
         assert cache.get("k", "e", 1) == short and cache.get("k", "e", 2) == tiny
         assert cache.get("k", "e", 3) is None
     finally:
+        cache.close()
+
+
+def test_idle_readers_do_not_pin_buffers_past_the_budget(tmp_path):
+    """Open handles each keep their last block; when the budget is short they let go of
+    it (no overdraft), and each still reads correctly afterwards."""
+    client = FakeS3()
+    bs = 4 * KIB
+    objs = []
+    for n in range(6):
+        data = bytes([n]) * (2 * bs)
+        client.objects[f"k{n}"] = (data, {}, f"e{n}")
+        objs.append(PinnedObject(f"k{n}", f"e{n}", len(data)))
+    budget = MemoryBudget(4 * bs, patience=5)
+    pool = BufferPool(budget, bs)
+    cache = BlockCache(str(tmp_path / "c"), 1 << 30, "b", memory=bs, max_pending=2)
+    fetcher = BlockFetcher(client, cache, bs, threads=2, span_blocks=1, pool=pool, window_cap=1)
+    budget.add_reclaimer(cache.reclaim)
+    budget.add_reclaimer(fetcher.reclaim_current)
+    try:
+        readers = [Reader(fetcher, obj, max_readahead_blocks=1) for obj in objs]
+        t0 = time.monotonic()
+        for n, r in enumerate(readers):
+            assert r.read(10, 100) == bytes([n]) * 100
+        assert time.monotonic() - t0 < 3 and budget.snapshot()["overdrafts"] == 0
+        for n, r in enumerate(readers):
+            assert r.read(bs + 5, 100) == bytes([n]) * 100
+        assert budget.snapshot()["overdrafts"] == 0 and budget.peak <= 4 * bs
+    finally:
+        fetcher.close()
         cache.close()

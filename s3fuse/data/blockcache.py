@@ -134,13 +134,13 @@ class BlockCache:
 
     def reclaim(self, nbytes: int) -> int:
         """Drop the oldest in-memory blocks, about ``nbytes`` of them (a budget reclaimer:
-        their buffers become free in the pool; returns 0, the pool gives the budget back)."""
+        their buffers become idle in the pool, which gives the budget back)."""
         dropped = 0
         with self._lock:
             while dropped < nbytes and self._recent:
                 _, data = self._recent.popitem()
                 dropped += len(data)
-        return 0
+        return dropped
 
     def put(self, key: str, etag: str, index: int, data: bytes):
         k = self._k(key, etag, index)

@@ -3,8 +3,9 @@
 ``MemoryBudget`` counts the bytes the daemon holds in data buffers: block buffers (the
 pool: read-ahead, the in-memory LRU, blocks queued for the disk writer, the block a
 reader keeps) and upload parts being sent.  ``take(n)`` waits until ``n`` bytes fit;
-while waiting it asks the *reclaimers* (the pool frees idle buffers, the block cache
-drops LRU blocks) to give bytes back.  A wait that outlasts ``patience`` seconds is
+while waiting it asks the *reclaimers* (the block cache drops its oldest in-memory
+blocks, readers forget the block they keep) to let go of buffers, and the pool to free
+idle ones.  A wait that outlasts ``patience`` seconds is
 granted anyway and counted as an *overdraft* (status shows it): a budget too small for
 what is in flight must slow the mount down, never deadlock it.
 
@@ -59,15 +60,18 @@ class MemoryBudget:
         self.overdrafts = 0          # grants made over the limit after waiting ``patience``
         self.waits = 0               # takes that had to wait for room
         self._reclaimers: list = []
+        self._freers: list = []
 
-    def add_reclaimer(self, reclaim, first: bool = False):
-        """``reclaim(nbytes)`` frees up to about ``nbytes`` of budget and says how much (a
-        reclaimer that only makes buffers idle answers 0: the pool's ``shrink``, called
-        after it, frees them)."""
-        if first:
-            self._reclaimers.insert(0, reclaim)
-        else:
-            self._reclaimers.append(reclaim)
+    def add_reclaimer(self, reclaim):
+        """``reclaim(nbytes)`` lets go of about ``nbytes`` of buffers and says how many
+        bytes it let go of; they become idle in the pool, whose ``shrink`` (a *freer*)
+        then gives their budget back.  Reclaimers are asked in the order added, each only
+        while the earlier ones have not let go of enough."""
+        self._reclaimers.append(reclaim)
+
+    def add_freer(self, free):
+        """``free(nbytes)`` gives back up to ``nbytes`` of budget (``BufferPool.shrink``)."""
+        self._freers.append(free)
 
     def try_take(self, n: int) -> bool:
         with self._lock:
@@ -86,9 +90,14 @@ class MemoryBudget:
         while True:
             with self._lock:
                 short = self.used + n - self.limit
+            idle = 0
             for reclaim in self._reclaimers:
+                if idle >= short:
+                    break
+                idle += reclaim(short - idle)
+            for free in self._freers:
                 if short > 0:
-                    short -= reclaim(short)
+                    short -= free(short)
             with self._lock:
                 if self.used + n <= self.limit:
                     self._grant(n)
@@ -166,7 +175,7 @@ class BufferPool:
         self._next = 0
         self.reused = 0
         self.allocated = 0
-        budget.add_reclaimer(self.shrink)
+        budget.add_freer(self.shrink)
 
     def get(self) -> bytearray:
         """A buffer of ``size`` bytes nobody else references (contents undefined)."""

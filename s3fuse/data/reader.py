@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class BlockFetcher:
         # block buffers come from the pool (memory.BufferPool) when its buffers are blocks
         self._alloc = pool.get if pool is not None and pool.size == block_size else None
         self.window_cap = max(1, window_cap)     # read-ahead blocks per reader (the budget's share)
+        self._readers: weakref.WeakSet = weakref.WeakSet()   # for reclaim_current
         self.cache = cache
         self.block_size = block_size
         self.span_blocks = span_blocks
@@ -56,6 +58,17 @@ class BlockFetcher:
 
     def close(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reclaim_current(self, nbytes: int) -> int:
+        """A memory budget reclaimer: readers forget the block they keep for their next
+        read (an idle open handle must not pin a buffer; a reader using it right now holds
+        its own reference), about ``nbytes`` of them."""
+        dropped = 0
+        for reader in list(self._readers):
+            if dropped >= nbytes:
+                break
+            dropped += reader.forget_current()
+        return dropped
 
     def block(self, obj: PinnedObject, index: int) -> bytes:
         """Block ``index`` of ``obj``: from a fetch in flight, the disk cache, or a GET now."""
@@ -175,6 +188,12 @@ class Reader:
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
+        fetcher._readers.add(self)
+
+    def forget_current(self) -> int:
+        index, data = self._current
+        self._current = (-1, b"")
+        return len(data) if index >= 0 else 0
 
     def read(self, offset: int, size: int) -> bytes:
         obj = self.obj

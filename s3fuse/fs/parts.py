@@ -112,9 +112,10 @@ def _read_path(cfg: MountConfig, client):
     quarter = max(cfg.block_size, budget.limit // 4)
     blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
                         memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
-    budget.add_reclaimer(blocks.reclaim, first=True)
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
                            window_cap=max(2, quarter // cfg.block_size))
+    budget.add_reclaimer(blocks.reclaim)              # first the oldest in-memory blocks,
+    budget.add_reclaimer(fetcher.reclaim_current)     # then the block each reader keeps
     return budget, buffers, blocks, fetcher
 
 
