@@ -156,7 +156,7 @@ OPTIONS = {
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
     "max_memory": ("max_memory", _positive(parse_size),
-                   "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 64M; "
+                   "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 48M; "
                    "read-ahead and upload parallelism shrink to fit)"),
     "small_file_readahead": ("small_file_readahead", parse_bool,
                              "prefetch the next small files of a directory read in listing order (default on)"),
@@ -237,7 +237,7 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
-    max_memory: int = 64 << 20
+    max_memory: int = 48 << 20
     small_file_readahead: bool = True
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0

@@ -44,7 +44,7 @@ UNACCOUNTED = 16 << 20
 def accounted_limit(max_memory: int) -> int:
     """The part of ``max_memory`` the budget hands out.  The rest (16 MiB, at most half) is
     for data buffers nobody counts: libfuse's request buffer of each FUSE thread (1 MiB
-    each, ~10 threads) and the MD5 queue of a sequential writer (8 MiB, write/hashing.py)."""
+    each, ~10 threads) and the MD5 queue of a sequential writer (4 MiB, write/hashing.py)."""
     return max(max_memory // 2, max_memory - UNACCOUNTED)
 
 

@@ -6,7 +6,7 @@ bytes inline (small files: no thread, no queue), then hands the writes to a thre
 its own, in order, holding at most ``max_queued`` bytes (a writer faster than the
 hasher waits: memory stays bounded).  A write's data is a view of libfuse's buffer,
 valid only during the callback (fuse_binding.FUSE.write): hashed inline it is not
-copied, queued it is copied to bytes (at most ``max_queued`` bytes of them: 8 MiB, off
+copied, queued it is copied to bytes (at most ``max_queued`` bytes of them: 4 MiB, off
 the memory budget's books, see docs/design/memory.md).
 
 Lock: ``_cond`` is a leaf lock (the caller may hold OpenFile.lock).
@@ -19,7 +19,7 @@ import threading
 
 
 class SequentialMD5:
-    def __init__(self, inline_limit: int = 8 << 20, max_queued: int = 8 << 20, idle_exit: float = 1.0):
+    def __init__(self, inline_limit: int = 8 << 20, max_queued: int = 4 << 20, idle_exit: float = 1.0):
         self._md5 = hashlib.md5()
         self._inline_limit = inline_limit
         self._max_queued = max_queued
