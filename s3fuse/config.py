@@ -155,6 +155,9 @@ OPTIONS = {
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "max_memory": ("max_memory", _positive(parse_size),
+                   "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 48M; "
+                   "read-ahead and upload parallelism shrink to fit)"),
     "small_file_readahead": ("small_file_readahead", parse_bool,
                              "prefetch the next small files of a directory read in listing order (default on)"),
     "verify": ("verify", None, "check a whole sequential read of an object written by s3fuse against the MD5 it "
@@ -236,6 +239,7 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
+    max_memory: int = 48 << 20
     small_file_readahead: bool = True
     verify: bool = False
     attr_ttl: float = 60.0

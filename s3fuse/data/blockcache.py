@@ -5,8 +5,10 @@ stale blocks can never be served; they just age out.  Size-bounded (diskcache cu
 least recently stored blocks), survives remounts.  Blocks over 32 KiB are stored as
 plain files by diskcache, so a hit is a sqlite lookup plus a file read from page cache.
 
-Writes are behind: ``put`` keeps the block in a small in-memory LRU (``memory`` bytes)
-and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
+Writes are behind: ``put`` keeps the block in a small in-memory FIFO (``memory`` bytes;
+first in, first out, because a sequential reader consumes read-ahead blocks in the order
+they arrive, and a block it has read is the one to drop; ``reclaim`` drops the oldest
+when the memory budget needs room, see data/memory.py) and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
 When ``max_pending`` blocks wait for the disk, ``put`` waits too (bounded memory; a
 block fetched for read-ahead must not be dropped before it is read).  ``_lock`` (with
 its condition) is a leaf lock over the LRU, the pending set and the counters.
@@ -71,11 +73,14 @@ class WholeWriteDisk(diskcache.Disk):
         except FileNotFoundError:
             self._bad.file = filename
             raise
-        if mode == diskcache.core.MODE_BINARY and not read:
+        if mode == diskcache.core.MODE_BINARY:
             want = expected_size(filename)
-            if want is not None and len(data) != want:
+            got = os.fstat(data.fileno()).st_size if read else len(data)
+            if want is not None and got != want:
+                if read:
+                    data.close()
                 self._bad.file = filename
-                raise IOError(f"{filename}: {len(data)} bytes, written with {want}")
+                raise IOError(f"{filename}: {got} bytes, written with {want}")
         return data
 
     def take_bad(self) -> Optional[str]:
@@ -139,8 +144,9 @@ def sweep_orphans(cache: diskcache.Cache) -> int:
 
 class BlockCache:
     def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 48 << 20,
-                 max_pending: int = 16):
+                 max_pending: int = 16, pool=None):
         self._bucket = bucket
+        self._pool = pool      # memory.BufferPool: full blocks read from disk go into its buffers
         # cull_limit=0: no eviction inside set(); the writer culls (see _write_loop).
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
@@ -149,7 +155,7 @@ class BlockCache:
         self._written_since_cull = self._cull_every   # cull once soon after start
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
+        self._recent = cachetools.FIFOCache(maxsize=max(memory, 1), getsizeof=len)
         self._pending: dict = {}
         self._max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
@@ -169,7 +175,7 @@ class BlockCache:
         with self._lock:
             data = self._pending.get(k) or self._recent.get(k)
         if data is None:
-            data = self._cache.get(k)
+            data = self._from_disk(k)
             if data is None and self._cache.disk.take_bad() is not None:
                 self._forget_torn(k)
         with self._lock:
@@ -210,12 +216,39 @@ class BlockCache:
                 log.warning("block cache: could not drop %r block %d", key, index, exc_info=True)
         return dropped
 
+    def _from_disk(self, k: str):
+        """A block from disk: into a pool buffer when it is a full block (a fresh 1 MiB
+        allocation costs 256 page faults and the kernel's zeroing, see data/memory.py)."""
+        pool = self._pool
+        if pool is None:
+            return self._cache.get(k)
+        f = self._cache.get(k, read=True)
+        if f is None or isinstance(f, (bytes, bytearray)):     # a small value kept in sqlite
+            return f
+        with f:
+            if os.fstat(f.fileno()).st_size == pool.size:
+                buf = pool.get()
+                if f.readinto(buf) == pool.size:
+                    return buf
+                f.seek(0)
+            return f.read()
+
     def contains(self, key: str, etag: str, index: int) -> bool:
         k = self._k(key, etag, index)
         with self._lock:
             if k in self._pending or k in self._recent:
                 return True
         return k in self._cache
+
+    def reclaim(self, nbytes: int) -> int:
+        """Drop the oldest in-memory blocks, about ``nbytes`` of them (a budget reclaimer:
+        their buffers become idle in the pool, which gives the budget back)."""
+        dropped = 0
+        with self._lock:
+            while dropped < nbytes and self._recent:
+                _, data = self._recent.popitem()
+                dropped += len(data)
+        return dropped
 
     def put(self, key: str, etag: str, index: int, data: bytes):
         k = self._k(key, etag, index)
@@ -263,6 +296,9 @@ class BlockCache:
                     for k in keys:
                         self._pending.pop(k, None)
                     self._room.notify_all()
+            # no reference to a written block may outlive its batch: an idle writer
+            # holding one would keep a buffer out of the pool (data/memory.py)
+            batch = data = None
             if stop:
                 return
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from .. import metrics
+from ..data.memory import process_rss
 from ..write import recovery
 from .files import FileOps, StatFs
 from .names import NameOps
@@ -112,4 +113,5 @@ class Filesystem:
                 "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused,
                 "parts_copied": p.uploader.parts_copied, "bytes_copied": p.uploader.bytes_copied,
                 "bytes_sent": metrics.S3_SENT.total(), "bytes_received": metrics.S3_RECEIVED.total(),
-                "writeback": p.writeback.status() if p.writeback is not None else None}
+                "writeback": p.writeback.status() if p.writeback is not None else None,
+                "memory": dict(p.budget.snapshot(), pool=p.buffers.snapshot(), **process_rss())}

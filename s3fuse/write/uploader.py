@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import cachetools
 
 from .. import errors, metrics
+from ..data.memory import MemoryBudget
 from ..meta.attrs import MD5_HEADER
 from ..objects import MAX_PART, md5_header
 from .inplace import EditUploads
@@ -92,8 +93,10 @@ class Progress:
 
 class Uploader(EditUploads):
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
-                 threshold: Optional[int] = None, copy_part_size: int = 64 << 20):
+                 threshold: Optional[int] = None, copy_part_size: int = 64 << 20, budget=None):
         self.client = client
+        # a part (or a single PUT's body) is in memory while sent: it holds budget meanwhile
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.journal = journal
         self.part_size = part_size
         self.copy_part_size = copy_part_size     # largest part an edit in place copies on the server
@@ -143,6 +146,10 @@ class Uploader(EditUploads):
     # -- one part -------------------------------------------------------------------------
     def send_part(self, entry: Entry, number: int, start: int, end: int) -> str:
         """Upload part ``number`` = bytes [start, end) of the staging file; record it."""
+        with self.budget.hold(end - start):
+            return self._send_part(entry, number, start, end)
+
+    def _send_part(self, entry: Entry, number: int, start: int, end: int) -> str:
         data = read_range(entry.staging, start, end)
         if len(data) != end - start:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
@@ -219,6 +226,10 @@ class Uploader(EditUploads):
         return etag
 
     def _put_single(self, entry: Entry) -> str:
+        with self.budget.hold(entry.size):
+            return self._put_single_held(entry)
+
+    def _put_single_held(self, entry: Entry) -> str:
         data = read_range(entry.staging, 0, entry.size)
         if len(data) != entry.size:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
