@@ -235,9 +235,11 @@ def run_daemon(cfg: MountConfig, ready_fd=None) -> int:
     from . import logs
     from .fuse_binding import FUSE
     from .fuse_ops import S3FuseOperations
+    from .data.memory import tune_malloc
     from .fs import Filesystem
 
     os.umask(0o077)
+    tune_malloc()       # freed data buffers go back to the system (data/memory.py)
     _raise_open_file_limit()
     logs.setup(cfg.log_file, cfg.log_level, foreground=cfg.foreground, debug=cfg.debug)
     _reopen_log_on_sighup(logs)

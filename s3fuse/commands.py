@@ -104,7 +104,7 @@ def resume(argv) -> int:
         recovery.abort_writing(client, journal, entry)
     TreeMover(client, journal.dir).recover()
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold)
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size)
     failed = 0
     for entry in closed:
         bar = ProgressBar(entry.key, entry.size)

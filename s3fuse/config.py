@@ -107,6 +107,13 @@ def _nonneg_float(text):
     return value
 
 
+def _part_size(text) -> int:
+    value = parse_size(text)
+    if not 5 << 20 <= value <= 5 << 30:
+        raise ValueError(f"a part is 5M..5G, not {text!r}")
+    return value
+
+
 # name: (field, parser or None for a flag, help)
 OPTIONS = {
     "endpoint": ("endpoint", parse_url, "S3 endpoint URL (default: AWS, virtual-hosted). Implies path-style "
@@ -148,8 +155,13 @@ OPTIONS = {
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
+    "max_memory": ("max_memory", _positive(parse_size),
+                   "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 48M; "
+                   "read-ahead and upload parallelism shrink to fit)"),
     "small_file_readahead": ("small_file_readahead", parse_bool,
                              "prefetch the next small files of a directory read in listing order (default on)"),
+    "verify": ("verify", None, "check a whole sequential read of an object written by s3fuse against the MD5 it "
+                               "carries (x-amz-meta-s3fuse-md5): EIO on a mismatch (default off: costs CPU)"),
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
     "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
     "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
@@ -159,6 +171,9 @@ OPTIONS = {
     "upload_threads": ("upload_threads", _positive(int), "parallel part uploads (default 8)"),
     "multipart_threshold": ("multipart_threshold", _positive(parse_size),
                             "files from this size upload in parts (default = part_size)"),
+    "copy_part_size": ("copy_part_size", _part_size,
+                       "largest part an edit of a large file copies on the server from its old version "
+                       "(default 64M: parts copied in parallel; 5M..5G)"),
     "request_timeout": ("request_timeout", _positive(_finite_float),
                         "seconds before a stalled request is retried (default 30)"),
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
@@ -224,7 +239,9 @@ class MountConfig:
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8
+    max_memory: int = 48 << 20
     small_file_readahead: bool = True
+    verify: bool = False
     attr_ttl: float = 60.0
     dir_ttl: float = 60.0
     negative_ttl: float = 5.0
@@ -232,6 +249,7 @@ class MountConfig:
     part_size: int = 8 << 20
     upload_threads: int = 8
     multipart_threshold: Optional[int] = None
+    copy_part_size: int = 64 << 20
     request_timeout: float = 30.0
     retries: int = 5
     hardlinks: str = "copy"

@@ -96,6 +96,11 @@ class ObjectChanged(Stale):
     """The object's ETag is no longer the one pinned at open (412 on If-Match, or 404)."""
 
 
+class SourceChanged(ObjectChanged):
+    """An edit in place can never complete: the old version its untouched parts are
+    copied from is gone from the server (another client overwrote or deleted the key)."""
+
+
 class WriteFailed(FsError):
     """A local write to the staging file failed earlier; the file is never uploaded.
     Carries the errno of that failure (ENOSPC, EDQUOT...), else EIO."""
@@ -124,6 +129,15 @@ class BackendError(FsError):
 
 class UploadGone(BackendError):
     """A multipart upload id the server no longer knows (NoSuchUpload)."""
+
+
+class ChecksumMismatch(BackendError):
+    """Bytes read do not have the MD5 their object carries (``-o verify``)."""
+
+
+class ChecksumFailedBefore(ChecksumMismatch):
+    """A later read of a handle whose whole read failed ``-o verify`` (EIO again; the
+    mismatch itself was logged once)."""
 
 
 class Transient(BackendError):
@@ -159,6 +173,7 @@ ERRNO = {
     Stale: (_errno.ESTALE, True),
     WriteFailed: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),
+    ChecksumFailedBefore: (_errno.EIO, True),
     BackendError: (_errno.EIO, False),
     FsError: (_errno.EIO, False),
 }

@@ -39,6 +39,12 @@ def render_status(entry: dict) -> str:
     rate = cache.get("hit_rate")
     lines.append(f"  cache: {human(cache.get('bytes', 0))}, hit rate "
                  + (f"{rate * 100:.1f}%" if rate is not None else "n/a"))
+    mem = entry.get("memory")
+    if mem:
+        lines.append(f"  memory: buffers {human(mem.get('used', 0))} now, {human(mem.get('peak', 0))} peak of "
+                     f"{human(mem.get('limit', 0))} (max_memory {human(mem.get('max_memory', 0))}); "
+                     f"process RSS {human(mem.get('rss', 0))}, peak {human(mem.get('rss_peak', 0))}"
+                     + (f"; {mem['overdrafts']} overdraft(s)" if mem.get("overdrafts") else ""))
     reqs = entry.get("requests") or {}
     lines.append(f"  requests: {sum(reqs.values())} ({', '.join(f'{k} {v}' for k, v in sorted(reqs.items()))}),"
                  f" errors {entry.get('errors', 0)}")

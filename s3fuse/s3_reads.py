@@ -11,11 +11,13 @@ from . import errors, metrics
 
 class RangeReads:
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,
-                  chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
+                  chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None,
+                  alloc: Optional[Callable[[], bytearray]] = None) -> bytes:
         """GET bytes [start, end) of ``key``.  With ``etag`` the server must still have that
         version (If-Match; a changed object raises ObjectChanged).  With ``sink`` the body is
         streamed to ``sink(offset, chunk)`` in ``chunk_size`` pieces and b"" is returned.
-        A body cut short is an attempt that failed: the next one asks for the rest."""
+        A body cut short is an attempt that failed: the next one asks for the rest.
+        ``alloc()`` gives the buffers of full chunks (a pool's, see data/memory.py)."""
         if end <= start:
             return b""
         pieces: list = []
@@ -32,7 +34,7 @@ class RangeReads:
         def once():
             if self._fast is not None:
                 at = reached[0]
-                got = self._fast.get(key, at, end, etag, chunk_size, deliver)
+                got = self._fast.get(key, at, end, etag, chunk_size, deliver, alloc)
                 if got is not None:
                     if got != end:
                         raise errors.with_status(errors.Unreachable(

@@ -212,10 +212,11 @@ class Transport:
 
     # -- operations -------------------------------------------------------------------------
     def get(self, key: str, start: int, end: int, etag: Optional[str], chunk_size: int,
-            deliver: Callable[[int, bytearray], None]) -> Optional[int]:
+            deliver: Callable[[int, bytearray], None], alloc: Optional[Callable[[], bytearray]] = None) -> Optional[int]:
         """Ranged GET of [start, end): the body goes to ``deliver(offset, chunk)`` in
         ``chunk_size`` bytearrays (the last one shorter), each read straight from the
-        socket into its buffer: no copy in Python, one GIL round trip per chunk.
+        socket into its buffer: no copy in Python, one GIL round trip per chunk.  Full
+        chunks are ``alloc()``'s buffers when given (reused, not zeroed: filled or dropped).
 
         Returns the offset reached: ``end`` unless the body was cut (the caller asks again
         from there).  404 raises NotFound, 412 ObjectChanged.  None: an answer that is
@@ -236,7 +237,8 @@ class Transport:
         offset = start
         try:
             while offset < end:
-                chunk = bytearray(min(chunk_size, end - offset))
+                want = min(chunk_size, end - offset)
+                chunk = alloc() if alloc is not None and want == chunk_size else bytearray(want)
                 got = resp.readinto(chunk)
                 while 0 < got < len(chunk):
                     more = resp.readinto(memoryview(chunk)[got:])

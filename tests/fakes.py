@@ -165,7 +165,7 @@ class FakeS3:
                 out.append(exc)
         return out
 
-    def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None):
+    def get_range(self, key, start, end, etag=None, chunk_size=1 << 20, sink=None, alloc=None):
         self._enter("get_range", (key, start, end, etag))
         with self._lock:
             self.active_gets += 1
@@ -187,7 +187,12 @@ class FakeS3:
             if sink is None:
                 return body
             for off in range(0, len(body), chunk_size):
-                sink(start + off, body[off:off + chunk_size])
+                piece = body[off:off + chunk_size]
+                if alloc is not None and len(piece) == chunk_size:
+                    buf = alloc()           # a pool buffer, filled like the transport fills it
+                    buf[:] = piece
+                    piece = buf
+                sink(start + off, piece)
             return b""
         finally:
             with self._lock:

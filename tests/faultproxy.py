@@ -18,7 +18,8 @@ received response bytes sends data beginning with an HTTP method), so connection
 alive in a client pool see mode changes at their next request.  ``count`` limits the
 fault to the next ``count`` requests, after which the proxy passes again (a one-shot
 fault that client retries must overcome).  ``reset_all()`` cuts every open connection
-now.  ``stats`` counts connections, requests and injected faults per mode.
+now.  ``stats`` counts connections, requests, injected faults per mode, and the bytes
+forwarded each way (``bytes_up``: requests with their bodies, ``bytes_down``: answers).
 
 Bounded: every socket operation has a timeout, threads poll a stop flag, and the proxy
 stops by itself after ``lifetime`` seconds; ``close()`` (fixture teardown) stops it at once.
@@ -84,7 +85,8 @@ class FaultProxy:
         self._stop = threading.Event()
         self._conns: set = set()
         self._threads: list = []
-        self.stats = {"connections": 0, "requests": 0, "faults": {m: 0 for m in MODES if m != "pass"}}
+        self.stats = {"connections": 0, "requests": 0, "faults": {m: 0 for m in MODES if m != "pass"},
+                      "bytes_up": 0, "bytes_down": 0}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -162,6 +164,10 @@ class FaultProxy:
                     self._fault, self._count = _Fault(), None
             return fault
 
+    def _count_bytes(self, name: str, n: int):
+        with self._lock:
+            self.stats[name] += n
+
     def _accept_loop(self):
         while not self._stopped():
             try:
@@ -223,6 +229,7 @@ class FaultProxy:
                             if self._stop.wait(fault.arg / 1000.0):
                                 break
                     upstream.sendall(data)
+                    self._count_bytes("bytes_up", len(data))
                 if upstream in ready:
                     data = upstream.recv(1 << 16)
                     if not data:
@@ -240,6 +247,7 @@ class FaultProxy:
                             break
                         response_bytes += len(data)
                     client.sendall(data)
+                    self._count_bytes("bytes_down", len(data))
         except OSError:
             pass
         finally:

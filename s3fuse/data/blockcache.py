@@ -5,8 +5,10 @@ stale blocks can never be served; they just age out.  Size-bounded (diskcache cu
 least recently stored blocks), survives remounts.  Blocks over 32 KiB are stored as
 plain files by diskcache, so a hit is a sqlite lookup plus a file read from page cache.
 
-Writes are behind: ``put`` keeps the block in a small in-memory LRU (``memory`` bytes)
-and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
+Writes are behind: ``put`` keeps the block in a small in-memory FIFO (``memory`` bytes;
+first in, first out, because a sequential reader consumes read-ahead blocks in the order
+they arrive, and a block it has read is the one to drop; ``reclaim`` drops the oldest
+when the memory budget needs room, see data/memory.py) and queues it for a writer thread, so a GET streaming blocks rarely waits for the disk.
 When ``max_pending`` blocks wait for the disk, ``put`` waits too (bounded memory; a
 block fetched for read-ahead must not be dropped before it is read).  ``_lock`` (with
 its condition) is a leaf lock over the LRU, the pending set and the counters.
@@ -17,6 +19,14 @@ blocks waiting at once in one sqlite transaction, files go into 256 fixed direct
 (diskcache makes two random levels, i.e. a mkdir per block), and eviction runs once per
 ``size_limit / 16`` bytes written instead of a volume query per block: the cache may
 exceed its limit by that much between two culls.
+
+Crash safety (a SIGKILL at any moment, docs/design/reads.md): diskcache writes a value
+file completely before the sqlite row naming it commits, so a kill leaves at worst value
+files without a row (swept at start, ``sweep_orphans``) and never a committed row whose
+file is partial.  What a kill cannot do, a power loss or a hand can (files are not
+fsynced: the cache is expendable): a value file's name carries its length, a file found
+short or missing is a miss and its row is deleted (``torn``), so a torn block is never
+served.
 """
 from __future__ import annotations
 
@@ -34,15 +44,49 @@ import diskcache
 log = logging.getLogger(__name__)
 
 
+def expected_size(filename: str) -> Optional[int]:
+    """The length a value file was written with ('ab/cdef...-4194304.val'), None for
+    names without it (caches written before the length was recorded)."""
+    stem = os.path.basename(filename)[:-len(".val")]
+    _, dash, size = stem.rpartition("-")
+    return int(size) if dash and size.isdigit() else None
+
+
 class WholeWriteDisk(diskcache.Disk):
     """Value files for blocks.  diskcache writes a bytes value by iterating an io.BytesIO,
     i.e. line by line (one write() per 256 bytes of random data), and calls makedirs
-    before every file; this writes the value at once into one of 256 directories."""
+    before every file; this writes the value at once into one of 256 directories.  The
+    file name carries the value's length, checked by ``fetch``."""
+
+    _bad = threading.local()   # the last fetch of this thread found a short or missing file
 
     def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
         name = os.urandom(16).hex()
-        filename = os.path.join(name[:2], name[2:] + ".val")
+        size = f"-{len(value)}" if isinstance(value, (bytes, bytearray)) else ""
+        filename = os.path.join(name[:2], name[2:] + size + ".val")
         return filename, os.path.join(self._directory, filename)
+
+    def fetch(self, mode, filename, value, read):
+        self._bad.file = None
+        try:
+            data = super().fetch(mode, filename, value, read)
+        except FileNotFoundError:
+            self._bad.file = filename
+            raise
+        if mode == diskcache.core.MODE_BINARY:
+            want = expected_size(filename)
+            got = os.fstat(data.fileno()).st_size if read else len(data)
+            if want is not None and got != want:
+                if read:
+                    data.close()
+                self._bad.file = filename
+                raise IOError(f"{filename}: {got} bytes, written with {want}")
+        return data
+
+    def take_bad(self) -> Optional[str]:
+        """The value file the last fetch of this thread found torn or missing (once)."""
+        bad, self._bad.file = getattr(self._bad, "file", None), None
+        return bad
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if type(value) is bytearray and len(value) >= self.min_file_size:
@@ -67,10 +111,42 @@ class WholeWriteDisk(diskcache.Disk):
         return size
 
 
+def value_files(cache: diskcache.Cache) -> tuple:
+    """(files the rows name, value files on disk): relative paths.  Rows first, so a file
+    written between the two looks like an orphan only if its row is not committed yet."""
+    # diskcache has no public call for the file names of its rows (Cache.check would
+    # "fix" a short file by updating its row's size, i.e. serve it): its _sql, 5.x schema
+    named = {row[0] for row in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+    found = set()
+    with os.scandir(cache.directory) as top:
+        for sub in top:
+            if len(sub.name) == 2 and sub.is_dir(follow_symlinks=False):
+                with os.scandir(sub.path) as files:
+                    found.update(f"{sub.name}/{f.name}" for f in files if f.name.endswith(".val"))
+    return {n.replace(os.sep, "/") for n in named}, found
+
+
+def sweep_orphans(cache: diskcache.Cache) -> int:
+    """Remove value files no row names: a kill between writing a file and committing its
+    row (or between a cull's commit and its file removals) leaves them, invisible to the
+    size limit.  Runs in the writer thread before its first write, and one process holds
+    a cache_dir (``fs.parts.lock_cache_dir``), so no file here is a write in progress."""
+    named, found = value_files(cache)
+    removed = 0
+    for name in found - named:
+        try:
+            os.remove(os.path.join(cache.directory, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 class BlockCache:
     def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 48 << 20,
-                 max_pending: int = 16):
+                 max_pending: int = 16, pool=None):
         self._bucket = bucket
+        self._pool = pool      # memory.BufferPool: full blocks read from disk go into its buffers
         # cull_limit=0: no eviction inside set(); the writer culls (see _write_loop).
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
@@ -79,7 +155,7 @@ class BlockCache:
         self._written_since_cull = self._cull_every   # cull once soon after start
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._recent = cachetools.LRUCache(maxsize=max(memory, 1), getsizeof=len)
+        self._recent = cachetools.FIFOCache(maxsize=max(memory, 1), getsizeof=len)
         self._pending: dict = {}
         self._max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
@@ -88,6 +164,8 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
         self.dropped = 0          # blocks not cached because the disk writer was stuck (status)
+        self.torn = 0             # rows found with a short or missing value file (deleted)
+        self.orphans = 0          # value files without a row removed at start (a crash mid-write)
 
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"
@@ -97,7 +175,9 @@ class BlockCache:
         with self._lock:
             data = self._pending.get(k) or self._recent.get(k)
         if data is None:
-            data = self._cache.get(k)
+            data = self._from_disk(k)
+            if data is None and self._cache.disk.take_bad() is not None:
+                self._forget_torn(k)
         with self._lock:
             if data is None:
                 self.misses += 1
@@ -105,12 +185,70 @@ class BlockCache:
                 self.hits += 1
         return data
 
+    def _forget_torn(self, k: str):
+        """A row whose value file is short or missing (a power loss, a hand in cache_dir):
+        delete it, so the block is fetched again and stored whole."""
+        try:
+            self._cache.delete(k)
+        except Exception:
+            log.warning("block cache: could not delete a torn block's row", exc_info=True)
+        with self._lock:
+            self.torn += 1
+            first = self.torn == 1
+        if first:
+            log.warning("block cache %s: a cached block's file was short or missing; not served, its row "
+                        "deleted and the block fetched again (a crash of the machine, or files removed by "
+                        "hand?)", self._cache.directory)
+
+    def drop(self, key: str, etag: str, blocks: int) -> int:
+        """Forget blocks 0..blocks-1 of one version (e.g. after -o verify found it wrong).
+        Returns how many were cached on disk.  Blocks still waiting for the writer are
+        written first (waits up to 5 s), so that none lands after the drop."""
+        self.flush(5.0)
+        dropped = 0
+        for index in range(blocks):
+            k = self._k(key, etag, index)
+            with self._lock:
+                self._recent.pop(k, None)
+            try:
+                dropped += bool(self._cache.delete(k))
+            except Exception:
+                log.warning("block cache: could not drop %r block %d", key, index, exc_info=True)
+        return dropped
+
+    def _from_disk(self, k: str):
+        """A block from disk: into a pool buffer when it is a full block (a fresh 1 MiB
+        allocation costs 256 page faults and the kernel's zeroing, see data/memory.py)."""
+        pool = self._pool
+        if pool is None:
+            return self._cache.get(k)
+        f = self._cache.get(k, read=True)
+        if f is None or isinstance(f, (bytes, bytearray)):     # a small value kept in sqlite
+            return f
+        with f:
+            if os.fstat(f.fileno()).st_size == pool.size:
+                buf = pool.get()
+                if f.readinto(buf) == pool.size:
+                    return buf
+                f.seek(0)
+            return f.read()
+
     def contains(self, key: str, etag: str, index: int) -> bool:
         k = self._k(key, etag, index)
         with self._lock:
             if k in self._pending or k in self._recent:
                 return True
         return k in self._cache
+
+    def reclaim(self, nbytes: int) -> int:
+        """Drop the oldest in-memory blocks, about ``nbytes`` of them (a budget reclaimer:
+        their buffers become idle in the pool, which gives the budget back)."""
+        dropped = 0
+        with self._lock:
+            while dropped < nbytes and self._recent:
+                _, data = self._recent.popitem()
+                dropped += len(data)
+        return dropped
 
     def put(self, key: str, etag: str, index: int, data: bytes):
         k = self._k(key, etag, index)
@@ -124,6 +262,13 @@ class BlockCache:
         self._queue.put(k)
 
     def _write_loop(self):
+        try:
+            self.orphans = sweep_orphans(self._cache)
+        except Exception:
+            log.warning("block cache: sweeping value files left by a crash failed", exc_info=True)
+        if self.orphans:
+            log.info("block cache %s: removed %d value files a crash left without a row",
+                     self._cache.directory, self.orphans)
         while True:
             keys = [self._queue.get()]
             while len(keys) < self._max_pending:
@@ -151,6 +296,9 @@ class BlockCache:
                     for k in keys:
                         self._pending.pop(k, None)
                     self._room.notify_all()
+            # no reference to a written block may outlive its batch: an idle writer
+            # holding one would keep a buffer out of the pool (data/memory.py)
+            batch = data = None
             if stop:
                 return
 

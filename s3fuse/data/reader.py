@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,8 +41,13 @@ class PinnedObject:
 
 
 class BlockFetcher:
-    def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8):
+    def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8,
+                 pool=None, window_cap: int = 1 << 30):
         self.client = client
+        # block buffers come from the pool (memory.BufferPool) when its buffers are blocks
+        self._alloc = pool.get if pool is not None and pool.size == block_size else None
+        self.window_cap = max(1, window_cap)     # read-ahead blocks per reader (the budget's share)
+        self._readers: weakref.WeakSet = weakref.WeakSet()   # for reclaim_current
         self.cache = cache
         self.block_size = block_size
         self.span_blocks = span_blocks
@@ -52,6 +58,17 @@ class BlockFetcher:
 
     def close(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reclaim_current(self, nbytes: int) -> int:
+        """A memory budget reclaimer: readers forget the block they keep for their next
+        read (an idle open handle must not pin a buffer; a reader using it right now holds
+        its own reference), about ``nbytes`` of them."""
+        dropped = 0
+        for reader in list(self._readers):
+            if dropped >= nbytes:
+                break
+            dropped += reader.forget_current()
+        return dropped
 
     def block(self, obj: PinnedObject, index: int) -> bytes:
         """Block ``index`` of ``obj``: from a fetch in flight, the disk cache, or a GET now."""
@@ -135,7 +152,8 @@ class BlockFetcher:
             self._resolve(obj, index, futures, result=chunk)
 
         try:
-            pinned_get(self.client, obj, first * bs, min(obj.size, (last + 1) * bs), chunk_size=bs, sink=sink)
+            pinned_get(self.client, obj, first * bs, min(obj.size, (last + 1) * bs), chunk_size=bs, sink=sink,
+                       alloc=self._alloc)
             with self._lock:
                 self.bytes_fetched += min(obj.size, (last + 1) * bs) - first * bs
         except BaseException as exc:
@@ -163,13 +181,19 @@ class Reader:
     def __init__(self, fetcher: BlockFetcher, obj: PinnedObject, max_readahead_blocks: int = 64):
         self.fetcher = fetcher
         self.obj = obj
-        self.max_window = max(1, max_readahead_blocks)
+        self.max_window = max(1, min(max_readahead_blocks, fetcher.window_cap))
         self._lock = threading.Lock()
         self._last_block = -2
         self._window = 0
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
+        fetcher._readers.add(self)
+
+    def forget_current(self) -> int:
+        index, data = self._current
+        self._current = (-1, b"")
+        return len(data) if index >= 0 else 0
 
     def read(self, offset: int, size: int) -> bytes:
         obj = self.obj

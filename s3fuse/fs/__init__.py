@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 
+from .. import metrics
+from ..data.memory import process_rss
 from ..write import recovery
 from .files import FileOps, StatFs
 from .names import NameOps
@@ -104,8 +106,12 @@ class Filesystem:
                 "requests": dict(p.client.request_counts), "errors": p.client.error_count,
                 "transport": p.client.transport_stats(),
                 "cache": {"hits": hits, "misses": misses, "bytes": p.blocks.volume(), "dropped": p.blocks.dropped,
+                          "torn": p.blocks.torn, "orphans_removed": p.blocks.orphans,
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
                 "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
                 "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
                 "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused,
-                "writeback": p.writeback.status() if p.writeback is not None else None}
+                "parts_copied": p.uploader.parts_copied, "bytes_copied": p.uploader.bytes_copied,
+                "bytes_sent": metrics.S3_SENT.total(), "bytes_received": metrics.S3_RECEIVED.total(),
+                "writeback": p.writeback.status() if p.writeback is not None else None,
+                "memory": dict(p.budget.snapshot(), pool=p.buffers.snapshot(), **process_rss())}

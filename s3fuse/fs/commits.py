@@ -115,6 +115,10 @@ class CommitScheduler:
                         continue
                 try:
                     etag = recovery.resume(self.uploader, self.journal, entry)
+                except errors.SourceChanged:         # abandoned (recovery.abandon logged it)
+                    with self._lock:
+                        self._pending.pop(entry.id, None)
+                    continue
                 except Exception as exc:
                     log.error("resume of upload %r failed: %s; kept in the journal, next try in %.0f s",
                               entry.key, errors.describe(exc), self._interval)

@@ -16,7 +16,8 @@ from typing import Optional
 
 from .. import errors
 from ..data.reader import PinnedObject, Reader
-from ..meta.attrs import Attr, now_ns
+from ..data.verify import WholeReadDigest
+from ..meta.attrs import MD5_HEADER, Attr, now_ns
 from ..meta.known import Known
 from ..objects import KEY_MAX
 from ..paths import NAME_MAX, split, valid_name
@@ -174,10 +175,20 @@ class FileOps:
             return self.handles.add(Handle(path, flags, file=f, writable=writable)), False
         obj = PinnedObject(self.p.mapper.key(path), attr.etag or "", attr.size)
         reader = Reader(self.p.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
-        fh = self.handles.add(Handle(path, flags, reader))
+        verify = self._digest(obj, attr) if self.cfg.verify else None
+        fh = self.handles.add(Handle(path, flags, reader, verify=verify))
         if self.p.readahead is not None:
             self.p.readahead.opened(path)
         return fh, self.handles.keep_kernel_cache(path, obj.etag)
+
+    def _digest(self, obj: PinnedObject, attr: Attr) -> Optional[WholeReadDigest]:
+        """-o verify: a digest for a whole read of ``obj`` if it carries its MD5 (known
+        metadata, else a HEAD: only with -o verify and meta=list is that a new request)."""
+        if not obj.size:
+            return None
+        known = self.version_info(obj.key, attr)
+        md5 = (known.metadata or {}).get(MD5_HEADER) if known is not None else None
+        return WholeReadDigest(obj.size, md5) if md5 else None
 
     def create(self, path: str, mode: int, uid: int, gid: int, flags: int = 0) -> int:
         self.check_writable(path)
@@ -206,11 +217,35 @@ class FileOps:
         if handle.file is not None:
             return handle.file.read(offset, size)
         try:
-            return handle.reader.read(offset, size)
+            data = handle.reader.read(offset, size)
         except errors.ObjectChanged:
             # The object changed on the server since open: the next open must look again.
             self.p.cache.invalidate(handle.path)
             raise
+        if handle.verify is not None:
+            self._verify(handle, offset, data)
+        return data
+
+    def _verify(self, handle: Handle, offset: int, data):
+        """-o verify: the read that completes a whole sequential read compares its MD5.
+        After a mismatch every read of the handle fails (the kernel asks again for a page
+        whose read failed: it must not get the bytes then)."""
+        digest = handle.verify
+        obj = handle.reader.obj
+        if digest.failed is not None:
+            raise errors.ChecksumFailedBefore(f"{handle.path}: its whole read failed -o verify before")
+        got = digest.feed(offset, data)
+        if got is None or got == digest.expected:
+            return
+        digest.failed = got
+        dropped = self.p.blocks.drop(obj.key, obj.etag, self.p.fetcher.last_index(obj) + 1)
+        self.handles.forget_kernel_cache(handle.path)
+        exc = errors.ChecksumMismatch(f"{handle.path}: MD5 of the whole read is {got}, the object's "
+                                      f"x-amz-meta-{MD5_HEADER} says {digest.expected} (ETag {obj.etag})")
+        errors.set_action(exc, f"the read failed; {dropped} cached blocks of this version dropped and the "
+                               f"kernel's pages not kept, so a re-read fetches from S3 again (if that fails "
+                               f"too, the bytes on the server do not match the object's MD5 header)")
+        raise exc
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self.handles.get(fh)

@@ -44,6 +44,7 @@ class Handle:
     file: Optional[object] = None       # write.openfile.OpenFile when open for writing
     writable: bool = False
     deferred: Optional[DeferredDelete] = None
+    verify: Optional[object] = None     # data.verify.WholeReadDigest (-o verify, object with an MD5)
 
 
 @dataclass

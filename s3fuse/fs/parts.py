@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..config import MountConfig
 from ..data.blockcache import BlockCache
+from ..data.memory import BufferPool, MemoryBudget, Share, accounted_limit
 from ..data.reader import BlockFetcher
 from ..errors import ConfigError
 from ..meta.attrs import Defaults
@@ -74,6 +75,8 @@ class Parts:
     cache: MetaCache
     known: KnownMetadata
     ns: Namespace
+    budget: MemoryBudget
+    buffers: BufferPool
     blocks: BlockCache
     fetcher: BlockFetcher
     journal: Journal
@@ -99,6 +102,23 @@ class Parts:
         self.known.close()
 
 
+def _read_path(cfg: MountConfig, client):
+    """The memory budget and what draws from it on the read side (docs/design/memory.md):
+    a quarter of the budget for blocks kept in memory, a quarter for blocks queued for the
+    cache disk, a quarter for each reader's read-ahead window; upload parts take theirs
+    from the same budget while they are sent, at most half of it (``Share``)."""
+    budget = MemoryBudget(accounted_limit(cfg.max_memory), total=cfg.max_memory)
+    buffers = BufferPool(budget, cfg.block_size)
+    quarter = max(cfg.block_size, budget.limit // 4)
+    blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
+                        memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
+    fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
+                           window_cap=max(2, quarter // cfg.block_size))
+    budget.add_reclaimer(blocks.reclaim)              # first the oldest in-memory blocks,
+    budget.add_reclaimer(fetcher.reclaim_current)     # then the block each reader keeps
+    return budget, buffers, blocks, fetcher
+
+
 def build(cfg: MountConfig, client) -> Parts:
     os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
     lockfile = lock_cache_dir(cfg.cache_dir, f"mounted on {cfg.mountpoint}" if cfg.mountpoint else "")
@@ -108,14 +128,14 @@ def build(cfg: MountConfig, client) -> Parts:
     cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl)
     known = KnownMetadata(os.path.join(cfg.cache_dir, "meta"), client.bucket)
     ns = Namespace(client, mapper, cache, known, defaults, exact=(cfg.meta == "exact"))
-    blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket)
-    fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads)
+    budget, buffers, blocks, fetcher = _read_path(cfg, client)
     staging_dir = os.path.join(cfg.cache_dir, "staging")
     recovery_dir = os.path.join(cfg.cache_dir, "recovery")
     os.makedirs(staging_dir, mode=0o700, exist_ok=True)
     journal = Journal(os.path.join(cfg.cache_dir, "journal"))
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold)
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size,
+                        budget=Share(budget, budget.limit // 2))
 
     def uploaded(entry, etag: str):
         """A resumed upload finished: what this mount knows of the key is new."""
@@ -129,7 +149,8 @@ def build(cfg: MountConfig, client) -> Parts:
     for entry in closed:
         commits.add_pending(entry)
     readahead = ListingReadAhead(cache, fetcher, mapper) if cfg.small_file_readahead else None
-    return Parts(cfg=cfg, client=client, mapper=mapper, cache=cache, known=known, ns=ns, blocks=blocks,
+    return Parts(cfg=cfg, client=client, mapper=mapper, cache=cache, known=known, ns=ns,
+                 budget=budget, buffers=buffers, blocks=blocks,
                  fetcher=fetcher, journal=journal, uploader=uploader, mover=TreeMover(client, journal.dir),
                  handles=HandleTable(), commits=commits, staging_dir=staging_dir, recovery_dir=recovery_dir,
                  lockfile=lockfile, writing_leftovers=writing, readahead=readahead)

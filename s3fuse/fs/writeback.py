@@ -123,15 +123,21 @@ class Writeback:
             f = self._next()
             if f is None:
                 return
+            abandoned = False
             try:
                 self._upload(f)
             except Exception as exc:
-                self._failed(f, exc)
-                continue
+                if getattr(f, "failed", None) is None:
+                    self._failed(f, exc)
+                    continue
+                # failed for good (an edit whose old version is gone: the upload was
+                # abandoned, its bytes kept in recovery/): nothing left to try
+                log.error("writeback: upload of %s abandoned: %s", f.path, exc)
+                abandoned = True
             with self._cond:
                 self._running.discard(id(f))
                 self._failures.pop(id(f), None)
-                self.uploaded += 1
+                self.uploaded += not abandoned
                 done = id(f) not in self._again
                 if done:
                     counted = self._queued.pop(id(f))[1]

@@ -4,8 +4,10 @@ MD5 is slow enough that inline in each 1 MiB write callback it was a large share
 write latency of a large copy.  ``SequentialMD5`` hashes the first ``inline_limit``
 bytes inline (small files: no thread, no queue), then hands the writes to a thread of
 its own, in order, holding at most ``max_queued`` bytes (a writer faster than the
-hasher waits: memory stays bounded).  The data objects are the writes' own bytes,
-never modified, so no copy is made.
+hasher waits: memory stays bounded).  A write's data is a view of libfuse's buffer,
+valid only during the callback (fuse_binding.FUSE.write): hashed inline it is not
+copied, queued it is copied to bytes (at most ``max_queued`` bytes of them: 4 MiB, off
+the memory budget's books, see docs/design/memory.md).
 
 Lock: ``_cond`` is a leaf lock (the caller may hold OpenFile.lock).
 """
@@ -17,7 +19,7 @@ import threading
 
 
 class SequentialMD5:
-    def __init__(self, inline_limit: int = 8 << 20, max_queued: int = 32 << 20, idle_exit: float = 1.0):
+    def __init__(self, inline_limit: int = 8 << 20, max_queued: int = 4 << 20, idle_exit: float = 1.0):
         self._md5 = hashlib.md5()
         self._inline_limit = inline_limit
         self._max_queued = max_queued
@@ -37,7 +39,7 @@ class SequentialMD5:
                 self._md5.update(data)
                 return
             self._cond.wait_for(lambda: self._queued < self._max_queued or self._cancelled)
-            self._queue.append(data)
+            self._queue.append(data if type(data) is bytes else bytes(data))
             self._queued += len(data)
             self._cond.notify_all()
             if self._thread is None:

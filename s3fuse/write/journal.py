@@ -14,6 +14,11 @@ States
   the bucket.  Resumed after a crash: ListParts, keep parts whose ETag equals the one
   recorded (or, for a part sent but not recorded, the local MD5 where ETags are MD5s),
   upload the rest, complete.
+
+A record with a ``plan`` is an edit in place: its staging file holds only the parts to
+upload (sparse); the other parts are copied on the server from ``source`` (that key at
+that ETag, ``x-amz-copy-source-if-match``).  A copied part is kept on resume when the
+server lists it with the ETag its copy answered.
 """
 from __future__ import annotations
 
@@ -47,6 +52,10 @@ class Entry:
     created: float = 0.0
     verify_md5: bool = False       # staging not fsynced: check it against ``md5`` after a restart
     creating: float = 0.0          # time a CreateMultipartUpload was sent whose id is not recorded yet
+    # an edit in place (editplan.py): the old version parts are copied from, and the part
+    # plan [[number, start, end, copy], ...]; ``parts`` then holds copied parts' ETags too
+    source: Optional[dict] = None  # {"key": ..., "etag": ...}
+    plan: Optional[list] = None
 
 
 def part_record(md5: str, etag: str) -> list:

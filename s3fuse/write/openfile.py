@@ -2,8 +2,9 @@
 
 Invariants
 - The staging file (cache_dir/staging, 0600) holds the file's bytes wherever ``present``
-  says so; bytes of the original object not yet needed are fetched lazily (read, or
-  all of them before upload).  ``size`` is the logical size.
+  says so (what was written); the other bytes are the original object's, read through
+  the block cache and staged only for an upload that sends them (``sparse.py``: an
+  edit in place copies untouched parts on the server).  ``size`` is the logical size.
 - ``commit()`` (flush/fsync) makes the bucket hold exactly the staged content, or raises
   and leaves a CLOSED journal record so the upload is finished later: nothing accepted
   is dropped.  A failed write (ENOSPC...) poisons the file: it is never uploaded
@@ -31,15 +32,17 @@ from .. import errors
 from ..meta.attrs import Attr, object_metadata
 from ..objects import new_object_headers
 from .hashing import SequentialMD5
+from . import recovery
 from .journal import CLOSED, WRITING, Entry, Journal
 from .parts import PartPlan
 from .ranges import RangeSet
+from .sparse import SparseStaging
 
 log = logging.getLogger(__name__)
 KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
 
 
-class OpenFile:
+class OpenFile(SparseStaging):
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
                  fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None):
         self.path = path
@@ -50,6 +53,7 @@ class OpenFile:
         self.fetcher = fetcher
         self.base = None if (truncate or new) else base      # PinnedObject of the original version
         self._base_end = 0 if self.base is None else self.base.size   # original bytes still wanted
+        self._reader = None                  # data.reader.Reader of the base (reads of unstaged bytes)
         self.lock = threading.RLock()
         self.refs = 0
         self.staging = os.path.join(staging_dir, journal.new_id())
@@ -97,27 +101,6 @@ class OpenFile:
         known = self._origin
         headers = dict(known.headers) if known is not None and known.headers else new_object_headers(self.path)
         return object_metadata(self.attr, known.metadata if known is not None else None), headers
-
-    # -- reading -----------------------------------------------------------------------------
-    def read(self, offset: int, size: int) -> bytes:
-        with self.lock:
-            end = min(self.size, offset + size)
-            if end <= offset:
-                return b""
-            self._fill(offset, end)
-            return os.pread(self._fd, end - offset, offset)
-
-    def _fill(self, start: int, end: int):
-        """Fetch bytes of the original object that are not staged yet."""
-        if self.base is None:
-            return
-        for lo, hi in self.present.missing(start, min(end, self._base_end)):
-            bs = self.fetcher.block_size
-            for index in range(lo // bs, (hi - 1) // bs + 1):
-                block = self.fetcher.block(self.base, index)
-                b_lo, b_hi = max(lo, index * bs), min(hi, index * bs + len(block))
-                os.pwrite(self._fd, block[b_lo - index * bs:b_hi - index * bs], b_lo)
-            self.present.add(lo, hi)
 
     def detach_from_base(self, stop_stream: bool = False):
         """Stage every byte still only in the original object and stop reading it: the
@@ -269,9 +252,9 @@ class OpenFile:
                 return False
             if self.sealed:
                 return True
-            self._fill(0, self.size)
+            plan = self._stage_for_upload()
             os.fsync(self._fd)
-            entry = self._closed_entry()
+            entry = self._closed_entry(plan)
             self.journal.save(entry, durable=True)
             self._drop_pending()        # a record of the same file sealed before (other key or content)
             self._pending = entry
@@ -313,6 +296,10 @@ class OpenFile:
                 return self._commit_now()
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
+        except errors.SourceChanged as exc:
+            with self.lock:
+                self._abandoned(entry, exc)
+            raise
         except Exception as exc:
             errors.set_action(exc, KEPT)
             raise
@@ -325,7 +312,7 @@ class OpenFile:
 
     def _commit_now(self):
         """Durable close: stage, record and upload under the lock (held by the caller)."""
-        self._fill(0, self.size)
+        plan = self._stage_for_upload()
         # Power loss: a multipart upload must resume from intact staging data.  When the
         # whole-file MD5 is known the record carries it and recovery checks the staging
         # file against it (``verify_md5``) instead of an fsync here (256 MiB written to
@@ -334,16 +321,26 @@ class OpenFile:
         durable = self.size >= self.uploader.threshold or self._stream is not None
         if durable and not self._md5_known():
             os.fsync(self._fd)
-        entry = self._closed_entry()
+        entry = self._closed_entry(plan)
         self.journal.save(entry, durable=durable)
         self._drop_pending()        # the new record replaces the one of a failed commit
         self._pending = entry
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
+        except errors.SourceChanged as exc:
+            self._abandoned(entry, exc)
+            raise
         except Exception as exc:
             errors.set_action(exc, KEPT)
             raise
         return self._uploaded(entry, etag)
+
+    def _abandoned(self, entry: Entry, exc: BaseException):
+        """The old version an edit in place copies from is gone: the edit can never be
+        applied.  Its record goes, the bytes written to ``recovery/``; the file is failed."""
+        recovery.abandon(self.journal, entry, str(exc))
+        self._pending = self._sealed = None
+        self.failed = exc
 
     def _uploaded(self, entry: Entry, etag: str):
         self.journal.remove(entry.id, durable=False)
@@ -351,12 +348,14 @@ class OpenFile:
         self.dirty = self.meta_dirty = False
         self._streamable = False
         self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
+        if entry.plan:
+            self._edited(etag)
         return etag, entry
 
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
 
-    def _closed_entry(self) -> Entry:
+    def _closed_entry(self, plan=None) -> Entry:
         metadata, headers = self._object_fields()
         md5 = self._hasher.hexdigest() if self._md5_known() else None
         if self._stream is not None:
@@ -388,9 +387,11 @@ class OpenFile:
                     entry.parts.pop(str(n), None)
             self._redo_parts.clear()
             return entry
+        source = {"key": self.base.key, "etag": self.base.etag} if plan else None
         return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
                      md5=md5, verify_md5=md5 is not None, metadata=metadata, headers=headers,
-                     part_size=self._plan.base, created=time.time())
+                     part_size=self._plan.base, created=time.time(), source=source,
+                     plan=[list(p) for p in plan] if plan else None)
 
     def _drop_pending(self):
         old, self._pending = self._pending, None

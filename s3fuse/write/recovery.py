@@ -10,6 +10,8 @@
 - staging file no record points to (crash before any upload began) -> ``recovery/``.
 - ``<id>.json.tmp`` without ``<id>.json`` (the crash cut the record's first save): a
   WRITING record (its multipart upload, if it has one, is aborted).
+- CLOSED record of an edit in place whose old version is gone from the server: it can
+  never complete (``abandon``): the record goes, the staging file to ``recovery/``.
 - several CLOSED records for one key (uploads that failed, then a later close of the
   same path): only the newest is resumed - resuming them in any other order would let an
   older version overwrite a newer one; the older staging files go to ``recovery/``.
@@ -23,15 +25,15 @@ import os
 import time
 import urllib.parse
 
-from .. import metrics
+from .. import errors, metrics
 from .journal import CLOSED, WRITING, Entry, Journal
 from .uploader import abort_unrecorded, file_md5
 
 log = logging.getLogger(__name__)
 
 
-def _recover_file(staging: str, key: str, recovery_dir: str,
-                  why: str = "writer never closed it") -> str:
+def _recovery_path(recovery_dir: str, key: str) -> str:
+    """A free name in ``recovery_dir`` for a file of ``key``."""
     os.makedirs(recovery_dir, mode=0o700, exist_ok=True)
     name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key, safe="")[:200]
     target = os.path.join(recovery_dir, name)
@@ -39,6 +41,12 @@ def _recover_file(staging: str, key: str, recovery_dir: str,
     while os.path.exists(target):
         target = f"{os.path.join(recovery_dir, name)}.{n}"
         n += 1
+    return target
+
+
+def _recover_file(staging: str, key: str, recovery_dir: str,
+                  why: str = "writer never closed it") -> str:
+    target = _recovery_path(recovery_dir, key)
     os.replace(staging, target)
     log.warning("unfinished write of %r (%s) kept in %s", key, why, target)
     return target
@@ -165,11 +173,36 @@ def supersede(client, journal: Journal, entry, recovery_dir: str):
     journal.remove(entry.id)
 
 
+def abandon(journal: Journal, entry, why: str):
+    """An upload that can never complete (an edit in place whose old version is gone,
+    ``errors.SourceChanged``): its record goes, its staging file (the bytes written) is
+    kept in ``recovery/`` beside the journal, and the reason is logged."""
+    journal.remove(entry.id)
+    log.error("upload of %r abandoned: %s", entry.key, why)
+    if os.path.exists(entry.staging):
+        _recover_file(entry.staging, entry.key, os.path.join(os.path.dirname(journal.dir), "recovery"),
+                      "its upload was abandoned; the bytes written are at their offsets")
+
+
+def keep_written(journal: Journal, staging: str, key: str, why: str) -> str:
+    """A file whose edit can never be uploaded (its old version changed on the server
+    before the bytes it lacks were staged): a hard link to its staging file (the bytes
+    written, at their offsets; the file stays open) is kept in ``recovery/``."""
+    target = _recovery_path(os.path.join(os.path.dirname(journal.dir), "recovery"), key)
+    os.link(staging, target)
+    log.error("upload of %r abandoned: %s; the bytes written are kept in %s", key, why, target)
+    return target
+
+
 def resume(uploader, journal: Journal, entry) -> str:
     """Finish one CLOSED upload; on success the record and staging file are removed."""
     if abort_unrecorded(uploader.client, entry):
         journal.save(entry)     # ``creating`` cleared: a new upload is begun below
-    etag = uploader.upload(entry, verify_server_parts=True)
+    try:
+        etag = uploader.upload(entry, verify_server_parts=True)
+    except errors.SourceChanged as exc:
+        abandon(journal, entry, str(exc))
+        raise
     journal.remove(entry.id)
     try:
         os.unlink(entry.staging)

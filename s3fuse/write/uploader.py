@@ -29,8 +29,10 @@ from typing import Callable, Optional
 import cachetools
 
 from .. import errors, metrics
+from ..data.memory import MemoryBudget
 from ..meta.attrs import MD5_HEADER
 from ..objects import MAX_PART, md5_header
+from .inplace import EditUploads
 from .journal import CLOSED, Entry, Journal, part_etag, part_md5, part_record
 from .parts import PartPlan
 
@@ -89,12 +91,15 @@ class Progress:
                 "rate": self.done / elapsed, "elapsed": elapsed}
 
 
-class Uploader:
+class Uploader(EditUploads):
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
-                 threshold: Optional[int] = None):
+                 threshold: Optional[int] = None, copy_part_size: int = 64 << 20, budget=None):
         self.client = client
+        # a part (or a single PUT's body) is in memory while sent: it holds budget meanwhile
+        self.budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.journal = journal
         self.part_size = part_size
+        self.copy_part_size = copy_part_size     # largest part an edit in place copies on the server
         self.threshold = threshold or part_size
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
         self._lock = threading.Lock()
@@ -102,6 +107,8 @@ class Uploader:
         self.progress: dict = {}        # entry id -> Progress
         self.parts_sent = 0
         self.parts_reused = 0
+        self.parts_copied = 0
+        self.bytes_copied = 0
         self._save_lock = threading.Lock()
         self._changes = itertools.count(1)
         self._saved = cachetools.LRUCache(4096)     # entry id -> number of the change on disk
@@ -139,6 +146,10 @@ class Uploader:
     # -- one part -------------------------------------------------------------------------
     def send_part(self, entry: Entry, number: int, start: int, end: int) -> str:
         """Upload part ``number`` = bytes [start, end) of the staging file; record it."""
+        with self.budget.hold(end - start):
+            return self._send_part(entry, number, start, end)
+
+    def _send_part(self, entry: Entry, number: int, start: int, end: int) -> str:
         data = read_range(entry.staging, start, end)
         if len(data) != end - start:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
@@ -189,7 +200,9 @@ class Uploader:
         with self._lock:
             self.progress[entry.id] = Progress(entry.key, entry.size)
         try:
-            if entry.upload_id is None and entry.size < self.threshold:
+            if entry.plan:
+                etag, parts, earlier, sent = self._edit(entry, verify_server_parts)
+            elif entry.upload_id is None and entry.size < self.threshold:
                 etag = self._put_single(entry)
                 parts, earlier, sent = 1, 0, entry.size
             else:
@@ -203,13 +216,20 @@ class Uploader:
         metrics.UPLOADS.inc("ok")
         metrics.UPLOADED_BYTES.inc(n=entry.size)
         seconds = time.monotonic() - started
-        log.info("upload of %r done: %d bytes (%.1f MiB) in %d part%s, %.2f s, %.1f MiB/s%s", entry.key, entry.size,
+        copied = sum(e - s for _, s, e, copy in entry.plan or () if copy)
+        log.info("upload of %r done: %d bytes (%.1f MiB) in %d part%s, %.2f s, %.1f MiB/s%s%s", entry.key, entry.size,
                  entry.size / MiB, parts, "" if parts == 1 else "s", seconds, sent / MiB / max(seconds, 1e-6),
                  f" ({earlier} part{'' if earlier == 1 else 's'} sent before: streamed while written, or "
-                 f"kept from an earlier attempt)" if earlier else "")
+                 f"kept from an earlier attempt)" if earlier else "",
+                 f"; edit in place: {sent / MiB:.1f} MiB sent, {copied / MiB:.1f} MiB copied on the server"
+                 if entry.plan else "")
         return etag
 
     def _put_single(self, entry: Entry) -> str:
+        with self.budget.hold(entry.size):
+            return self._put_single_held(entry)
+
+    def _put_single_held(self, entry: Entry) -> str:
         data = read_range(entry.staging, 0, entry.size)
         if len(data) != entry.size:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
