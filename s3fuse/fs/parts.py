@@ -113,7 +113,7 @@ def _read_path(cfg: MountConfig, client):
     blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
                         memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
-                           window_cap=max(2, quarter // cfg.block_size))
+                           window_cap=max(2, budget.limit // 2 // cfg.block_size))
     budget.add_reclaimer(blocks.reclaim)              # first the oldest in-memory blocks,
     budget.add_reclaimer(fetcher.reclaim_current)     # then the block each reader keeps
     return budget, buffers, blocks, fetcher
