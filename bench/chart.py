@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["s3fuse", "s3fuse-list", "s3fs", "rclone"]
-COLORS = {"s3fuse": "#1f77b4", "s3fuse-list": "#6baed6", "s3fs": "#ff7f0e", "rclone": "#2ca02c"}
+ORDER = ["s3fuse", "s3fuse-wb", "s3fuse-list", "s3fs", "rclone"]
+COLORS = {"s3fuse": "#1f77b4", "s3fuse-wb": "#9467bd", "s3fuse-list": "#6baed6", "s3fs": "#ff7f0e", "rclone": "#2ca02c"}
 
 
 def load(path: str):
