@@ -156,6 +156,32 @@ def test_changes_to_a_pending_file_are_applied_in_order(s3, bucket, wb, proxy):
     assert body(s3, bucket, "c") == b"c1"
 
 
+def test_rename_during_the_upload_of_an_edit_moves_the_new_content(s3, bucket, wb, proxy):
+    """An existing file is edited and closed, and renamed while its upload to the old key
+    is in flight (requests delayed): the rename waits for that upload and moves the new
+    version; before, the name moved without its content (the bucket kept the replaced
+    object under the new name, and a later edit of it failed with ESTALE)."""
+    m = wb()
+    write(m.p("a"), b"first file\n")
+    os.symlink("a", m.p("l"))
+    sync(m.p())
+    proxy.set("delay", 400)
+    fd = os.open(m.p("a"), os.O_WRONLY)
+    os.pwrite(fd, b"\0", 0)
+    os.close(fd)                                  # sealed, its upload queued
+    time.sleep(0.1)                               # ... and running, slowly
+    os.rename(m.p("a"), m.p("l"))                 # over the symlink
+    fd = os.open(m.p("l"), os.O_WRONLY)
+    os.pwrite(fd, b"F", 1)
+    os.close(fd)
+    sync(m.p())
+    proxy.clear()
+    assert body(s3, bucket, "l") == b"\0Frst file\n"
+    assert body(s3, bucket, "a") is None
+    with open(m.p("l"), "rb") as f:
+        assert f.read() == b"\0Frst file\n"
+
+
 def test_close_waits_when_the_queue_is_full(s3, bucket, wb, proxy):
     m = wb(["writeback_files=2", "writeback_threads=1"])
     proxy.set("delay", 1500)

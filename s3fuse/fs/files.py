@@ -118,11 +118,21 @@ class FileOps:
         self.p.ns.lookup(path)
 
     # -- open / create -----------------------------------------------------------------------
-    def _acquire(self, path: str, attr: Attr, truncate: bool = False, new: bool = False) -> OpenFile:
-        """The OpenFile of ``path`` (created if needed), with one more reference."""
+    def _acquire(self, path: str, attr: Attr, truncate: bool = False, new: bool = False,
+                 seen_open: bool = False) -> OpenFile:
+        """The OpenFile of ``path`` (created if needed), with one more reference.
+        ``seen_open``: ``attr`` is that of an OpenFile of ``path`` seen a moment ago; if it
+        is gone now (its writeback upload finished meanwhile), ``attr`` may name the version
+        before that upload, so the new file looks its attributes up again."""
         key = self.p.mapper.key(path)
 
         def make():
+            nonlocal attr
+            if seen_open and not new:
+                try:
+                    attr = self.attr(path)
+                except errors.NotFound:
+                    raise errors.Stale(f"{path}: gone from the server") from None
             base = None if new else PinnedObject(key, attr.etag or "", attr.size)
             origin = None if new else (lambda: self.version_info(key, attr))
             return OpenFile(path, key, attr, self.p.staging_dir, self.p.uploader, self.p.journal,
@@ -159,6 +169,7 @@ class FileOps:
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR)) or bool(flags & os.O_TRUNC)
         if writable:
             self.check_writable(path)
+        seen_open = self.handles.live_file(path) is not None
         try:
             attr = self.attr(path)
         except errors.NotFound:
@@ -169,7 +180,7 @@ class FileOps:
         if attr.is_dir:
             raise errors.IsADirectory(path)
         if writable or self.handles.live_file(path) is not None:
-            f = self._acquire(path, attr, truncate=bool(flags & os.O_TRUNC))
+            f = self._acquire(path, attr, truncate=bool(flags & os.O_TRUNC), seen_open=seen_open)
             if flags & os.O_TRUNC and writable and f.size:
                 f.truncate(0)
             return self.handles.add(Handle(path, flags, file=f, writable=writable)), False

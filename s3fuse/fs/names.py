@@ -179,17 +179,25 @@ class NameOps:
     def _rename_file(self, old: str, new: str, src: Attr):
         old_key, new_key = self.p.mapper.key(old), self.p.mapper.key(new)
         f = self.handles.live_file(old)
-        if f is not None and f.dirty:
-            # Open for writing with unsent data: the upload lands under the new name.
-            with f.lock:
-                f.detach_from_base(stop_stream=True)
-                self.handles.retarget_file(old, new, new_key)
-                if self.p.writeback is not None and f.refs <= 0:
-                    self.files.writeback_close(f)     # closed, upload pending: sealed under the new key
-            if src.etag:
-                self.files.delete_or_defer(old, old_key)
-            self.p.cache.add(*split(new), new, f.attr)
-            return
+        if f is not None:
+            # a writeback upload of it in progress (to the old key) ends first: then the file
+            # is clean (copied below) or still dirty
+            with f.settled():
+                if f.dirty:
+                    # Open for writing with unsent data: the upload lands under the new name.
+                    f.detach_from_base(stop_stream=True)
+                    self.handles.retarget_file(old, new, new_key)
+                    if self.p.writeback is not None and f.refs <= 0:
+                        self.files.writeback_close(f)     # closed, upload pending: sealed under the new key
+                    attr = f.attr
+                else:
+                    attr = None
+            if attr is not None:
+                if src.etag:
+                    self.files.delete_or_defer(old, old_key)
+                self.p.cache.add(*split(new), new, attr)
+                return
+            src = self.files.attr(old)         # after that upload: its new version is copied
         f = self.handles.retarget_file(old, new, new_key)
         known = self.p.known.get(old_key, src.etag or "", src.modified)
         started = self.p.client.server_now()

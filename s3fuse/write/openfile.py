@@ -266,6 +266,11 @@ class OpenFile(SparseStaging):
         """A sealed record holds the current content, metadata and key."""
         return self._sealed == (self._changes, self.key) and self._pending is not None
 
+    def settled(self):
+        """The lock, once no sealed upload of this file is running (writeback): a rename
+        then sees the file either before that upload or after it, never in between."""
+        return self._changing()
+
     @contextlib.contextmanager
     def _changing(self):
         """The lock, for a change of the staged file or its record: after a sealed record's
