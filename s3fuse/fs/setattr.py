@@ -53,11 +53,15 @@ class AttrOps:
     def _setattr(self, path: str, change):
         self.files.check_writable(path)
         f = self.p.handles.live_file(path)
-        if f is not None and f.dirty:
-            f.set_attr(change(f.attr))
-            if self.p.writeback is not None and f.refs <= 0:
-                self.files.writeback_close(f)     # closed, upload pending: durable again
-            return
+        if f is not None:
+            # a writeback upload of it in progress ends first (after it the file is clean,
+            # or discarded: its staging file closed), so the change is never lost between
+            with f.settled():
+                if f.dirty:
+                    f.set_attr(change(f.attr))
+                    if self.p.writeback is not None and f.refs <= 0:
+                        self.files.writeback_close(f)     # closed, upload pending: durable again
+                    return
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:
             attr = self.p.ns.lookup(path)
