@@ -262,8 +262,8 @@ class Current:
     name = "s3fuse.transport (after)"
 
     def __init__(self, ep, bucket, ak, sk):
-        from s3fuse.endpoint import Endpoint, Network
-        from s3fuse.transport import Transport
+        from s3fuse.s3.endpoint import Endpoint, Network
+        from s3fuse.s3.transport import Transport
         self.t = Transport(Endpoint.resolve(bucket, ep, REGION, True), Network(CA or None), Credentials(ak, sk))
 
     def head(self, key):

@@ -16,7 +16,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import ConfigError
-from .sse import CANNED_ACLS
+from .s3.object_options import CANNED_ACLS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -47,6 +47,6 @@ python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
 # and runs them with an empty environment: install-helper writes one that names this
 # Python and this checkout.  It also writes the man page (man mount.s3fuse).
 man_dir="${MAN_DIR:-/usr/local/share/man}"
-python3 -m s3fuse.cli install-helper --sbin-dir="${SBIN_DIR:-/sbin}" --man-dir="$man_dir"
+python3 -m s3fuse install-helper --sbin-dir="${SBIN_DIR:-/sbin}" --man-dir="$man_dir"
 if command -v mandb >/dev/null 2>&1; then mandb -q "$man_dir" >/dev/null 2>&1 || true; fi
-echo "s3fuse installed: $(command -v s3fuse || echo "python3 -m s3fuse.cli")"
+echo "s3fuse installed: $(command -v s3fuse || echo "python3 -m s3fuse")"

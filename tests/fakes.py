@@ -16,7 +16,7 @@ import threading
 import time
 
 from s3fuse import errors
-from s3fuse.objects import ListPage, ObjectInfo, Part
+from s3fuse.s3.objects import ListPage, ObjectInfo, Part
 
 MIN_PART = 5 << 20
 MTIME = 1_700_000_000.0

@@ -198,7 +198,7 @@ def orphan_uploads(s3, bucket, m, tree) -> int:
         return 0
     assert {u["Key"] for u in uploads} <= set(tree), uploads
     env = dict(os.environ, **m.server.env())
-    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "uploads", bucket, "-o",
+    proc = subprocess.run([sys.executable, "-m", "s3fuse", "uploads", bucket, "-o",
                            f"endpoint={m.server.endpoint},cache_dir={m.cache_dir}", "--abort"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 MiB = 1 << 20
 SIZE = 64 * MiB

@@ -282,7 +282,7 @@ def test_directory_marker_with_a_body(s3, bucket, mounter):
 def test_transport_signs_awkward_keys(s3_server, s3, bucket):
     """s3fuse's own SigV4 requests (s3fuse/transport.py: HEAD, PutObject, UploadPart, DeleteObject) for
     the names above, straight against the server: each must be accepted as signed."""
-    from s3fuse.objects import content_md5 as md5_b64
+    from s3fuse.s3.objects import content_md5 as md5_b64
     from s3fuse.s3 import ObjectClient
 
     client = ObjectClient(bucket, endpoint=s3_server.endpoint, access_key=s3_server.access_key,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from s3fuse.fuse_ops import stat_dict
+from s3fuse.fuse.operations import stat_dict
 from s3fuse.config import OPTIONS, MountConfig, apply_option, parse_size, parse_source, split_options
-from s3fuse.credentials import parse_passwd_line
+from s3fuse.s3.credentials import parse_passwd_line
 from s3fuse.errors import ConfigError
 from s3fuse.meta.attrs import (FILE_KINDS, NS, Attr, apply_metadata, decode_xattrs, default_attr, Defaults, encode_xattrs,
                                format_time_ns, parse_time_ns, to_metadata)

@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from s3fuse import errors, status
+from s3fuse import errors
+from s3fuse.app import statusfile as status
 
 from .faultproxy import (MiB, FaultProxy, Mount, ProxiedServer, bucket_md5, cleanup_dead_mount, finish_op,
                          journal_records, md5, pid_alive, release, start_op, wait_for, wait_ready)

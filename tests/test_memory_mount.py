@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 MIB = 1 << 20
 SIZE = int(os.environ.get("S3FUSE_MEMORY_TEST_MIB", "128")) * MIB

@@ -14,8 +14,10 @@ import urllib.request
 
 import pytest
 
-from s3fuse import boundary, config, errors, fuse_ops, metrics, status
-from s3fuse.fuse_binding import FuseOSError
+from s3fuse.fuse import boundary, operations as fuse_ops
+from s3fuse import config, errors, metrics
+from s3fuse.app import statusfile as status
+from s3fuse.fuse.binding import FuseOSError
 
 from .conftest import REPO
 from .faultproxy import bucket_keys, report, wait_for
@@ -259,7 +261,7 @@ def test_status_without_argument_lists_every_mount(mounter, s3, bucket, tmp_path
     with open(stale, "w") as f:
         json.dump({"mountpoint": str(tmp_path / "gone"), "pid": 2 ** 22 + 12345, "bucket": "x"}, f)
     try:
-        run = [sys.executable, "-m", "s3fuse.cli", "status"]
+        run = [sys.executable, "-m", "s3fuse", "status"]
         text = subprocess.run(run, capture_output=True, text=True, cwd=REPO, timeout=30).stdout
         assert f"{a.path}: bucket {bucket}" in text and f"{b.path}: bucket {bucket} prefix sub" in text
         assert "gone" not in text

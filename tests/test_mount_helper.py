@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .conftest import REPO, is_mounted, unmount
 
@@ -24,7 +24,7 @@ HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
 def mount_helpers():
     """Make sure mount(8) finds our helpers (scripts/install.sh installs them with
     `s3fuse install-helper`)."""
-    from s3fuse.install import helper_text
+    from s3fuse.app.install import helper_text
     created = []
     for path in HELPERS:
         if not os.path.exists(path):
@@ -99,7 +99,7 @@ def _write_big(path: str, size: int, seed: int = 1) -> str:
 
 
 def _status(mountpoint: str):
-    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", mountpoint, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "s3fuse", "status", mountpoint, "--json"],
                           capture_output=True, text=True, cwd=REPO, timeout=30)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
 
@@ -125,10 +125,10 @@ def test_status_json_shows_upload_progress(mounter, s3, bucket, tmp_path):
         f.write(rest)
     assert seen is not None, "status never showed the upload in progress"
     assert 0 < seen["bytes_total"] <= len(first) and seen["bytes_done"] % (5 << 20) == 0
-    text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path], capture_output=True,
+    text = subprocess.run([sys.executable, "-m", "s3fuse", "status", m.path], capture_output=True,
                           text=True, cwd=REPO).stdout
     assert "requests:" in text and "cache:" in text
-    assert json.loads(subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path, "--json"],
+    assert json.loads(subprocess.run([sys.executable, "-m", "s3fuse", "status", m.path, "--json"],
                                      capture_output=True, text=True, cwd=REPO).stdout)["bucket"] == bucket
     body = s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
     assert body == first + rest
@@ -191,7 +191,7 @@ def test_sighup_reopens_log(mounter, bucket):
 # -- install-helper and the man page ----------------------------------------------------------
 def _install_helper(tmp_path) -> tuple:
     sbin, man = tmp_path / "sbin", tmp_path / "man"
-    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "install-helper", f"--sbin-dir={sbin}",
+    proc = subprocess.run([sys.executable, "-m", "s3fuse", "install-helper", f"--sbin-dir={sbin}",
                            f"--man-dir={man}"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return sbin, man
@@ -268,14 +268,14 @@ def test_man_page_renders_every_option_command_and_metric(tmp_path):
     it: each mount option (and in --help too), each ignored option, flag, command and
     metric - the page is generated from them."""
     from s3fuse import metrics
-    from s3fuse.cli import COMMANDS, FLAGS
+    from s3fuse.app.usage import FLAGS, SYNOPSES
     from s3fuse.config import IGNORED, OPTIONS
     page = tmp_path / "mount.s3fuse.8"
-    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "man", f"--output={page}"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "s3fuse", "man", f"--output={page}"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = _rendered(str(page))
-    help_text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "--help"], cwd=REPO, capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "s3fuse", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=60).stdout
     for name, (_, parser, help) in OPTIONS.items():
         tag = name if parser is None else f"{name}=VALUE"
@@ -286,7 +286,7 @@ def test_man_page_renders_every_option_command_and_metric(tmp_path):
         assert re.search(rf"\b{re.escape(name)}\b", text), name
     for flag, _ in FLAGS:
         assert flag in text, flag
-    for synopsis, _ in COMMANDS:
+    for synopsis, _ in SYNOPSES:
         assert f"s3fuse {synopsis}" in " ".join(text.split()), synopsis
     for name, kind, _ in metrics.REGISTRY.names():
         assert f"{name} ({kind})" in text, name

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .conftest import is_mounted, unmount
 

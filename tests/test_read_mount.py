@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .conftest import MOUNT_HELPER
 

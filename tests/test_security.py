@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .faultproxy import Mount, bucket_md5, finish_op, is_mounted, release, start_op, wait_for, wait_ready
 
@@ -115,9 +115,9 @@ result = True
 """
         r = finish_op(start_op(code, [m.path]), 120, "operations")
         assert r["ok"], r
-        st = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path, "--json"], capture_output=True,
+        st = subprocess.run([sys.executable, "-m", "s3fuse", "status", m.path, "--json"], capture_output=True,
                             text=True, timeout=30)
-        st_text = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status"], capture_output=True, text=True,
+        st_text = subprocess.run([sys.executable, "-m", "s3fuse", "status"], capture_output=True, text=True,
                                  timeout=30)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
@@ -151,7 +151,7 @@ result = True
     proc = run_helper([bucket, str(mp2), "-o", f"endpoint={s3_server.endpoint},passwd_file={bad_pw},"
                                                 f"cache_dir={tmp_path / 'c3'}"], clean_env())
     assert proc.returncode != 0 and "line 1" in proc.stderr and secret not in proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "s3fuse.cli", "resume", bucket, "-o",
+    proc = subprocess.run([sys.executable, "-m", "s3fuse", "resume", bucket, "-o",
                            f"endpoint={dead},cache_dir={tmp_path / 'c4'}"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and secret not in proc.stdout + proc.stderr

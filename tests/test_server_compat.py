@@ -19,7 +19,7 @@ import pytest
 
 from s3fuse import errors
 from s3fuse.meta.attrs import MD5_HEADER
-from s3fuse.objects import content_md5 as md5_b64
+from s3fuse.s3.objects import content_md5 as md5_b64
 from s3fuse.s3 import ObjectClient
 from s3fuse.write.journal import CLOSED, Entry, Journal
 from s3fuse.write.uploader import Uploader

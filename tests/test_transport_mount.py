@@ -25,7 +25,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .awsproxy import AwsLikeProxy
 from .conftest import MOUNT_HELPER, Mount, wanted_servers

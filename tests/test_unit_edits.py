@@ -16,7 +16,7 @@ from s3fuse.data.blockcache import BlockCache
 from s3fuse.data.reader import BlockFetcher, PinnedObject
 from s3fuse.meta.attrs import MD5_HEADER, Attr
 from s3fuse.meta.known import Known
-from s3fuse.objects import MAX_PART, MAX_PARTS, MIN_PART
+from s3fuse.s3.objects import MAX_PART, MAX_PARTS, MIN_PART
 from s3fuse.write import recovery
 from s3fuse.write.editplan import edit_plan
 from s3fuse.write.journal import CLOSED, Journal

@@ -15,10 +15,10 @@ import urllib.parse
 import pytest
 
 from s3fuse import errors
-from s3fuse.fuse_ops import stat_dict
+from s3fuse.fuse.operations import stat_dict
 from s3fuse.meta.attrs import NS, decode_xattrs, encode_xattrs
-from s3fuse.objects import ObjectInfo
-from s3fuse.objects import MAX_PART as MAX_SINGLE_COPY
+from s3fuse.s3.objects import ObjectInfo
+from s3fuse.s3.objects import MAX_PART as MAX_SINGLE_COPY
 from s3fuse.write.copy import COPY_PART, copy_object, copy_part_plan
 
 from .fakes import FakeS3

@@ -12,9 +12,11 @@ import threading
 
 import pytest
 
-from s3fuse.fuse_ops import stat_dict
+from s3fuse.fuse.operations import stat_dict
 from s3fuse import errors
-from s3fuse.cli import parse_mount_args
+from s3fuse.app.commandline import parse
+from s3fuse.app.connect import mount_config
+from s3fuse.app.usage import MOUNT
 from s3fuse.config import (MountConfig, apply_option, parse_bool, parse_octal, parse_size, parse_source,
                            parse_url)
 from s3fuse.data.blockcache import BlockCache
@@ -112,6 +114,9 @@ class TestConfig:
             parse_source(source)
 
     def test_parse_mount_args(self, tmp_path):
+        def parse_mount_args(argv):
+            return mount_config(parse(MOUNT, argv))
+
         cfg = parse_mount_args(["mybucket:/pre/fix", str(tmp_path), "-o", "uid=5,gid=6", "-oallow_other", "-f"])
         assert (cfg.bucket, cfg.prefix, cfg.mountpoint) == ("mybucket", "pre/fix", str(tmp_path))
         assert cfg.uid == 5 and cfg.gid == 6 and cfg.foreground

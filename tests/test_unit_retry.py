@@ -11,7 +11,7 @@ import time
 import pytest
 
 from s3fuse import errors
-from s3fuse.retry import RetryPolicy
+from s3fuse.s3.retry import RetryPolicy
 from s3fuse.s3 import ObjectClient
 
 

@@ -12,10 +12,10 @@ import threading
 import pytest
 
 from s3fuse.config import MountConfig
-from s3fuse.endpoint import Endpoint, Network
+from s3fuse.s3.endpoint import Endpoint, Network
 from s3fuse.errors import ConfigError
 from s3fuse.s3 import ObjectClient
-from s3fuse.sse import ObjectOptions, read_sse_c_key
+from s3fuse.s3.object_options import ObjectOptions, read_sse_c_key
 
 
 class TestEndpoint:

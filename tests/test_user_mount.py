@@ -49,7 +49,7 @@ def user():
     proc = run(os.path.join(VENV, "bin", "pip"), "install", "-q", "--disable-pip-version-check", "-e", REPO,
                timeout=900)
     assert proc.returncode == 0, proc.stderr
-    probe = run("runuser", "-u", USER, "--", os.path.join(VENV, "bin", "python"), "-c", "import s3fuse.cli")
+    probe = run("runuser", "-u", USER, "--", os.path.join(VENV, "bin", "python"), "-c", "import s3fuse.app.main")
     assert probe.returncode == 0, f"{USER} cannot run this checkout ({REPO} not readable?): {probe.stderr}"
     return entry
 

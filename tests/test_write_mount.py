@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from s3fuse import status
+from s3fuse.app import statusfile as status
 
 from .conftest import Mount, make_boto, unmount
 from .servers import MotoServer

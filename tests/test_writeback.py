@@ -65,7 +65,7 @@ def sync(path: str):
 
 
 def status(m) -> dict:
-    out = subprocess.run([sys.executable, "-m", "s3fuse.cli", "status", m.path, "--json"],
+    out = subprocess.run([sys.executable, "-m", "s3fuse", "status", m.path, "--json"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

@@ -22,7 +22,7 @@ from ..data.memory import process_rss
 from ..write import recovery
 from .files import FileOps, StatFs
 from .names import NameOps
-from .parts import Parts, build, lock_cache_dir
+from .builder import Parts, build, lock_cache_dir
 from .setattr import UTIME_NOW, UTIME_OMIT, AttrOps
 from .writeback import Writeback
 

@@ -19,11 +19,11 @@ from ..data.reader import PinnedObject, Reader
 from ..data.verify import WholeReadDigest
 from ..meta.attrs import MD5_HEADER, Attr, now_ns
 from ..meta.known import Known
-from ..objects import KEY_MAX
+from ..s3.objects import KEY_MAX
 from ..paths import NAME_MAX, split, valid_name
 from ..write.openfile import OpenFile
 from .handles import Handle
-from .parts import Parts
+from .builder import Parts
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from ..meta.cache import DirListing
 from ..paths import split
 from ..write.copy import copy_object
 from .files import FileOps
-from .parts import Parts
+from .builder import Parts
 
 RENAME_NOREPLACE = 1
 

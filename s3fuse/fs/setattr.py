@@ -15,7 +15,7 @@ from ..meta.attrs import MD5_HEADER, Attr, now_ns, object_metadata, xattr_name_s
 from ..paths import split
 from ..write.copy import copy_object
 from .files import FileOps
-from .parts import Parts
+from .builder import Parts
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 XATTR_CREATE, XATTR_REPLACE = 1, 2

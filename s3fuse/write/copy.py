@@ -14,7 +14,7 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from ..objects import MAX_PART, MAX_PARTS
+from ..s3.objects import MAX_PART, MAX_PARTS
 from .journal import fsync_dir
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ at most 5 MiB more and keeps the whole-object MD5 header that an edit in place l
 """
 from __future__ import annotations
 
-from ..objects import MAX_PART, MAX_PARTS, MIN_PART
+from ..s3.objects import MAX_PART, MAX_PARTS, MIN_PART
 
 
 def _segments(size: int, base_end: int, present) -> list:

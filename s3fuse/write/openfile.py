@@ -30,7 +30,7 @@ from typing import Optional
 
 from .. import errors
 from ..meta.attrs import Attr, object_metadata
-from ..objects import new_object_headers
+from ..s3.objects import new_object_headers
 from .hashing import SequentialMD5
 from . import recovery
 from .journal import CLOSED, WRITING, Entry, Journal

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import functools
 
-from ..objects import MAX_PART, MAX_PARTS, MIN_PART
+from ..s3.objects import MAX_PART, MAX_PARTS, MIN_PART
 GROUP = 1000
 
 

@@ -31,7 +31,7 @@ import cachetools
 from .. import errors, metrics
 from ..data.memory import MemoryBudget
 from ..meta.attrs import MD5_HEADER
-from ..objects import MAX_PART, md5_header
+from ..s3.objects import MAX_PART, md5_header
 from .inplace import EditUploads
 from .journal import CLOSED, Entry, Journal, part_etag, part_md5, part_record
 from .parts import PartPlan

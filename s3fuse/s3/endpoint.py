@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 

@@ -27,15 +27,16 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from . import errors, strict_http
+from .. import errors
+from . import strict_http
 from .endpoint import Endpoint, Network, ca_bundle_from
 from .objects import (CONTENT_HEADERS, ListPage, ObjectInfo, datetime_timestamp, error_kind, http_timestamp,
                       parse_list_page, strip_etag)
 from .retry import RetryPolicy
-from .s3_reads import RangeReads
-from .s3_stats import ClientStats
-from .s3_uploads import MultipartRequests
-from .sse import ObjectOptions
+from .reads import RangeReads
+from .stats import ClientStats
+from .multipart import MultipartRequests
+from .object_options import ObjectOptions
 from .transport import Transport
 
 log = logging.getLogger(__name__)

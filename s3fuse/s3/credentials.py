@@ -9,7 +9,7 @@ import os
 import stat
 from typing import Optional, Tuple
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def parse_passwd_line(line: str, bucket: str) -> Optional[Tuple[str, str, bool]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from . import errors
+from .. import errors
 from .objects import Part, datetime_timestamp, strip_etag
 
 log = logging.getLogger("s3fuse.s3")

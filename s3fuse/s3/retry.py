@@ -15,7 +15,7 @@ import random
 import time
 from typing import Callable, Optional, TypeVar
 
-from . import errors, metrics
+from .. import errors, metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from . import errors, metrics
+from .. import errors, metrics
 
 log = logging.getLogger("s3fuse.fuse_ops")
 

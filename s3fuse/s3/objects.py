@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 from xml.etree import ElementTree
 
-from . import errors
+from .. import errors
 
 # Limits of S3 (and of every S3-compatible server worth mounting).
 MIN_PART = 5 << 20            # every part of a multipart upload but the last

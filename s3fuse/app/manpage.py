@@ -1,14 +1,14 @@
 """The mount.s3fuse(8) man page, rendered as roff from the tables ``--help`` prints:
 the mount options (``config.OPTIONS``, ``config.IGNORED``), the flags and commands
-(``cli.FLAGS``, ``cli.COMMANDS``) and the metric names (``metrics.REGISTRY``), so the
+(``usage.FLAGS``, ``usage.SYNOPSES``) and the metric names (``metrics.REGISTRY``), so the
 page cannot drift from the code.  ``s3fuse man`` prints it; ``s3fuse install-helper``
 installs it (``man8/mount.s3fuse.8``)."""
 from __future__ import annotations
 
 import datetime
 
-from . import __version__, metrics
-from .config import IGNORED, OPTIONS
+from .. import __version__, metrics
+from ..config import IGNORED, OPTIONS
 
 SECTION = "8"
 
@@ -43,7 +43,7 @@ def _option_tag(name: str, parser) -> str:
 
 
 def render(date: str = "") -> str:
-    from .cli import COMMANDS, FLAGS
+    from .usage import FLAGS, SYNOPSES
     date = date or datetime.date.today().isoformat()
     out = [f'.TH MOUNT.S3FUSE {SECTION} "{date}" "s3fuse {esc(__version__)}" "System Administration"',
            ".nh", ".ad l",
@@ -79,7 +79,7 @@ def render(date: str = "") -> str:
                  + ", ".join(sorted(IGNORED)) + ", x-systemd.*, x-*, comment=. Any other option is an error",
                  "that names it.")
     out += [".SH COMMANDS"]
-    for synopsis, text in COMMANDS:
+    for synopsis, text in SYNOPSES:
         out += _tagged(_bold("s3fuse " + synopsis.split(" ", 1)[0]) + " " + esc(synopsis.partition(" ")[2]), text)
     out += [".SH FSTAB"]
     out += _para("mount(8) runs /sbin/mount.s3fuse for the type s3fuse, and /sbin/mount.fuse.s3fuse for",

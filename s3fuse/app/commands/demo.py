@@ -12,6 +12,11 @@ import tempfile
 import time
 import urllib.request
 
+from ...s3 import ObjectClient
+from ..commandline import Parsed
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -19,8 +24,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(argv) -> int:
-    mountpoint = os.path.abspath(argv[0] if argv else "/tmp/s3fuse-demo")
+def run(parsed: Parsed) -> int:
+    mountpoint = os.path.abspath(parsed.positionals[0] if parsed.positionals else "/tmp/s3fuse-demo")
     exe = shutil.which("moto_server")
     if not exe:
         sys.stderr.write("s3fuse demo: moto server not installed (pip install 'moto[server]')\n")
@@ -40,7 +45,6 @@ def main(argv) -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        from .s3 import ObjectClient
         s3 = ObjectClient("demo-bucket", endpoint=endpoint, access_key="demo", secret_key="demo")
         s3.create_bucket()
         s3.put("README.txt", b"Hello from s3fuse: this bucket lives in a local S3 server.\n")
@@ -48,8 +52,9 @@ def main(argv) -> int:
         s3.put("docs/", b"", {"mode": str(0o40750)})
         s3.put("docs/notes.txt", b"notes\n" * 100, {"mode": str(0o100640), "mtime": "1700000000"})
         os.makedirs(mountpoint, exist_ok=True)
-        helper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mount.s3fuse")
-        cmd = [sys.executable, helper] if os.path.exists(helper) else [sys.executable, "-m", "s3fuse.cli"]
+        # the mount command of this very s3fuse, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "s3fuse"]
         opts = f"endpoint={endpoint},cache_dir={os.path.join(workdir, 'cache')},log_file={os.path.join(workdir, 's3fuse.log')}"
         proc = subprocess.run(cmd + ["demo-bucket", mountpoint, "-o", opts], env=env)
         if proc.returncode != 0:

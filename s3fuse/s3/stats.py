@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Optional
 
-from . import metrics
+from .. import metrics
 from .objects import http_timestamp
 
 log = logging.getLogger("s3fuse.s3")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from . import errors, metrics
+from .. import errors, metrics
 
 
 class RangeReads:

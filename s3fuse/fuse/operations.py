@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import time
 
-from . import boundary, metrics
-from .fuse_binding import FuseOSError, Operations, fuse_get_context
+from . import boundary
+from .. import metrics
+from .binding import FuseOSError, Operations, fuse_get_context
 
 
 def _errno_boundary(method):

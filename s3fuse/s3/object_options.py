@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SSE_CHOICES = ("AES256", "aws:kms")
 CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",

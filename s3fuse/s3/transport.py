@@ -22,7 +22,7 @@ import http.client
 import threading
 from typing import Callable, Optional
 
-from . import errors
+from .. import errors
 from .endpoint import Endpoint, Network, quote
 from .objects import error_code, error_kind, error_region
 from .sigv4 import EMPTY_SHA256, UNSIGNED, Signer

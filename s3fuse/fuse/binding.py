@@ -17,8 +17,9 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
     import fuse as _fuse
     BINDING = "fusepy"
 
-from . import boundary, errors  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
-from .meta.attrs import xattr_name_stored  # noqa: E402
+from . import boundary  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
+from .. import errors  # noqa: E402
+from ..meta.attrs import xattr_name_stored  # noqa: E402
 
 _NOT_STORED = errors.errno_of(errors.NotSupported())
 

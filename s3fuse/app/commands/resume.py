@@ -1,0 +1,78 @@
+"""``s3fuse resume BUCKET[:/PREFIX] -o ...``: finish the uploads a crashed mount left in
+its cache_dir's journal, without mounting (the same writer the mount builds)."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from ... import logs
+from ...errors import ConfigError
+from ...fs.builder import lock_cache_dir
+from ...write import recovery
+from ...write.copy import TreeMover
+from ...write.journal import Journal
+from ...write.uploader import Uploader
+from ..commandline import Parsed
+from ..connect import CommandFailed, describe_error, offline_client
+from ..progress import ProgressBar
+
+
+def run(parsed: Parsed) -> int:
+    try:
+        cfg, client = offline_client(parsed)
+        lock = lock_cache_dir(cfg.cache_dir, "s3fuse resume")
+    except ConfigError as exc:
+        sys.stderr.write(f"s3fuse: {exc}\n")
+        return 2
+    except CommandFailed as exc:
+        return exc.code
+    logs.setup(cfg.log_file, cfg.log_level, foreground=True)
+    journal = Journal(os.path.join(cfg.cache_dir, "journal"))
+    staging = os.path.join(cfg.cache_dir, "staging")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    closed, writing = recovery.sort_out(journal, staging, os.path.join(cfg.cache_dir, "recovery"))
+    for entry in writing:
+        recovery.abort_writing(client, journal, entry)
+    TreeMover(client, journal.dir).recover()
+    uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size)
+    failed = 0
+    try:
+        for entry in closed:
+            if not _resume_one(uploader, journal, entry, cfg):
+                failed += 1
+    finally:
+        uploader.close()
+        lock.close()
+    print(f"resumed {len(closed) - failed} upload(s), {failed} failed, {len(writing)} unfinished write(s) "
+          f"moved to {os.path.join(cfg.cache_dir, 'recovery')}")
+    return 1 if failed else 0
+
+
+def _resume_one(uploader, journal, entry, cfg) -> bool:
+    """Resume one closed file's upload with a progress bar; False (reported) if it failed."""
+    bar = ProgressBar(entry.key, entry.size)
+    stop = threading.Event()
+
+    def watch():
+        last = 0
+        while not stop.wait(0.2):
+            live = [u for u in uploader.live() if u["key"] == entry.key]
+            if live:
+                bar.update(live[0]["bytes_done"] - last)
+                last = live[0]["bytes_done"]
+    watcher = threading.Thread(target=watch, daemon=True, name="s3fuse-resume-progress")
+    watcher.start()
+    try:
+        recovery.resume(uploader, journal, entry)
+        bar.done = 0
+        bar.update(entry.size)
+        return True
+    except Exception as exc:
+        sys.stderr.write(f"\ns3fuse: {entry.key}: {describe_error(exc, cfg)}\n")
+        return False
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
