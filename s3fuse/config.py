@@ -16,7 +16,10 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import ConfigError
-from .s3.object_options import CANNED_ACLS
+
+# the canned ACLs S3 knows (-o acl=)
+CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+               "bucket-owner-read", "bucket-owner-full-control")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -1,13 +1,15 @@
 """Error kinds raised below the FUSE adapter, and THE table that gives each its errno.
 
-Code below ``fuse_ops`` never picks an errno: it raises a named kind (``NotFound``,
+Code below ``s3fuse.fuse`` never picks an errno: it raises a named kind (``NotFound``,
 ``NotEmpty``, ``ReadOnly``...).  ``ERRNO`` below is the one place that says what the
-kernel sees for each kind; ``s3fuse.boundary`` is the one place that turns an exception
-into that errno (and logs it).  A kind not in the table inherits its parent's entry.
+kernel sees for each kind; ``s3fuse.fuse.boundary`` is the one place that turns an
+exception into that errno (and logs it).  A kind not in the table inherits its parent's
+entry.
 
-Kinds that come from S3 (``Unreachable``, ``ServerBusy``, ``BackendError``...) are raised
-by ``s3fuse.s3`` only; ``Transient`` marks those worth another attempt (the retry layer,
-``s3fuse.retry``, is the only code that looks at it).
+Kinds that come from S3 (``Unreachable``, ``ServerBusy``, ``BackendError``...) are made
+by the ``s3fuse.s3`` package (the layers above pass them on or wrap them, e.g. as a
+part's failure); ``Transient`` marks those worth another attempt (the retry layer,
+``s3fuse.s3.retry``, is the only code that looks at it).
 """
 import errno as _errno
 
@@ -110,7 +112,7 @@ class WriteFailed(FsError):
         self.local_errno = local_errno
 
 
-# -- S3 answers (raised by s3fuse.s3 only) -----------------------------------------------
+# -- S3 answers (made by the s3fuse.s3 package) --------------------------------------------
 class AccessDenied(FsError):
     pass
 
@@ -141,7 +143,7 @@ class ChecksumFailedBefore(ChecksumMismatch):
 
 
 class Transient(BackendError):
-    """A failure worth another attempt (see s3fuse.retry)."""
+    """A failure worth another attempt (see s3fuse.s3.retry)."""
 
 
 class Unreachable(Transient):

@@ -3,7 +3,7 @@ the HTTP server of ``-o metrics=ADDR:PORT`` (docs/design/observability.md).
 
 The counters are process-wide (one mount per daemon): ``s3.ObjectClient`` counts S3
 requests by operation and status and the bytes it sends and receives, ``boundary``
-the errors by errno, ``fuse_ops`` every FUSE callback and its latency, the uploader
+the errors by errno, ``fuse.operations`` every FUSE callback and its latency, the uploader
 and the commit scheduler the uploads.  What a mount *is* at a moment (cache size,
 uploads pending, journal records) is read when scraped, by collectors the daemon adds.
 
@@ -244,21 +244,21 @@ STATE_METRICS = [
 
 
 def mount_collector(fs, mountpoint: str, version: str, binding: str) -> Callable:
-    """The collector of a mounted ``Filesystem``: its cache, uploads and journal."""
+    """The collector of a mounted ``Filesystem`` (``fs.gauges()``): its cache, uploads and journal."""
     help_of = {name: (kind, help) for name, kind, help, _ in STATE_METRICS}
 
     def collect():
-        p = fs.parts
+        g = fs.gauges()
         values = {
-            "s3fuse_cache_hits_total": p.blocks.hits,
-            "s3fuse_cache_misses_total": p.blocks.misses,
-            "s3fuse_cache_bytes": p.blocks.volume(),
-            "s3fuse_cache_fetched_bytes_total": p.fetcher.bytes_fetched,
-            "s3fuse_uploads_in_progress": len(p.uploader.live()),
-            "s3fuse_uploads_pending": p.commits.pending_count(),
-            "s3fuse_journal_records": p.journal.count(),
-            "s3fuse_open_handles": p.handles.count(),
-            "s3fuse_info": [({"version": version, "bucket": p.client.bucket, "prefix": p.mapper.prefix,
+            "s3fuse_cache_hits_total": g["cache_hits"],
+            "s3fuse_cache_misses_total": g["cache_misses"],
+            "s3fuse_cache_bytes": g["cache_bytes"],
+            "s3fuse_cache_fetched_bytes_total": g["bytes_fetched"],
+            "s3fuse_uploads_in_progress": len(g["uploads"]),
+            "s3fuse_uploads_pending": g["uploads_pending"],
+            "s3fuse_journal_records": g["journal_records"],
+            "s3fuse_open_handles": g["open_handles"],
+            "s3fuse_info": [({"version": version, "bucket": g["bucket"], "prefix": g["prefix"],
                               "mountpoint": mountpoint, "binding": binding}, 1)],
         }
         for name, value in values.items():

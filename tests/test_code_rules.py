@@ -35,11 +35,6 @@ def test_modules_stay_small():
     assert big == {}, "split these: one job per module"
 
 
-def test_only_s3_module_imports_boto():
-    users = [name for name, text in modules() if re.search(r"^\s*(import|from) (boto3|botocore)", text, re.M)]
-    assert users == ["s3/client.py"]
-
-
 def test_errno_values_are_chosen_in_one_table():
     """Code raises error kinds; only errors.py maps them to errno values."""
     users = [name for name, text in modules() if re.search(r"\berrno\.E[A-Z]+", text) and name != "errors.py"]

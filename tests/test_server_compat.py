@@ -102,7 +102,7 @@ def test_a_retried_create_aborts_the_upload_of_its_lost_answer(client, s3, bucke
     initiation time (another writer's upload of the key may be older): RGW only, as moto
     reports every upload initiated on 2010-11-10."""
     import botocore.exceptions
-    real = client._client.create_multipart_upload
+    real = client.requests.boto._client.create_multipart_upload
     created = []
 
     def lose_first_answer(**kwargs):
@@ -110,8 +110,8 @@ def test_a_retried_create_aborts_the_upload_of_its_lost_answer(client, s3, bucke
         if len(created) == 1:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://lost")
         return {"UploadId": created[-1]}
-    monkeypatch.setattr(client._client, "create_multipart_upload", lose_first_answer)
-    monkeypatch.setattr(client.retry, "_sleep", lambda s: None)
+    monkeypatch.setattr(client.requests.boto._client, "create_multipart_upload", lose_first_answer)
+    monkeypatch.setattr(client.requests.retry, "_sleep", lambda s: None)
     upload_id = client.create_multipart("k")
     assert len(created) == 2 and upload_id == created[1]
     left = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]

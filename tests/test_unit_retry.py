@@ -79,11 +79,11 @@ def test_client_retries_a_refused_endpoint_retries_times(monkeypatch):
     client = ObjectClient("b", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="s",
                           max_attempts=4, read_timeout=5)
     sleeps, sleep = recorder()
-    monkeypatch.setattr(client.retry, "_sleep", sleep)
+    monkeypatch.setattr(client.requests.retry, "_sleep", sleep)
     with pytest.raises(errors.Unreachable):
         client.head("k")
     assert len(sleeps) == 3 and client.error_count == 1
-    monkeypatch.setattr(client._probe_retry, "_sleep", sleep)
+    monkeypatch.setattr(client.requests.probe_retry, "_sleep", sleep)
     sleeps.clear()
     with pytest.raises(errors.Unreachable):
         client.probe()
@@ -127,7 +127,7 @@ def test_slowdown_backs_off_without_an_extra_request(monkeypatch):
         client = ObjectClient("b", endpoint=f"http://127.0.0.1:{server.server_address[1]}", access_key="a",
                               secret_key="s", max_attempts=5)
         sleeps, sleep = recorder()
-        monkeypatch.setattr(client.retry, "_sleep", sleep)
+        monkeypatch.setattr(client.requests.retry, "_sleep", sleep)
         info = client.head("k")
         assert info.etag == "abc" and info.size == 5 and info.metadata == {"mode": "33188"}
         assert len(server.requests) == 3, "two 503s then the answer: no request made twice per attempt"

@@ -23,7 +23,7 @@ FUSE_HELPER = "mount.fuse.s3fuse"
 
 def helper_text(python: Optional[str] = None) -> str:
     python = python or sys.executable
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # the dir holding s3fuse/
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds s3fuse/
     system_dirs = {os.path.realpath(p) for p in site.getsitepackages()}
     pin = "" if os.path.realpath(here) in system_dirs else f"sys.path.insert(0, {here!r})\n"
     return (f"#!{python}\n"

@@ -130,7 +130,7 @@ def sweep_orphans(cache: diskcache.Cache) -> int:
     """Remove value files no row names: a kill between writing a file and committing its
     row (or between a cull's commit and its file removals) leaves them, invisible to the
     size limit.  Runs in the writer thread before its first write, and one process holds
-    a cache_dir (``fs.parts.lock_cache_dir``), so no file here is a write in progress."""
+    a cache_dir (``fs.cachedir.lock_cache_dir``), so no file here is a write in progress."""
     named, found = value_files(cache)
     removed = 0
     for name in found - named:

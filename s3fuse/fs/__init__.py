@@ -9,7 +9,7 @@ facade only routes: the work is done by
 - ``setattr.AttrOps``  chmod, chown, utimens, extended attributes
 - ``handles.HandleTable``       open handles, files, deferred deletes, kernel-cache map
 - ``commits.CommitScheduler``   key locks, pending uploads and their retries, wait_idle
-- ``parts.build``               builds the subsystems (meta/, data/, write/) for a mount
+- ``builder.build``             builds the subsystems (meta/, data/, write/) for a mount
 
 See docs/design/core.md for the lock order and the errno rule.
 """
@@ -22,11 +22,12 @@ from ..data.memory import process_rss
 from ..write import recovery
 from .files import FileOps, StatFs
 from .names import NameOps
-from .builder import Parts, build, lock_cache_dir
+from .builder import Parts, build
+from .cachedir import CacheDir, lock_cache_dir
 from .setattr import UTIME_NOW, UTIME_OMIT, AttrOps
 from .writeback import Writeback
 
-__all__ = ["Filesystem", "StatFs", "build", "lock_cache_dir"]
+__all__ = ["CacheDir", "Filesystem", "StatFs", "build", "lock_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +100,28 @@ class Filesystem:
 
     DRAIN_SECONDS = 600
 
+    def gauges(self) -> dict:
+        """The facts of this mount that ``stats`` (``s3fuse status``) and the metrics
+        endpoint (``metrics.mount_collector``) both show: one source for both."""
+        p = self.parts
+        return {"cache_hits": p.blocks.hits, "cache_misses": p.blocks.misses, "cache_bytes": p.blocks.volume(),
+                "bytes_fetched": p.fetcher.bytes_fetched, "uploads": p.uploader.live(),
+                "uploads_pending": p.commits.pending_count(), "journal_records": p.journal.count(),
+                "open_handles": p.handles.count(), "bucket": p.client.bucket, "prefix": p.mapper.prefix}
+
     def stats(self) -> dict:
         p = self.parts
-        hits, misses = p.blocks.hits, p.blocks.misses
-        return {"bucket": p.client.bucket, "prefix": p.mapper.prefix,
+        g = self.gauges()
+        hits, misses = g["cache_hits"], g["cache_misses"]
+        return {"bucket": g["bucket"], "prefix": g["prefix"],
                 "requests": dict(p.client.request_counts), "errors": p.client.error_count,
                 "transport": p.client.transport_stats(),
-                "cache": {"hits": hits, "misses": misses, "bytes": p.blocks.volume(), "dropped": p.blocks.dropped,
+                "cache": {"hits": hits, "misses": misses, "bytes": g["cache_bytes"], "dropped": p.blocks.dropped,
                           "torn": p.blocks.torn, "orphans_removed": p.blocks.orphans,
                           "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
-                "bytes_fetched": p.fetcher.bytes_fetched, "open_handles": p.handles.count(),
-                "uploads": p.uploader.live(), "journal_pending": len(p.journal.entries()),
+                "bytes_fetched": g["bytes_fetched"], "open_handles": g["open_handles"],
+                "uploads": g["uploads"], "journal_pending": g["journal_records"],
+                "uploads_pending": g["uploads_pending"],
                 "parts_sent": p.uploader.parts_sent, "parts_reused": p.uploader.parts_reused,
                 "parts_copied": p.uploader.parts_copied, "bytes_copied": p.uploader.bytes_copied,
                 "bytes_sent": metrics.S3_SENT.total(), "bytes_received": metrics.S3_RECEIVED.total(),

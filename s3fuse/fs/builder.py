@@ -3,11 +3,11 @@ and runs the local, network-free part of crash recovery before the mount goes li
 
 ``build(cfg, client)`` returns ``Parts``; ``Filesystem`` and its operation classes
 receive it and never construct a subsystem themselves.  ``Parts.close`` tears them down
-in reverse order of dependency.
+in reverse order of dependency.  ``build_writer`` is the write side alone (journal,
+uploader under the memory budget, tree mover), for ``s3fuse resume`` as for the mount.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,7 +17,6 @@ from ..config import MountConfig
 from ..data.blockcache import BlockCache
 from ..data.memory import BufferPool, MemoryBudget, Share, accounted_limit
 from ..data.reader import BlockFetcher
-from ..errors import ConfigError
 from ..meta.attrs import Defaults
 from ..meta.cache import MetaCache
 from ..meta.known import KnownMetadata
@@ -27,31 +26,12 @@ from ..write import recovery
 from ..write.copy import TreeMover
 from ..write.journal import Journal
 from ..write.uploader import Uploader
+from .cachedir import CacheDir
 from .commits import CommitScheduler
 from .handles import HandleTable
 from .prefetch import ListingReadAhead
 
 log = logging.getLogger(__name__)
-
-
-def lock_cache_dir(cache_dir: str, holder: str = ""):
-    """One process per cache_dir (its journal and staging files are not shared).  The lock
-    file then says who holds it (``holder``: what this process is, e.g. its mountpoint),
-    so that a second process can name the first."""
-    f = open(os.path.join(cache_dir, "lock"), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        other = f.read().strip()[:300]
-        f.close()
-        raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process"
-                          f"{' (' + other + ')' if other else ''}; give each mount its own cache_dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}{', ' + holder if holder else ''}\n")
-    f.flush()
-    return f
 
 
 def _warn_of_legacy_journal(cfg: MountConfig):
@@ -105,12 +85,12 @@ class Parts:
 def _read_path(cfg: MountConfig, client):
     """The memory budget and what draws from it on the read side (docs/design/memory.md):
     a quarter of the budget for blocks kept in memory, a quarter for blocks queued for the
-    cache disk, a quarter for each reader's read-ahead window; upload parts take theirs
+    cache disk, at most half for one reader's read-ahead window; upload parts take theirs
     from the same budget while they are sent, at most half of it (``Share``)."""
     budget = MemoryBudget(accounted_limit(cfg.max_memory), total=cfg.max_memory)
     buffers = BufferPool(budget, cfg.block_size)
     quarter = max(cfg.block_size, budget.limit // 4)
-    blocks = BlockCache(os.path.join(cfg.cache_dir, "blocks"), cfg.cache_size, client.bucket,
+    blocks = BlockCache(CacheDir(cfg.cache_dir).blocks, cfg.cache_size, client.bucket,
                         memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
                            window_cap=max(2, budget.limit // 2 // cfg.block_size))
@@ -119,23 +99,39 @@ def _read_path(cfg: MountConfig, client):
     return budget, buffers, blocks, fetcher
 
 
+@dataclass
+class Writer:
+    """The write side of a cache_dir: its journal, the uploader, the tree mover."""
+    journal: Journal
+    uploader: Uploader
+    mover: TreeMover
+
+
+def build_writer(cfg: MountConfig, client, budget: MemoryBudget) -> Writer:
+    """Journal, uploader and mover of ``cfg.cache_dir``; upload parts hold at most half of
+    ``budget`` while they are sent."""
+    layout = CacheDir(cfg.cache_dir)
+    layout.prepare()
+    journal = Journal(layout.journal)
+    uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
+                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size,
+                        budget=Share(budget, budget.limit // 2))
+    return Writer(journal, uploader, TreeMover(client, journal.dir))
+
+
 def build(cfg: MountConfig, client) -> Parts:
-    os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
-    lockfile = lock_cache_dir(cfg.cache_dir, f"mounted on {cfg.mountpoint}" if cfg.mountpoint else "")
+    layout = CacheDir(cfg.cache_dir)
+    layout.prepare()
+    lockfile = layout.lock(f"mounted on {cfg.mountpoint}" if cfg.mountpoint else "")
     mapper = KeyMapper(cfg.prefix)
     file_mode, dir_mode = cfg.modes
     defaults = Defaults(uid=cfg.uid, gid=cfg.gid, file_mode=file_mode, dir_mode=dir_mode)
     cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl)
-    known = KnownMetadata(os.path.join(cfg.cache_dir, "meta"), client.bucket)
+    known = KnownMetadata(layout.meta, client.bucket)
     ns = Namespace(client, mapper, cache, known, defaults, exact=(cfg.meta == "exact"))
     budget, buffers, blocks, fetcher = _read_path(cfg, client)
-    staging_dir = os.path.join(cfg.cache_dir, "staging")
-    recovery_dir = os.path.join(cfg.cache_dir, "recovery")
-    os.makedirs(staging_dir, mode=0o700, exist_ok=True)
-    journal = Journal(os.path.join(cfg.cache_dir, "journal"))
-    uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size,
-                        budget=Share(budget, budget.limit // 2))
+    writer = build_writer(cfg, client, budget)
+    journal, uploader = writer.journal, writer.uploader
 
     def uploaded(entry, etag: str):
         """A resumed upload finished: what this mount knows of the key is new."""
@@ -143,14 +139,14 @@ def build(cfg: MountConfig, client) -> Parts:
         if entry.key.startswith(mapper.prefix):
             cache.invalidate(mapper.path(entry.key))
 
-    commits = CommitScheduler(client, uploader, journal, recovery_dir, on_uploaded=uploaded)
+    commits = CommitScheduler(client, uploader, journal, layout.recovery, on_uploaded=uploaded)
     _warn_of_legacy_journal(cfg)
-    closed, writing = recovery.sort_out(journal, staging_dir, recovery_dir)
+    closed, writing = recovery.sort_out(journal, layout.staging, layout.recovery)
     for entry in closed:
         commits.add_pending(entry)
     readahead = ListingReadAhead(cache, fetcher, mapper) if cfg.small_file_readahead else None
     return Parts(cfg=cfg, client=client, mapper=mapper, cache=cache, known=known, ns=ns,
                  budget=budget, buffers=buffers, blocks=blocks,
-                 fetcher=fetcher, journal=journal, uploader=uploader, mover=TreeMover(client, journal.dir),
-                 handles=HandleTable(), commits=commits, staging_dir=staging_dir, recovery_dir=recovery_dir,
+                 fetcher=fetcher, journal=journal, uploader=uploader, mover=writer.mover,
+                 handles=HandleTable(), commits=commits, staging_dir=layout.staging, recovery_dir=layout.recovery,
                  lockfile=lockfile, writing_leftovers=writing, readahead=readahead)

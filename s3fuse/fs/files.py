@@ -38,7 +38,19 @@ class StatFs:
 
 class FileOps:
     def __init__(self, parts: Parts):
-        self.p = parts
+        self.parts = parts          # .writeback is set once the Filesystem is built
+        self.blocks = parts.blocks
+        self.cache = parts.cache
+        self.client = parts.client
+        self.commits = parts.commits
+        self.fetcher = parts.fetcher
+        self.journal = parts.journal
+        self.known = parts.known
+        self.mapper = parts.mapper
+        self.ns = parts.ns
+        self.readahead = parts.readahead
+        self.staging_dir = parts.staging_dir
+        self.uploader = parts.uploader
         self.cfg = parts.cfg
         self.handles = parts.handles
 
@@ -50,7 +62,7 @@ class FileOps:
             return f.attr
         if self.handles.is_hidden(path):
             raise errors.NotFound(path)
-        return self.p.ns.lookup(path)
+        return self.ns.lookup(path)
 
     def exists(self, path: str) -> Optional[Attr]:
         try:
@@ -63,7 +75,7 @@ class FileOps:
             handle = self.handles.get(fh)
             if handle.file is not None:
                 return handle.file.attr
-            return self.p.ns.lookup(handle.path)
+            return self.ns.lookup(handle.path)
         return self.attr(path)
 
     def check_writable(self, path: str):
@@ -75,26 +87,26 @@ class FileOps:
         with the '/' a directory marker adds), its form, a directory as parent.
         Returns (parent, name)."""
         parent, name = split(path)
-        key = self.p.mapper.key(path) + ("/" if is_dir else "")
+        key = self.mapper.key(path) + ("/" if is_dir else "")
         if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX or \
                 len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
             raise errors.NameTooLong(path)
         if not valid_name(name):
             raise errors.InvalidArgument(f"{path}: not a valid name")
-        if not self.p.ns.lookup(parent).is_dir:
+        if not self.ns.lookup(parent).is_dir:
             raise errors.NotADirectory(parent)
         return parent, name
 
     def readdir(self, path: str):
         """(name, Attr) where exact attributes are known (READDIRPLUS may carry them), else
         (name, S_IFDIR or S_IFREG)."""
-        listing = self.p.ns.list_dir(path)
+        listing = self.ns.list_dir(path)
         view = self.handles.dir_view(path)
         yield ".", stat.S_IFDIR
         yield "..", stat.S_IFDIR
         base = path.rstrip("/") + "/"
         entries = [(n, d) for n, d in listing.entries.items() if n not in view.hidden]
-        attrs = self.p.cache.get_attrs([base + name for name, _ in entries])
+        attrs = self.cache.get_attrs([base + name for name, _ in entries])
         for (name, is_dir), attr in zip(entries, attrs):
             if attr is not None and attr.exact and name not in view.writing:
                 yield name, attr
@@ -105,17 +117,17 @@ class FileOps:
                 yield name, stat.S_IFREG
 
     def readlink(self, path: str) -> str:
-        attr = self.p.ns.lookup(path)
+        attr = self.ns.lookup(path)
         if not attr.is_link:
             raise errors.InvalidArgument(f"{path}: not a symbolic link")
-        data = self.p.client.get_range(self.p.mapper.key(path), 0, attr.size) if attr.size else b""
+        data = self.client.get_range(self.mapper.key(path), 0, attr.size) if attr.size else b""
         return data.decode("utf-8", "surrogateescape")
 
     def statfs(self) -> StatFs:
         return StatFs()
 
     def access(self, path: str, mode: int):
-        self.p.ns.lookup(path)
+        self.ns.lookup(path)
 
     # -- open / create -----------------------------------------------------------------------
     def _acquire(self, path: str, attr: Attr, truncate: bool = False, new: bool = False,
@@ -124,7 +136,7 @@ class FileOps:
         ``seen_open``: ``attr`` is that of an OpenFile of ``path`` seen a moment ago; if it
         is gone now (its writeback upload finished meanwhile), ``attr`` may name the version
         before that upload, so the new file looks its attributes up again."""
-        key = self.p.mapper.key(path)
+        key = self.mapper.key(path)
 
         def make():
             nonlocal attr
@@ -135,21 +147,21 @@ class FileOps:
                     raise errors.Stale(f"{path}: gone from the server") from None
             base = None if new else PinnedObject(key, attr.etag or "", attr.size)
             origin = None if new else (lambda: self.version_info(key, attr))
-            return OpenFile(path, key, attr, self.p.staging_dir, self.p.uploader, self.p.journal,
-                            fetcher=self.p.fetcher, base=base, truncate=truncate, new=new, origin=origin)
+            return OpenFile(path, key, attr, self.staging_dir, self.uploader, self.journal,
+                            fetcher=self.fetcher, base=base, truncate=truncate, new=new, origin=origin)
         return self.handles.acquire_file(path, make)
 
     def version_info(self, key: str, attr: Attr) -> Optional[Known]:
         """User metadata and content headers of the object ``attr`` describes: from the
         store of known versions, else a HEAD (None: there is no such object)."""
-        known = self.p.known.get(key, attr.etag or "", attr.modified)
+        known = self.known.get(key, attr.etag or "", attr.modified)
         if known is not None:
             return known
         try:
-            info = self.p.client.head(key)
+            info = self.client.head(key)
         except errors.NotFound:
             return None
-        self.p.known.learn(key, info.etag, info.mtime, info.metadata, info.headers)
+        self.known.learn(key, info.etag, info.mtime, info.metadata, info.headers)
         return Known(info.metadata or {}, info.headers or {}, info.mtime)
 
     def parent_changed(self, *paths: str):
@@ -157,12 +169,12 @@ class FileOps:
         become now (on this mount; S3 keeps no directory times)."""
         now = now_ns()
         for path in paths:
-            self.p.cache.touch_dir(split(path)[0], now)
+            self.cache.touch_dir(split(path)[0], now)
 
     def wrote(self, key: str, etag: str, metadata: dict, headers: Optional[dict], started: float):
         """The mount wrote version ``etag`` of ``key``: remember it (it needs no HEAD).
         ``started``: the server time (``client.server_now()``) before the request."""
-        self.p.known.wrote(key, etag, metadata, headers, (started, self.p.client.server_now()))
+        self.known.wrote(key, etag, metadata, headers, (started, self.client.server_now()))
 
     def open(self, path: str, flags: int):
         """Returns (fh, keep_kernel_cache)."""
@@ -184,12 +196,12 @@ class FileOps:
             if flags & os.O_TRUNC and writable and f.size:
                 f.truncate(0)
             return self.handles.add(Handle(path, flags, file=f, writable=writable)), False
-        obj = PinnedObject(self.p.mapper.key(path), attr.etag or "", attr.size)
-        reader = Reader(self.p.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
+        obj = PinnedObject(self.mapper.key(path), attr.etag or "", attr.size)
+        reader = Reader(self.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
         verify = self._digest(obj, attr) if self.cfg.verify else None
         fh = self.handles.add(Handle(path, flags, reader, verify=verify))
-        if self.p.readahead is not None:
-            self.p.readahead.opened(path)
+        if self.readahead is not None:
+            self.readahead.opened(path)
         return fh, self.handles.keep_kernel_cache(path, obj.etag)
 
     def _digest(self, obj: PinnedObject, attr: Attr) -> Optional[WholeReadDigest]:
@@ -217,7 +229,7 @@ class FileOps:
                     ctime_ns=now, exact=True)
         self.handles.claim_name(path, same_key=True)
         f = self._acquire(path, attr, new=True)
-        self.p.cache.add(parent, name, path, f.attr)
+        self.cache.add(parent, name, path, f.attr)
         self.handles.forget_kernel_cache(path)
         self.parent_changed(path)
         return self.handles.add(Handle(path, flags, file=f, writable=True))
@@ -231,7 +243,7 @@ class FileOps:
             data = handle.reader.read(offset, size)
         except errors.ObjectChanged:
             # The object changed on the server since open: the next open must look again.
-            self.p.cache.invalidate(handle.path)
+            self.cache.invalidate(handle.path)
             raise
         if handle.verify is not None:
             self._verify(handle, offset, data)
@@ -249,7 +261,7 @@ class FileOps:
         if got is None or got == digest.expected:
             return
         digest.failed = got
-        dropped = self.p.blocks.drop(obj.key, obj.etag, self.p.fetcher.last_index(obj) + 1)
+        dropped = self.blocks.drop(obj.key, obj.etag, self.fetcher.last_index(obj) + 1)
         self.handles.forget_kernel_cache(handle.path)
         exc = errors.ChecksumMismatch(f"{handle.path}: MD5 of the whole read is {got}, the object's "
                                       f"x-amz-meta-{MD5_HEADER} says {digest.expected} (ETag {obj.etag})")
@@ -286,20 +298,20 @@ class FileOps:
 
     def commit(self, f: OpenFile):
         """Upload ``f`` now (flush, fsync, last close, before a rename or link)."""
-        result = self.p.commits.commit(f)
+        result = self.commits.commit(f)
         if result is None:
             return
         etag, entry = result
-        self.p.known.wrote(f.key, etag, entry.metadata, entry.headers, self.p.uploader.window(entry))
+        self.known.wrote(f.key, etag, entry.metadata, entry.headers, self.uploader.window(entry))
         if not f.unlinked:
             parent, name = split(f.path)
-            self.p.cache.add(parent, name, f.path, f.attr)
+            self.cache.add(parent, name, f.path, f.attr)
 
     def flush(self, fh: int):
         """close(): upload now (durable close), or seal and queue (writeback)."""
         handle = self.handles.get(fh)
         if handle.writable:
-            if self.p.writeback is not None:
+            if self.parts.writeback is not None:
                 self.writeback_close(handle.file)
             else:
                 self.commit(handle.file)
@@ -312,20 +324,20 @@ class FileOps:
 
     def fsyncdir(self, path: str):
         """Writeback: wait until every closed file is uploaded (sync of the mount)."""
-        if self.p.writeback is not None:
-            self.p.writeback.drain(timeout=float("inf"), report=log.info)
+        if self.parts.writeback is not None:
+            self.parts.writeback.drain(timeout=float("inf"), report=log.info)
 
     def writeback_close(self, f: OpenFile):
         """Writeback: ``f`` is durable on local disk (sealed) and its upload queued."""
         if f.seal():
-            self.p.writeback.submit(f)
+            self.parts.writeback.submit(f)
 
     def writeback_done(self, f: OpenFile):
         """Writeback: the last queued upload of ``f`` is done (or it was unlinked)."""
         if self.handles.forget_file(f):
             pending = f.discard()
             if pending is not None:          # cannot happen after a successful upload
-                self.p.commits.add_pending(pending)
+                self.commits.add_pending(pending)
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)
@@ -333,14 +345,14 @@ class FileOps:
             if key is not None:
                 self.delete_key(key)
                 for p in ended:        # a listing made meanwhile still holds the name
-                    self.p.cache.forget(*split(p), p)
+                    self.cache.forget(*split(p), p)
         finally:
             self.handles.end_deferred(ended)
         if handle is not None and handle.file is not None:
             self._release_file(handle.file)
 
     def _release_file(self, f: OpenFile):
-        queue = self.p.writeback is not None and (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None
+        queue = self.parts.writeback is not None and (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None
         if not self.handles.drop_file_ref(f, keep=queue):
             return
         if queue:
@@ -359,15 +371,15 @@ class FileOps:
                 log.debug("release %r: traceback", f.path, exc_info=True)
         pending = f.discard()
         if pending is not None:
-            self.p.commits.add_pending(pending)
+            self.commits.add_pending(pending)
         if not f.unlinked and f.dirty:
-            self.p.cache.invalidate(f.path)
+            self.cache.invalidate(f.path)
 
     def delete_key(self, key: str):
         """DeleteObject, after any upload of the key in progress (never a deleted file
         brought back by an upload that was still running)."""
-        with self.p.commits.key_lock(key):
-            self.p.client.delete(key)
+        with self.commits.key_lock(key):
+            self.client.delete(key)
 
     def delete_or_defer(self, path: str, key: str):
         """Delete the object of ``path`` now, or when the last descriptor reading it closes

@@ -23,7 +23,14 @@ RENAME_NOREPLACE = 1
 
 class NameOps:
     def __init__(self, parts: Parts, files: FileOps):
-        self.p = parts
+        self.parts = parts          # .writeback is set once the Filesystem is built
+        self.cache = parts.cache
+        self.cfg = parts.cfg
+        self.client = parts.client
+        self.known = parts.known
+        self.mapper = parts.mapper
+        self.mover = parts.mover
+        self.ns = parts.ns
         self.files = files
         self.handles = parts.handles
 
@@ -35,13 +42,13 @@ class NameOps:
         now = now_ns()
         attr = Attr(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid, size=0, mtime_ns=now, atime_ns=now,
                     ctime_ns=now, exact=True)
-        marker = self.p.mapper.dir_prefix(path)
-        started = self.p.client.server_now()
-        etag = self.p.client.put(marker, b"", to_metadata(attr))
+        marker = self.mapper.dir_prefix(path)
+        started = self.client.server_now()
+        etag = self.client.put(marker, b"", to_metadata(attr))
         self.handles.claim_name(path, same_key=False)
         self.files.wrote(marker, etag, to_metadata(attr), None, started)
-        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
-        self.p.cache.put_dir(path, DirListing(marker=True))
+        self.cache.add(parent, name, path, attr.copy(etag=etag))
+        self.cache.put_dir(path, DirListing(marker=True))
         self.files.parent_changed(path)
 
     def rmdir(self, path: str):
@@ -50,35 +57,35 @@ class NameOps:
             raise errors.Busy("the mount root")
         if not self.files.attr(path).is_dir:
             raise errors.NotADirectory(path)
-        prefix = self.p.mapper.dir_prefix(path)
-        page = self.p.client.list_page(prefix, None, delimiter="", max_keys=2)
+        prefix = self.mapper.dir_prefix(path)
+        page = self.client.list_page(prefix, None, delimiter="", max_keys=2)
         if any(o.key != prefix for o in page.objects) or self.handles.files_below(path):
             raise errors.NotEmpty(path)
-        self.p.client.delete(prefix)
+        self.client.delete(prefix)
         self._drop_folder_marker(path)
-        self.p.cache.forget(*split(path), path)
+        self.cache.forget(*split(path), path)
         self.files.parent_changed(path)
 
     def _drop_folder_marker(self, path: str) -> bool:
         """Delete the ``dir_$folder$`` object another tool made for directory ``path``."""
-        marker = self.p.ns.folder_marker(path)
+        marker = self.ns.folder_marker(path)
         if marker is not None:
-            self.p.client.delete(marker)
-            self.p.ns.forget_folder_marker(path)
+            self.client.delete(marker)
+            self.ns.forget_folder_marker(path)
         return marker is not None
 
     def unlink(self, path: str):
         self.files.check_writable(path)
         if self.files.attr(path).is_dir:
             raise errors.IsADirectory(path)
-        key = self.p.mapper.key(path)
+        key = self.mapper.key(path)
         f = self.handles.unlink_file(path)
         if f is not None:
             # Its descriptors keep working on the old content, like an unlinked inode: take
             # what is still only on the server now, before a new file can take the key.
             f.detach_from_base()
         self.files.delete_or_defer(path, key)
-        self.p.cache.forget(*split(path), path)
+        self.cache.forget(*split(path), path)
         self.handles.forget_kernel_cache(path)
         self.files.parent_changed(path)
 
@@ -99,12 +106,12 @@ class NameOps:
 
     def _put_empty(self, path: str, parent: str, name: str, attr: Attr, body: bytes):
         """A new object of ``attr`` with ``body`` (symlink target, or nothing) at ``path``."""
-        key = self.p.mapper.key(path)
+        key = self.mapper.key(path)
         self.handles.claim_name(path, same_key=True)
-        started = self.p.client.server_now()
-        etag = self.p.client.put(key, body, to_metadata(attr))
+        started = self.client.server_now()
+        etag = self.client.put(key, body, to_metadata(attr))
         self.files.wrote(key, etag, to_metadata(attr), None, started)
-        self.p.cache.add(parent, name, path, attr.copy(etag=etag))
+        self.cache.add(parent, name, path, attr.copy(etag=etag))
         self.files.parent_changed(path)
 
     def symlink(self, path: str, target: str, uid: int, gid: int):
@@ -122,7 +129,7 @@ class NameOps:
         """Hard link emulated as a server-side copy (hardlinks=copy) - they do not share
         later writes.  hardlinks=off -> EPERM."""
         self.files.check_writable(path)
-        if self.p.cfg.hardlinks == "off":
+        if self.cfg.hardlinks == "off":
             raise errors.NotPermitted(f"{path}: hard links are off (hardlinks=off)")
         src = self.files.attr(existing)
         if src.is_dir:
@@ -134,15 +141,15 @@ class NameOps:
         if f is not None:
             self.files.commit(f)
             src = f.attr
-        src_key, dst_key = self.p.mapper.key(existing), self.p.mapper.key(path)
-        known = self.p.known.get(src_key, src.etag or "", src.modified)
+        src_key, dst_key = self.mapper.key(existing), self.mapper.key(path)
+        known = self.known.get(src_key, src.etag or "", src.modified)
         self.handles.claim_name(path, same_key=True)
-        started = self.p.client.server_now()
+        started = self.client.server_now()
         # a copy of that version with everything it has (metadata, headers, tags)
-        etag = copy_object(self.p.client, src_key, dst_key, src.size, etag=src.etag, pool=self.p.mover.pool)
+        etag = copy_object(self.client, src_key, dst_key, src.size, etag=src.etag, pool=self.mover.pool)
         if known is not None:
             self.files.wrote(dst_key, etag, known.metadata, known.headers, started)
-        self.p.cache.add(parent, name, path, src.copy(etag=etag, modified=None))
+        self.cache.add(parent, name, path, src.copy(etag=etag, modified=None))
         self.files.parent_changed(path)
 
     # -- rename ----------------------------------------------------------------------------
@@ -171,13 +178,13 @@ class NameOps:
             self._rename_dir(old, new, src)
         else:
             self._rename_file(old, new, src)
-        self.p.cache.forget(*split(old), old)
-        self.p.cache.invalidate_tree(old)
+        self.cache.forget(*split(old), old)
+        self.cache.invalidate_tree(old)
         self.handles.forget_kernel_cache(old, new)
         self.files.parent_changed(old, new)
 
     def _rename_file(self, old: str, new: str, src: Attr):
-        old_key, new_key = self.p.mapper.key(old), self.p.mapper.key(new)
+        old_key, new_key = self.mapper.key(old), self.mapper.key(new)
         f = self.handles.live_file(old)
         if f is not None:
             # a writeback upload of it in progress (to the old key) ends first: then the file
@@ -187,7 +194,7 @@ class NameOps:
                     # Open for writing with unsent data: the upload lands under the new name.
                     f.detach_from_base(stop_stream=True)
                     self.handles.retarget_file(old, new, new_key)
-                    if self.p.writeback is not None and f.refs <= 0:
+                    if self.parts.writeback is not None and f.refs <= 0:
                         self.files.writeback_close(f)     # closed, upload pending: sealed under the new key
                     attr = f.attr
                 else:
@@ -195,44 +202,44 @@ class NameOps:
             if attr is not None:
                 if src.etag:
                     self.files.delete_or_defer(old, old_key)
-                self.p.cache.add(*split(new), new, attr)
+                self.cache.add(*split(new), new, attr)
                 return
             src = self.files.attr(old)         # after that upload: its new version is copied
         f = self.handles.retarget_file(old, new, new_key)
-        known = self.p.known.get(old_key, src.etag or "", src.modified)
-        started = self.p.client.server_now()
+        known = self.known.get(old_key, src.etag or "", src.modified)
+        started = self.client.server_now()
         if known is not None:
             # the moved file's ctime changes; every other header and metadata stays
             src = src.copy(ctime_ns=now_ns())
             metadata = object_metadata(src, known.metadata)
             if MD5_HEADER in known.metadata:
                 metadata[MD5_HEADER] = known.metadata[MD5_HEADER]
-            etag = copy_object(self.p.client, old_key, new_key, src.size, metadata, known.headers,
-                               etag=src.etag, pool=self.p.mover.pool)
+            etag = copy_object(self.client, old_key, new_key, src.size, metadata, known.headers,
+                               etag=src.etag, pool=self.mover.pool)
             self.files.wrote(new_key, etag, metadata, known.headers, started)
         else:
             # nothing known of it (meta=list): a copy of everything it has, ctime unchanged
-            etag = copy_object(self.p.client, old_key, new_key, src.size, etag=src.etag, pool=self.p.mover.pool)
+            etag = copy_object(self.client, old_key, new_key, src.size, etag=src.etag, pool=self.mover.pool)
         if f is not None:
             f.rebase(new_key, etag)
         self.files.delete_or_defer(old, old_key)
-        self.p.cache.add(*split(new), new, src.copy(etag=etag, modified=None))
+        self.cache.add(*split(new), new, src.copy(etag=etag, modified=None))
 
     def _rename_dir(self, old: str, new: str, src: Attr):
         if old == "/":
             raise errors.Busy("the mount root")
         for f in self.handles.files_below(old):
             self.files.commit(f)
-        started = self.p.client.server_now()
-        moves = self.p.mover.move_tree(self.p.mapper.dir_prefix(old), self.p.mapper.dir_prefix(new))
+        started = self.client.server_now()
+        moves = self.mover.move_tree(self.mapper.dir_prefix(old), self.mapper.dir_prefix(new))
         for src_key, src_etag, src_modified, dst_key, dst_etag in moves:
             # a copy keeps metadata and headers: what is known of the source holds for the target
-            known = self.p.known.get(src_key, src_etag, src_modified)
+            known = self.known.get(src_key, src_etag, src_modified)
             if known is not None:
                 self.files.wrote(dst_key, dst_etag, known.metadata, known.headers, started)
         if self._drop_folder_marker(old):
             # the directory may have had nothing but that marker: ours keeps it in existence
-            self.p.client.put(self.p.mapper.dir_prefix(new), b"", to_metadata(src))
-        self.handles.retarget_tree(old, new, self.p.mapper.key)
-        self.p.cache.invalidate_tree(new)
-        self.p.cache.add(*split(new), new, src)
+            self.client.put(self.mapper.dir_prefix(new), b"", to_metadata(src))
+        self.handles.retarget_tree(old, new, self.mapper.key)
+        self.cache.invalidate_tree(new)
+        self.cache.add(*split(new), new, src)

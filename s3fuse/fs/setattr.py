@@ -23,7 +23,13 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 class AttrOps:
     def __init__(self, parts: Parts, files: FileOps):
-        self.p = parts
+        self.parts = parts          # .writeback is set once the Filesystem is built
+        self.cache = parts.cache
+        self.client = parts.client
+        self.handles = parts.handles
+        self.mapper = parts.mapper
+        self.mover = parts.mover
+        self.ns = parts.ns
         self.files = files
 
     def chmod(self, path: str, mode: int):
@@ -52,45 +58,45 @@ class AttrOps:
 
     def _setattr(self, path: str, change):
         self.files.check_writable(path)
-        f = self.p.handles.live_file(path)
+        f = self.handles.live_file(path)
         if f is not None:
             # a writeback upload of it in progress ends first (after it the file is clean,
             # or discarded: its staging file closed), so the change is never lost between
             with f.settled():
                 if f.dirty:
                     f.set_attr(change(f.attr))
-                    if self.p.writeback is not None and f.refs <= 0:
+                    if self.parts.writeback is not None and f.refs <= 0:
                         self.files.writeback_close(f)     # closed, upload pending: durable again
                     return
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:
-            attr = self.p.ns.lookup(path)
+            attr = self.ns.lookup(path)
         new = change(attr)
         if new.is_dir:
-            self.p.cache.times_set(path)
+            self.cache.times_set(path)
         if path == "/":
-            self.p.cache.put_attr("/", new)    # the bucket root has no object to carry it
+            self.cache.put_attr("/", new)    # the bucket root has no object to carry it
             return
         # Only what the operation changes changes: other tools' metadata and the content
         # headers (Content-Type, Cache-Control...) of the object stay as they were.
-        key = self.p.mapper.dir_prefix(path) if new.is_dir else self.p.mapper.key(path)
+        key = self.mapper.dir_prefix(path) if new.is_dir else self.mapper.key(path)
         known = self.files.version_info(key, attr) if attr.etag else None
         metadata = object_metadata(new, known.metadata if known is not None else None)
         headers = known.headers if known is not None else None
-        started = self.p.client.server_now()
+        started = self.client.server_now()
         if new.is_dir:
-            etag = self.p.client.put(key, b"", metadata, headers=headers)
+            etag = self.client.put(key, b"", metadata, headers=headers)
         else:
             if known is not None and MD5_HEADER in known.metadata:
                 metadata[MD5_HEADER] = known.metadata[MD5_HEADER]     # same content
-            etag = copy_object(self.p.client, key, key, attr.size, metadata, headers, etag=attr.etag,
-                               pool=self.p.mover.pool)
+            etag = copy_object(self.client, key, key, attr.size, metadata, headers, etag=attr.etag,
+                               pool=self.mover.pool)
         self.files.wrote(key, etag, metadata, headers, started)
         new = new.copy(etag=etag, modified=None)
         if f is not None and not new.is_dir:
             f.attr = new
         parent, name = split(path)
-        self.p.cache.add(parent, name, path, new.copy(exact=True))
+        self.cache.add(parent, name, path, new.copy(exact=True))
 
     # -- extended attributes -------------------------------------------------------------------
     @staticmethod
@@ -130,5 +136,5 @@ class AttrOps:
         attr = self.files.attr(path)
         if attr.exact or path == "/":
             return attr
-        self.p.cache.invalidate(path)
-        return self.p.ns.lookup(path)
+        self.cache.invalidate(path)
+        return self.ns.lookup(path)

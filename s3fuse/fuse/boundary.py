@@ -1,8 +1,8 @@
 """THE one place where an exception becomes the errno a FUSE callback returns.
 
 Every callback passes through ``to_errno``: the adapter's operations
-(``fuse_ops._errno_boundary``) and the binding's own ctypes-level overrides
-(``fuse_binding``).  The errno comes from ``errors.ERRNO``; an everyday answer (ENOENT
+(``operations._errno_boundary``) and the binding's own ctypes-level overrides
+(``binding``).  The errno comes from ``errors.ERRNO``; an everyday answer (ENOENT
 from a stat) is logged at debug level; a failure in one line (the path, the S3 request,
 its status and attempts, the errno returned and what became of the data, see
 ``errors.describe``), its traceback at debug level only; an exception no table knows (a

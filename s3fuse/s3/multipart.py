@@ -1,29 +1,34 @@
-"""The multipart-upload requests of ``s3.ObjectClient`` (a mixin: it sends them through
-the client's ``_op``/``_run``/``_call``, under the same retry policy and error
-translation; it imports nothing of botocore itself)."""
+"""The multipart-upload requests, sent through the bucket's ``requests.Requests`` (the
+same retry policy, options and error kinds as every other request)."""
 from __future__ import annotations
 
 import logging
 from typing import Optional
 
 from .. import errors
+from .boto import header_params
 from .objects import Part, datetime_timestamp, strip_etag
 
 log = logging.getLogger("s3fuse.s3")
 
 
 class MultipartRequests:
+    def __init__(self, requests, head):
+        self.requests = requests
+        self.bucket = requests.bucket
+        self._head = head             # ObjectClient.head: the ETag an answer left out
+
     def create_multipart(self, key: str, metadata: Optional[dict] = None,
                          headers: Optional[dict] = None) -> str:
         """CreateMultipartUpload.  An attempt that failed may have created an upload on
         the server all the same (its answer lost): after a retry, those are aborted."""
-        kwargs = dict(Key=key, Metadata=metadata or {}, **self._header_params(self.options.write_headers(headers)))
+        kwargs = dict(Key=key, Metadata=metadata or {}, **header_params(self.requests.options.write_headers(headers)))
         tries = []
 
         def once():
-            tries.append(self.server_now())
-            return self._call("create_multipart_upload", f"create upload {key!r}", **kwargs)["UploadId"]
-        upload_id = self._run("create_multipart_upload", f"create upload {key!r}", once)
+            tries.append(self.requests.stats.server_now())
+            return self.requests.call("create_multipart_upload", f"create upload {key!r}", **kwargs)["UploadId"]
+        upload_id = self.requests.run("create_multipart_upload", f"create upload {key!r}", once)
         if len(tries) > 1:
             self._abort_strays(key, keep=upload_id, since=tries[0])
         return upload_id
@@ -44,15 +49,16 @@ class MultipartRequests:
         ETag as the server answered: an MD5 of the part only on some servers and for
         some encryptions (not SSE-KMS or SSE-C on AWS)."""
         def once():
-            if self._fast is not None and isinstance(body, (bytes, bytearray)):
-                answer = self._fast.put(key, bytes(body), content_md5, headers=self.options.customer_key(),
+            fast = self.requests.fast
+            if fast is not None and isinstance(body, (bytes, bytearray)):
+                answer = fast.put(key, bytes(body), content_md5, headers=self.requests.options.customer_key(),
                                         query={"partNumber": str(number), "uploadId": upload_id})
                 if answer is not None:
                     return answer[0]
-            resp = self._call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
+            resp = self.requests.call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
                               PartNumber=number, Body=body, ContentMD5=content_md5)
             return strip_etag(resp.get("ETag"))
-        return self._run("upload_part", f"upload part {number} of {key!r}", once)
+        return self.requests.run("upload_part", f"upload part {number} of {key!r}", once)
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, src: str, start: int, end: int,
                          src_etag: Optional[str] = None) -> str:
@@ -61,18 +67,18 @@ class MultipartRequests:
                       CopySourceRange=f"bytes={start}-{end - 1}")
         if src_etag:
             kwargs["CopySourceIfMatch"] = f'"{src_etag}"'
-        resp = self._op("upload_part_copy", f"copy part {number} of {src!r} -> {key!r}", **kwargs)
+        resp = self.requests.op("upload_part_copy", f"copy part {number} of {src!r} -> {key!r}", **kwargs)
         return strip_etag(resp.get("CopyPartResult", {}).get("ETag"))
 
     def complete_multipart(self, key: str, upload_id: str, parts: list) -> str:
-        resp = self._op("complete_multipart_upload", f"complete upload {key!r}", Key=key, UploadId=upload_id,
+        resp = self.requests.op("complete_multipart_upload", f"complete upload {key!r}", Key=key, UploadId=upload_id,
                         MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]})
         # Ceph RGW (Pacific) answers an empty ETag here; the ETag keys caches: ask for it.
-        return strip_etag(resp.get("ETag")) or self.head(key).etag
+        return strip_etag(resp.get("ETag")) or self._head(key).etag
 
     def abort_multipart(self, key: str, upload_id: str):
         try:
-            self._op("abort_multipart_upload", f"abort upload {key!r}", Key=key, UploadId=upload_id)
+            self.requests.op("abort_multipart_upload", f"abort upload {key!r}", Key=key, UploadId=upload_id)
         except errors.UploadGone:
             pass
 
@@ -83,7 +89,7 @@ class MultipartRequests:
             if marker:
                 kwargs["PartNumberMarker"] = marker
             try:
-                resp = self._op("list_parts", f"list parts {key!r}", **kwargs)
+                resp = self.requests.op("list_parts", f"list parts {key!r}", **kwargs)
             except errors.NotFound as exc:
                 # Ceph RGW answers NoSuchKey (404), not NoSuchUpload, for an upload id it
                 # does not know (completed or aborted): for ListParts that means the same.
@@ -101,7 +107,7 @@ class MultipartRequests:
             kwargs = dict(Prefix=prefix)
             if key_marker:
                 kwargs.update(KeyMarker=key_marker, UploadIdMarker=id_marker or "")
-            resp = self._op("list_multipart_uploads", f"list uploads {prefix!r}", **kwargs)
+            resp = self.requests.op("list_multipart_uploads", f"list uploads {prefix!r}", **kwargs)
             for u in resp.get("Uploads", ()):
                 out.append((u["Key"], u["UploadId"], datetime_timestamp(u.get("Initiated"))))
             if not resp.get("IsTruncated"):

@@ -20,8 +20,6 @@ from typing import Optional
 from ..errors import ConfigError
 
 SSE_CHOICES = ("AES256", "aws:kms")
-CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
-               "bucket-owner-read", "bucket-owner-full-control")
 # headers of an object's own encryption that a mount option replaces (objects.CONTENT_HEADERS)
 OBJECT_SSE_HEADERS = ("x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id")
 

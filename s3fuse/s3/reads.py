@@ -1,7 +1,6 @@
-"""Ranged GETs of ``s3.ObjectClient`` (a mixin: through the transport, else - a server
-that ignored the Range, counted as a fallback - one botocore request per attempt, all
-under the client's retry policy; it imports nothing of botocore itself -
-``self._translate`` maps its exceptions)."""
+"""Ranged GETs: through the transport, else - a server that ignored the Range, counted as
+a fallback - one botocore request per attempt, all under the bucket's retry policy
+(``requests.Requests``)."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -10,6 +9,9 @@ from .. import errors, metrics
 
 
 class RangeReads:
+    def __init__(self, requests):
+        self.requests = requests
+
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,
                   chunk_size: int = 1 << 20, sink: Optional[Callable[[int, bytes], None]] = None,
                   alloc: Optional[Callable[[], bytearray]] = None) -> bytes:
@@ -31,18 +33,20 @@ class RangeReads:
                 sink(offset, chunk)
             reached[0] = offset + len(chunk)
 
+        fast = self.requests.fast
+
         def once():
-            if self._fast is not None:
+            if fast is not None:
                 at = reached[0]
-                got = self._fast.get(key, at, end, etag, chunk_size, deliver, alloc)
+                got = fast.get(key, at, end, etag, chunk_size, deliver, alloc)
                 if got is not None:
                     if got != end:
                         raise errors.with_status(errors.Unreachable(
                             f"get {key!r}: body cut at {got} of [{at},{end})"), "cut")
                     return
-                self._fallback("get_object", "an answer that is not the range asked for")
+                self.requests.stats.fallback("get_object", "an answer that is not the range asked for")
             self._boto_get(key, reached[0], end, etag, chunk_size, deliver)
-        self._run("get_object", f"get {key!r} [{start},{end})", once)
+        self.requests.run("get_object", f"get {key!r} [{start},{end})", once)
         return b"" if sink is not None else b"".join(pieces)
 
     def _boto_get(self, key, start, end, etag, chunk_size, deliver):
@@ -50,30 +54,8 @@ class RangeReads:
         kwargs = dict(Key=key, Range=f"bytes={start}-{end - 1}")
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
-        resp = self._call("get_object", what, **kwargs)
-        body = resp["Body"]
-        offset = start
-        try:
-            pending = b""
-            while True:
-                chunk = body.read(chunk_size - len(pending))
-                if not chunk:
-                    break
-                pending += chunk
-                if len(pending) >= chunk_size:
-                    deliver(offset, pending)
-                    offset += len(pending)
-                    pending = b""
-            if pending:
-                deliver(offset, pending)
-                offset += len(pending)
-        except Exception as exc:
-            translated = self._translate(exc, what)     # the connection broke inside the body
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            body.close()
+        resp = self.requests.call("get_object", what, **kwargs)
+        offset = self.requests.boto.read_body(resp, what, chunk_size, deliver, start)
         if offset != end:
             raise errors.with_status(errors.Unreachable(f"{what}: short body ({offset - start} of {end - start} bytes)"),
                                      "cut")

@@ -5,7 +5,7 @@ write latency of a large copy.  ``SequentialMD5`` hashes the first ``inline_limi
 bytes inline (small files: no thread, no queue), then hands the writes to a thread of
 its own, in order, holding at most ``max_queued`` bytes (a writer faster than the
 hasher waits: memory stays bounded).  A write's data is a view of libfuse's buffer,
-valid only during the callback (fuse_binding.FUSE.write): hashed inline it is not
+valid only during the callback (fuse.binding.FUSE.write): hashed inline it is not
 copied, queued it is copied to bytes (at most ``max_queued`` bytes of them: 4 MiB, off
 the memory budget's books, see docs/design/memory.md).
 

@@ -1,4 +1,4 @@
-"""Uploads of edits in place (a mixin of ``Uploader``): a multipart upload whose parts are
+"""Uploads of edits in place (``InPlaceEdits``, owned by the ``Uploader``): a multipart upload whose parts are
 either copied on the server from the old version (UploadPartCopy, pinned by its ETag
 with ``x-amz-copy-source-if-match``) or uploaded from the sparse staging file, as the
 record's ``plan`` says (``editplan.py``).
@@ -25,22 +25,28 @@ from .journal import Entry, part_etag, part_md5, part_record
 log = logging.getLogger(__name__)
 
 
-class EditUploads:
-    def _edit(self, entry: Entry, verify_server_parts: bool) -> tuple:
+class InPlaceEdits:
+    """The edit-in-place half of ``uploader.Uploader``: it sends parts through the
+    uploader's pool, client, progress and records (under the uploader's ``_lock``)."""
+
+    def __init__(self, uploader):
+        self.uploader = uploader
+
+    def edit(self, entry: Entry, verify_server_parts: bool) -> tuple:
         """(ETag, parts in all, parts done before this call, bytes sent by this call)."""
         plan = [tuple(p) for p in entry.plan]
         if entry.upload_id is None:
             entry.metadata = {k: v for k, v in entry.metadata.items() if k != MD5_HEADER}
-            self.begin_multipart(entry)
+            self.uploader.begin_multipart(entry)
         elif verify_server_parts:
             self._reconcile_edit(entry, plan)
         done = {int(n) for n in entry.parts}
-        with self._lock:
-            self.progress[entry.id].done = sum(e - s for n, s, e, _ in plan if n in done)
+        with self.uploader._lock:
+            self.uploader.progress[entry.id].done = sum(e - s for n, s, e, _ in plan if n in done)
         todo = [p for p in plan if p[0] not in done]
         # copies first: they take the server longest, and hold no memory here
         todo.sort(key=lambda p: not p[3])
-        futures = [self.pool.submit(self.copy_part if copy else self.send_part, entry, n, s, e)
+        futures = [self.uploader.pool.submit(self.copy_part if copy else self.uploader.send_part, entry, n, s, e)
                    for n, s, e, copy in todo]
         try:
             for f in futures:
@@ -53,29 +59,29 @@ class EditUploads:
                 self._give_up_edit(entry, exc)
             raise
         parts = [(n, part_etag(entry.parts[str(n)])) for n, _, _, _ in plan]
-        etag = self.client.complete_multipart(entry.key, entry.upload_id, parts)
+        etag = self.uploader.client.complete_multipart(entry.key, entry.upload_id, parts)
         return etag, len(plan), len(plan) - len(todo), sum(e - s for _, s, e, copy in todo if not copy)
 
     def copy_part(self, entry: Entry, number: int, start: int, end: int) -> str:
         """Copy bytes [start, end) of the old version as part ``number``; record it."""
         src = entry.source
-        etag = self.client.upload_part_copy(entry.key, entry.upload_id, number, src["key"], start, end, src["etag"])
+        etag = self.uploader.client.upload_part_copy(entry.key, entry.upload_id, number, src["key"], start, end, src["etag"])
         if not etag:
             raise errors.BackendError(f"copy of part {number} of {entry.key!r}: no ETag in the answer")
 
         def record(e):
             e.parts[str(number)] = part_record("", etag)     # a copy: no local bytes to hash
-            self.parts_copied += 1
-            self.bytes_copied += end - start
-            progress = self.progress.get(e.id)
+            self.uploader.parts_copied += 1
+            self.uploader.bytes_copied += end - start
+            progress = self.uploader.progress.get(e.id)
             if progress:
                 progress.done += end - start
-        self.save_record(entry, record)
+        self.uploader.save_record(entry, record)
         return etag
 
     def _give_up_edit(self, entry: Entry, exc: BaseException):
         try:
-            self.client.abort_multipart(entry.key, entry.upload_id)
+            self.uploader.client.abort_multipart(entry.key, entry.upload_id)
         except Exception:
             log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
         src = entry.source
@@ -87,11 +93,11 @@ class EditUploads:
         """Resume: keep the parts the server lists with the ETag recorded for a copy, or
         with the MD5 of the local bytes for an upload."""
         try:
-            server = {p.number: p for p in self.client.list_parts(entry.key, entry.upload_id)}
+            server = {p.number: p for p in self.uploader.client.list_parts(entry.key, entry.upload_id)}
         except errors.UploadGone:
             log.warning("upload of %r is gone from the server; starting it again", entry.key)
             entry.upload_id, entry.parts = None, {}
-            self.begin_multipart(entry)
+            self.uploader.begin_multipart(entry)
             return
         kept = {}
         for n, start, end, copy in plan:
@@ -110,8 +116,8 @@ class EditUploads:
                 kept[str(n)] = part_record(local, part.etag)
 
         def keep(e):
-            self.parts_reused += len(kept)
+            self.uploader.parts_reused += len(kept)
             e.parts = kept
-        self.save_record(entry, keep)
+        self.uploader.save_record(entry, keep)
         log.warning("resuming edit in place of %r: %d of %d parts already on the server (%d copies)",
                     entry.key, len(kept), len(plan), sum(1 for n, _, _, c in plan if c and str(n) in kept))

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
 
 
-class OpenFile(SparseStaging):
+class OpenFile:
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
                  fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None):
         self.path = path
@@ -54,6 +54,7 @@ class OpenFile(SparseStaging):
         self.base = None if (truncate or new) else base      # PinnedObject of the original version
         self._base_end = 0 if self.base is None else self.base.size   # original bytes still wanted
         self._reader = None                  # data.reader.Reader of the base (reads of unstaged bytes)
+        self.sparse = SparseStaging(self)    # reads and fills of the staging file (sparse.py)
         self.lock = threading.RLock()
         self.refs = 0
         self.staging = os.path.join(staging_dir, journal.new_id())
@@ -91,6 +92,9 @@ class OpenFile(SparseStaging):
         self._uploading = False                  # a sealed record's upload runs (without the lock)
         self._idle = threading.Condition(self.lock)
 
+    def read(self, offset: int, size: int):
+        return self.sparse.read(offset, size)
+
     def _object_fields(self):
         """(user metadata, content headers) of the version to upload: the POSIX fields of
         ``attr`` over the replaced object's other metadata; its content headers
@@ -107,7 +111,7 @@ class OpenFile(SparseStaging):
         file no longer depends on the object at its key (unlink, rename while dirty).
         ``stop_stream``: the key changes, so a streamed upload to the old key is aborted."""
         with self._changing():
-            self._fill(0, self.size)
+            self.sparse.fill(0, self.size)
             if stop_stream:
                 self._stop_stream()
             self.base = None
@@ -252,7 +256,7 @@ class OpenFile(SparseStaging):
                 return False
             if self.sealed:
                 return True
-            plan = self._stage_for_upload()
+            plan = self.sparse.stage_for_upload()
             os.fsync(self._fd)
             entry = self._closed_entry(plan)
             self.journal.save(entry, durable=True)
@@ -317,7 +321,7 @@ class OpenFile(SparseStaging):
 
     def _commit_now(self):
         """Durable close: stage, record and upload under the lock (held by the caller)."""
-        plan = self._stage_for_upload()
+        plan = self.sparse.stage_for_upload()
         # Power loss: a multipart upload must resume from intact staging data.  When the
         # whole-file MD5 is known the record carries it and recovery checks the staging
         # file against it (``verify_md5``) instead of an fsync here (256 MiB written to
@@ -354,7 +358,7 @@ class OpenFile(SparseStaging):
         self._streamable = False
         self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
         if entry.plan:
-            self._edited(etag)
+            self.sparse.edited(etag)
         return etag, entry
 
     def _md5_known(self) -> bool:

@@ -1,4 +1,5 @@
-"""Sparse staging of an existing object open for writing (a mixin of ``OpenFile``).
+"""Sparse staging of an existing object open for writing (``SparseStaging``, owned by an
+``openfile.OpenFile``).
 
 The staging file holds what was written (``present``); every other byte below
 ``_base_end`` is the old version's (``base``, pinned by its ETag).  So:
@@ -13,7 +14,8 @@ The staging file holds what was written (``present``); every other byte below
 - after an edit in place the new version is the base: the staging file is emptied
   (``present`` too), and the next commit again sends only what changes after it.
 
-Runs under ``OpenFile.lock`` (the caller's).
+Runs under the file's ``OpenFile.lock``; the fields it reads and sets (``base``,
+``_base_end``, ``present``, ``_reader``, ``_fd``, ``size``) are the file's.
 """
 from __future__ import annotations
 
@@ -29,26 +31,29 @@ FILL_WINDOW = 32          # blocks fetched ahead while staging the old version's
 
 
 class SparseStaging:
+    def __init__(self, file):
+        self.file = file          # the OpenFile whose staging file this reads and fills
+
     def read(self, offset: int, size: int):
-        with self.lock:
+        with self.file.lock:
             try:
                 return self._read(offset, size)
             except errors.ObjectChanged:
                 # a sealed record's upload (writeback, without the lock) may have replaced
                 # the old version just now: then the new one is the base
-                base = self.base
-                self._idle.wait_for(lambda: not self._uploading)
-                if self.base == base:
+                base = self.file.base
+                self.file._idle.wait_for(lambda: not self.file._uploading)
+                if self.file.base == base:
                     raise
                 return self._read(offset, size)
 
     def _read(self, offset: int, size: int):
-        end = min(self.size, offset + size)
+        end = min(self.file.size, offset + size)
         if end <= offset:
             return b""
         pieces, pos = [], offset
-        if self.base is not None:
-            for lo, hi in self.present.missing(offset, min(end, self._base_end)):
+        if self.file.base is not None:
+            for lo, hi in self.file.present.missing(offset, min(end, self.file._base_end)):
                 if lo > pos:
                     pieces.append(self._staged(pos, lo))
                 pieces.append(self._base_reader().read(lo, hi - lo))
@@ -58,44 +63,44 @@ class SparseStaging:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _staged(self, start: int, end: int) -> bytes:
-        data = os.pread(self._fd, end - start, start)
+        data = os.pread(self.file._fd, end - start, start)
         return data if len(data) == end - start else data + bytes(end - start - len(data))
 
     def _base_reader(self) -> Reader:
-        if self._reader is None or self._reader.obj != self.base:
-            self._reader = Reader(self.fetcher, self.base)
-        return self._reader
+        if self.file._reader is None or self.file._reader.obj != self.file.base:
+            self.file._reader = Reader(self.file.fetcher, self.file.base)
+        return self.file._reader
 
-    def _fill(self, start: int, end: int):
+    def fill(self, start: int, end: int):
         """Stage the old version's bytes in [start, end) that are not staged yet."""
-        if self.base is None:
+        if self.file.base is None:
             return
-        bs = self.fetcher.block_size
-        for lo, hi in self.present.missing(start, min(end, self._base_end)):
+        bs = self.file.fetcher.block_size
+        for lo, hi in self.file.present.missing(start, min(end, self.file._base_end)):
             first, last = lo // bs, (hi - 1) // bs
             for index in range(first, last + 1):
                 if (index - first) % FILL_WINDOW == 0:
-                    self.fetcher.prefetch(self.base, index, min(last, index + FILL_WINDOW - 1))
-                block = self.fetcher.block(self.base, index)
+                    self.file.fetcher.prefetch(self.file.base, index, min(last, index + FILL_WINDOW - 1))
+                block = self.file.fetcher.block(self.file.base, index)
                 b_lo, b_hi = max(lo, index * bs), min(hi, index * bs + len(block))
-                os.pwrite(self._fd, memoryview(block)[b_lo - index * bs:b_hi - index * bs], b_lo)
-            self.present.add(lo, hi)
+                os.pwrite(self.file._fd, memoryview(block)[b_lo - index * bs:b_hi - index * bs], b_lo)
+            self.file.present.add(lo, hi)
 
-    def _stage_for_upload(self):
+    def stage_for_upload(self):
         """Stage what the upload sends.  Returns the edit plan of an edit in place, or None
         (the whole file is staged)."""
         plan = None
-        if self.base is not None and self._base_end > 0 and self._stream is None \
-                and self.size >= self.uploader.threshold:
-            plan = edit_plan(self.size, self._base_end, self.present, upload_part=self._plan.base,
-                             copy_part=self.uploader.copy_part_size)
+        if self.file.base is not None and self.file._base_end > 0 and self.file._stream is None \
+                and self.file.size >= self.file.uploader.threshold:
+            plan = edit_plan(self.file.size, self.file._base_end, self.file.present, upload_part=self.file._plan.base,
+                             copy_part=self.file.uploader.copy_part_size)
         try:
             if plan is None:
-                self._fill(0, self.size)
+                self.fill(0, self.file.size)
                 return None
             for _, start, end, copy in plan:
                 if not copy:
-                    self._fill(start, end)
+                    self.fill(start, end)
         except errors.ObjectChanged as exc:
             self._base_gone(exc)
         return plan
@@ -104,17 +109,17 @@ class SparseStaging:
         """The old version whose bytes complete the upload changed on the server (another
         client overwrote or deleted the key): this file can never be uploaded as it was
         edited.  The bytes written are kept in ``recovery/``; the file is failed."""
-        why = f"the version {self.base.etag} it edits is gone from the server (changed by another client)"
-        target = recovery.keep_written(self.journal, self.staging, self.key, why)
-        self.failed = errors.SourceChanged(f"{self.key!r}: {why}")
-        errors.set_action(self.failed, f"bytes written kept in {target}")
-        raise self.failed from exc
+        why = f"the version {self.file.base.etag} it edits is gone from the server (changed by another client)"
+        target = recovery.keep_written(self.file.journal, self.file.staging, self.file.key, why)
+        self.file.failed = errors.SourceChanged(f"{self.file.key!r}: {why}")
+        errors.set_action(self.file.failed, f"bytes written kept in {target}")
+        raise self.file.failed from exc
 
-    def _edited(self, etag: str):
+    def edited(self, etag: str):
         """An edit in place is in the bucket as ``etag``: it is the base from now on."""
-        self.base = PinnedObject(self.key, etag, self.size)
-        self._base_end = self.size
-        self.present = RangeSet()
-        self._reader = None
-        os.ftruncate(self._fd, 0)          # the staged bytes are in the bucket: free the disk
-        os.ftruncate(self._fd, self.size)
+        self.file.base = PinnedObject(self.file.key, etag, self.file.size)
+        self.file._base_end = self.file.size
+        self.file.present = RangeSet()
+        self.file._reader = None
+        os.ftruncate(self.file._fd, 0)          # the staged bytes are in the bucket: free the disk
+        os.ftruncate(self.file._fd, self.file.size)

@@ -32,7 +32,7 @@ from .. import errors, metrics
 from ..data.memory import MemoryBudget
 from ..meta.attrs import MD5_HEADER
 from ..s3.objects import MAX_PART, md5_header
-from .inplace import EditUploads
+from .inplace import InPlaceEdits
 from .journal import CLOSED, Entry, Journal, part_etag, part_md5, part_record
 from .parts import PartPlan
 
@@ -91,7 +91,7 @@ class Progress:
                 "rate": self.done / elapsed, "elapsed": elapsed}
 
 
-class Uploader(EditUploads):
+class Uploader:
     def __init__(self, client, journal: Journal, threads: int = 8, part_size: int = 8 << 20,
                  threshold: Optional[int] = None, copy_part_size: int = 64 << 20, budget=None):
         self.client = client
@@ -109,6 +109,7 @@ class Uploader(EditUploads):
         self.parts_reused = 0
         self.parts_copied = 0
         self.bytes_copied = 0
+        self.edits = InPlaceEdits(self)     # uploads of edits in place (inplace.py)
         self._save_lock = threading.Lock()
         self._changes = itertools.count(1)
         self._saved = cachetools.LRUCache(4096)     # entry id -> number of the change on disk
@@ -201,7 +202,7 @@ class Uploader(EditUploads):
             self.progress[entry.id] = Progress(entry.key, entry.size)
         try:
             if entry.plan:
-                etag, parts, earlier, sent = self._edit(entry, verify_server_parts)
+                etag, parts, earlier, sent = self.edits.edit(entry, verify_server_parts)
             elif entry.upload_id is None and entry.size < self.threshold:
                 etag = self._put_single(entry)
                 parts, earlier, sent = 1, 0, entry.size

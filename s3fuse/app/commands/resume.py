@@ -2,17 +2,15 @@
 its cache_dir's journal, without mounting (the same writer the mount builds)."""
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
 from ... import logs
 from ...errors import ConfigError
-from ...fs.builder import lock_cache_dir
+from ...data.memory import MemoryBudget, accounted_limit
+from ...fs.builder import build_writer
+from ...fs.cachedir import CacheDir
 from ...write import recovery
-from ...write.copy import TreeMover
-from ...write.journal import Journal
-from ...write.uploader import Uploader
 from ..commandline import Parsed
 from ..connect import CommandFailed, describe_error, offline_client
 from ..progress import ProgressBar
@@ -21,22 +19,22 @@ from ..progress import ProgressBar
 def run(parsed: Parsed) -> int:
     try:
         cfg, client = offline_client(parsed)
-        lock = lock_cache_dir(cfg.cache_dir, "s3fuse resume")
+        layout = CacheDir(cfg.cache_dir)
+        layout.prepare()
+        lock = layout.lock("s3fuse resume")
     except ConfigError as exc:
         sys.stderr.write(f"s3fuse: {exc}\n")
         return 2
     except CommandFailed as exc:
         return exc.code
     logs.setup(cfg.log_file, cfg.log_level, foreground=True)
-    journal = Journal(os.path.join(cfg.cache_dir, "journal"))
-    staging = os.path.join(cfg.cache_dir, "staging")
-    os.makedirs(staging, mode=0o700, exist_ok=True)
-    closed, writing = recovery.sort_out(journal, staging, os.path.join(cfg.cache_dir, "recovery"))
+    # the same writer the mount builds, under the same memory budget (-o max_memory)
+    writer = build_writer(cfg, client, MemoryBudget(accounted_limit(cfg.max_memory), total=cfg.max_memory))
+    journal, uploader = writer.journal, writer.uploader
+    closed, writing = recovery.sort_out(journal, layout.staging, layout.recovery)
     for entry in writing:
         recovery.abort_writing(client, journal, entry)
-    TreeMover(client, journal.dir).recover()
-    uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
-                        threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size)
+    writer.mover.recover()
     failed = 0
     try:
         for entry in closed:
@@ -44,9 +42,10 @@ def run(parsed: Parsed) -> int:
                 failed += 1
     finally:
         uploader.close()
+        writer.mover.close()
         lock.close()
     print(f"resumed {len(closed) - failed} upload(s), {failed} failed, {len(writing)} unfinished write(s) "
-          f"moved to {os.path.join(cfg.cache_dir, 'recovery')}")
+          f"moved to {layout.recovery}")
     return 1 if failed else 0
 
 

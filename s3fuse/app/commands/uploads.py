@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from ...fs.cachedir import CacheDir
 from ...write.journal import Journal
 from ..commandline import Parsed
 from ..connect import CommandFailed, offline_client
@@ -20,7 +21,7 @@ def run(parsed: Parsed) -> int:
     older = parsed.get("older_than", 0.0)
     prefix = (cfg.prefix + "/") if cfg.prefix else ""
     ours = set()
-    journal_dir = os.path.join(cfg.cache_dir, "journal")
+    journal_dir = CacheDir(cfg.cache_dir).journal
     if os.path.isdir(journal_dir):
         ours = {e.upload_id for e in Journal(journal_dir).entries() if e.upload_id}
     now = time.time()

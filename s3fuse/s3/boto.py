@@ -1,0 +1,201 @@
+"""botocore for the control requests: the only module of s3fuse that imports boto3 or
+botocore.
+
+``Botocore`` holds the session (credentials, profile, CA bundle of the AWS chain) and two
+clients for the endpoint as it is now - the everyday one and the mount-time probe's
+(3 s timeouts) - made again when the bucket turns out to live in another region.  Its
+clients use the endpoint URL, addressing style, region, CA bundle and proxies of the
+transport (botocore reads the same environment), CRC checksums only when required, and
+botocore's own retries off: ``retry.RetryPolicy`` decides.
+
+Every botocore exception - session and client creation included - leaves this module
+as an error kind of ``s3fuse.errors``, with its ``status`` set: callers never see one.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from .. import errors
+from . import strict_http
+from .objects import CONTENT_HEADERS, error_kind
+
+strict_http.install()     # a response cut inside its headers is an error, not an empty answer
+
+# Connection trouble, including a body cut after botocore handed it over.
+_UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
+                     ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                      "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
+                      "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError")
+                     if hasattr(botocore.exceptions, name))
+_TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
+                  if hasattr(botocore.exceptions, name))
+
+# A content header as botocore's request parameter.
+_PARAM = {"content-type": "ContentType", "cache-control": "CacheControl", "content-disposition": "ContentDisposition",
+          "content-encoding": "ContentEncoding", "content-language": "ContentLanguage", "expires": "Expires",
+          "x-amz-storage-class": "StorageClass", "x-amz-website-redirect-location": "WebsiteRedirectLocation",
+          "x-amz-server-side-encryption": "ServerSideEncryption",
+          "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId"}
+
+
+def header_params(headers: Optional[dict]) -> dict:
+    """Content headers (CONTENT_HEADERS names) as botocore request parameters."""
+    return {_PARAM[name]: value for name, value in (headers or {}).items() if name in _PARAM and value}
+
+
+def http_headers(resp: dict) -> dict:
+    """The (lower-case) HTTP headers of a botocore answer."""
+    return resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+
+
+def content_headers(headers: dict) -> dict:
+    """The CONTENT_HEADERS of an answer's (lower-case) HTTP headers."""
+    return {name: headers[name] for name in CONTENT_HEADERS if headers.get(name)}
+
+
+def _status(exc: Exception) -> str:
+    """The status of a failed botocore request, as metrics and logs give it: the HTTP
+    status, or "timeout"/"unreachable" when no answer came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                   or exc.response.get("Error", {}).get("Code") or "error")
+    if isinstance(exc, _TIMEOUTS):
+        return "timeout"
+    if isinstance(exc, _UNREACHABLE):
+        return "unreachable"
+    return "error"
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """A botocore exception as one of ours (the only place that knows botocore's), with
+    its ``status`` set; any other exception unchanged."""
+    out = _kind_of(exc, what)
+    if out is not exc:
+        out.status = _status(exc)
+    return out
+
+
+def _kind_of(exc: Exception, what: str) -> Exception:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error_kind(code, status)(f"{what}: {code or status} {err.get('Message', '')}".strip())
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return errors.NoCredentials(f"{what}: no AWS credentials found (env, ~/.aws, instance role)")
+    if isinstance(exc, _UNREACHABLE):
+        return errors.Unreachable(f"{what}: {exc}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return errors.BackendError(f"{what}: {exc}")
+    return exc
+
+
+class Botocore:
+    """The session and the botocore clients of one bucket."""
+
+    def __init__(self, bucket: str, *, profile=None, access_key=None, secret_key=None, region=None,
+                 params: Optional[dict] = None, observe: Callable[[str, object, int], None] = None):
+        self.bucket = bucket
+        self._params = params or {}           # the mount's ObjectOptions as botocore parameters
+        self._op_params: dict = {}            # operation -> the part of _params it takes
+        self._observe = observe or (lambda op, status, sent: None)
+        self._lock = threading.Lock()         # guards the two clients (a region move replaces them)
+        try:
+            self.session = boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key or None,
+                                                 aws_secret_access_key=secret_key or None,
+                                                 region_name=region or None)
+        except botocore.exceptions.ProfileNotFound:
+            raise errors.ConfigError(f"profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        try:
+            self.credentials = self.session.get_credentials()
+            self.chain_ca_bundle = self.session._session.get_config_variable("ca_bundle")   # AWS_CA_BUNDLE, profile
+        except botocore.exceptions.BotoCoreError as exc:
+            raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        self.region_name = self.session.region_name
+        self._client = self._probe_client = None
+
+    def connect(self, endpoint, ca_bundle: Optional[str], timeouts: tuple, max_connections: int):
+        """(Re)make the clients for ``endpoint`` (``endpoint.Endpoint``) as it is now."""
+        connect_timeout, read_timeout = timeouts
+        cfg = dict(max_pool_connections=max_connections, retries={"mode": "standard", "total_max_attempts": 1},
+                   connect_timeout=connect_timeout, read_timeout=read_timeout,
+                   s3={"addressing_style": endpoint.style}, request_checksum_calculation="when_required",
+                   response_checksum_validation="when_required")
+        kwargs = dict(endpoint_url=endpoint.url(), region_name=endpoint.region, verify=ca_bundle or None)
+        try:
+            client = self.session.client("s3", config=Config(**cfg), **kwargs)
+            # The mount-time probe fails within seconds even against a server that accepts
+            # connections and never answers.
+            probe = self.session.client("s3", config=Config(**dict(
+                cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))), **kwargs)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        with self._lock:
+            self._client, self._probe_client = client, probe
+
+    def _extra(self, client, op: str) -> dict:
+        """The mount's options that botocore operation ``op`` takes."""
+        extra = self._op_params.get(op)
+        if extra is None and op == "create_bucket":
+            extra = {}
+        if extra is None:
+            model = client.meta.service_model.operation_model(client.meta.method_to_api_mapping[op])
+            extra = self._op_params[op] = {k: v for k, v in self._params.items() if k in model.input_shape.members}
+        return extra
+
+    def call(self, op: str, what: str, probe: bool = False, **kwargs) -> dict:
+        """One botocore request (no retry: the caller's policy decides), counted through
+        ``observe``; its failure raised as an error kind."""
+        with self._lock:
+            client = self._probe_client if probe else self._client
+        for name, value in self._extra(client, op).items():
+            kwargs.setdefault(name, value)
+        body = kwargs.get("Body")
+        size = len(body) if isinstance(body, (bytes, bytearray)) else 0
+        try:
+            resp = getattr(client, op)(Bucket=self.bucket, **kwargs)
+        except Exception as exc:
+            translated = translate(exc, what)
+            status = str(getattr(translated, "status", None) or "error")
+            self._observe(op, status, size if status.isdigit() else 0)
+            if translated is exc:
+                raise
+            raise translated from exc
+        self._observe(op, resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200, size)
+        return resp
+
+    def read_body(self, resp: dict, what: str, chunk_size: int, deliver: Callable[[int, bytes], None],
+                  offset: int) -> int:
+        """Stream a GetObject answer's body to ``deliver(offset, chunk)`` in ``chunk_size``
+        pieces; returns the offset reached.  A connection broken inside the body raises
+        an error kind."""
+        body = resp["Body"]
+        try:
+            pending = b""
+            while True:
+                chunk = body.read(chunk_size - len(pending))
+                if not chunk:
+                    break
+                pending += chunk
+                if len(pending) >= chunk_size:
+                    deliver(offset, pending)
+                    offset += len(pending)
+                    pending = b""
+            if pending:
+                deliver(offset, pending)
+                offset += len(pending)
+        except Exception as exc:
+            translated = translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            body.close()
+        return offset
