@@ -35,6 +35,9 @@ def run(parsed: Parsed) -> int:
     workdir = tempfile.mkdtemp(prefix="s3fuse-demo-")
     server = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
+    # kill (SIGTERM) or a closed terminal (SIGHUP) end the demo like Ctrl-C: unmount, stop
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: sys.exit(0))
     env = dict(os.environ, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1")
     try:
         for _ in range(100):
