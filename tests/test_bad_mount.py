@@ -14,8 +14,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from .conftest import MOUNT_HELPER, Mount, is_mounted
-from .servers import KINDS, MotoServer, free_port
+from .support.mounts import MOUNT_HELPER, Mount, is_mounted
+from .support.servers import KINDS, MotoServer, free_port
 
 LIMIT = 15.0   # seconds a failing mount may take
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -24,8 +23,8 @@ import diskcache
 
 from s3fuse.data.blockcache import BlockCache, WholeWriteDisk, value_files
 
-from .faultproxy import cleanup_dead_mount, pid_alive, wait_for
-from .test_read_mount import daemon_stats
+from .support.mounts import cleanup_dead_mount
+from .support.probes import daemon_stats, kill_daemon, wait_for
 
 MIB = 1 << 20
 OPTIONS = ["block_size=1M", "readahead=8M"]
@@ -62,13 +61,6 @@ def cached_blocks(cache_dir: str, bucket: str, key: str, data: bytes, block: int
         return blocks, len(found - named)
     finally:
         cache.close()
-
-
-def kill_daemon(m):
-    pid = m.daemon_pid()
-    assert pid, "no daemon"
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(pid), 10, "daemon death", 0.02)
 
 
 def start_reader(path: str, offset: int = 0):

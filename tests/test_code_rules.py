@@ -11,7 +11,7 @@ import pytest
 
 from s3fuse.s3 import ObjectClient
 
-from .fakes import FakeS3
+from .support.fakes import FakeS3
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "s3fuse")
 

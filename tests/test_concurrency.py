@@ -18,7 +18,9 @@ import time
 
 import pytest
 
-from .faultproxy import MiB, bucket_keys, bucket_md5, finish_op, md5, report, start_op
+from .support.ops import finish_op, start_op
+from .support.probes import MiB, bucket_keys, bucket_md5, md5
+from .support.report import report
 
 LIMIT = 120.0
 TOTALS = {"ops": 0, "objects": 0}

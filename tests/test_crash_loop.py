@@ -24,7 +24,6 @@ import glob
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -38,8 +37,9 @@ import pytest
 if os.environ.get("S3FUSE_FULL") != "1":
     pytestmark = pytest.mark.servers("moto")
 
-from .faultproxy import (MiB, bucket_keys, bucket_md5, cleanup_dead_mount, journal_records, md5, pid_alive,
-                         report, wait_for)
+from .support.mounts import cleanup_dead_mount
+from .support.probes import MiB, bucket_keys, bucket_md5, journal_records, kill_daemon, md5, wait_for
+from .support.report import report
 
 SEEDS = int(os.environ.get("S3FUSE_CRASH_SEEDS", "2"))
 FILES = int(os.environ.get("S3FUSE_CRASH_FILES", "60"))
@@ -134,14 +134,6 @@ def staged_bytes(cache_dir: str) -> int:
         except OSError:
             pass
     return max(sizes)
-
-
-def kill_daemon(m) -> int:
-    pid = m.daemon_pid()
-    assert pid, "daemon not found"
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(pid), 10, "daemon death", 0.02)
-    return pid
 
 
 def recovered_files(cache_dir: str) -> dict:

@@ -17,6 +17,10 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
+from .support.faultproxy import FaultProxy, ProxiedServer
+from .support.mounts import Mount, unmount
+from .support.probes import journal_records, kill_daemon, server_parts, uploads_of, wait_for
+
 MiB = 1 << 20
 SIZE = 64 * MiB
 PART = 8 * MiB          # the default part_size
@@ -172,10 +176,6 @@ def test_sigkill_during_an_edit_resumes_without_copying_finished_parts(s3_server
     proxy that delays every request; the daemon is SIGKILLed when the server holds >= 2
     parts.  The remount finishes the edit from the journal: the parts already copied are
     kept (not copied again), and the bucket holds the old bytes plus the appended line."""
-    from .conftest import Mount, unmount
-    from .faultproxy import FaultProxy, ProxiedServer
-    from .test_write_mount import journal_records, kill_daemon, server_parts, uploads_of, wait_for
-
     old = random.Random(5).randbytes(SIZE)
     _object(s3, bucket, "app.log", old)
     proxy = FaultProxy(s3_server.endpoint, lifetime=600)
@@ -193,13 +193,13 @@ def test_sigkill_during_an_edit_resumes_without_copying_finished_parts(s3_server
             editor.wait(60)
             unmount(m.path)
         assert editor.returncode != 0, "the editor's close() was still uploading when the daemon died"
-        records = [r for r in journal_records(m) if r["key"] == "app.log"]
+        records = [r for r in journal_records(m.cache_dir) if r["key"] == "app.log"]
         assert records and records[0]["plan"], records
         nparts = len(records[0]["plan"])
         assert on_server < nparts
         proxy.clear()
         m.mount()
-        wait_for(lambda: not journal_records(m), 180, "the resumed edit to finish")
+        wait_for(lambda: not journal_records(m.cache_dir), 180, "the resumed edit to finish")
         assert s3.get_object(Bucket=bucket, Key="app.log")["Body"].read() == old + b"appended line\n"
         st = status.read(m.path)
         assert st["parts_reused"] >= on_server, st

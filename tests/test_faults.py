@@ -1,4 +1,4 @@
-"""Network faults between s3fuse and the S3 server (tests/faultproxy.py): delays, TCP
+"""Network faults between s3fuse and the S3 server (tests/support/faultproxy.py): delays, TCP
 resets, a blackhole (requests accepted, never answered) and truncated responses, either
 persistent or one-shot.  Under each fault a read, a small and a multipart write (close), a
 listing and a rename run at the same time, each in a child process with a deadline.
@@ -23,8 +23,11 @@ import time
 
 import pytest
 
-from .faultproxy import (MiB, FaultProxy, Mount, ProxiedServer, bucket_keys, bucket_md5, errname, finish_op,
-                         journal_records, md5, pid_alive, release, report, run_op, start_op, wait_for, wait_ready)
+from .support.faultproxy import FaultProxy, ProxiedServer
+from .support.mounts import Mount
+from .support.ops import errname, finish_op, release, run_op, start_op, wait_ready
+from .support.probes import MiB, bucket_keys, bucket_md5, journal_records, md5, pid_alive, wait_for
+from .support.report import report
 
 # CI time: fault injection runs on moto only by default (it exercises s3fuse's retry/journal logic,
 # not the server; on RGW it takes minutes more).  S3FUSE_FULL=1 runs it on every server.

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .test_read_mount import daemon_stats, put_many, requests, delta, s3fs_meta
+from .support.probes import delta, put_many, requests, s3fs_meta
 
 MiB = 1 << 20
 

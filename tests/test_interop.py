@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from .conftest import Mount, unmount
+from .support.mounts import Mount, unmount
 
-AWS = "/opt/s3fuse-awscli/bin/aws"      # tests/servers/install-tools.sh (a venv of its own)
+AWS = "/opt/s3fuse-awscli/bin/aws"      # tests/support/servers/install-tools.sh (a venv of its own)
 WEB = dict(ContentType="text/html; charset=utf-8", CacheControl="max-age=3600, public",
            ContentDisposition='inline; filename="index.html"', ContentLanguage="en",
            Expires="Thu, 01 Jan 2037 00:00:00 GMT", Metadata={"owner": "cms", "revision": "42"})
@@ -250,7 +250,7 @@ def test_xattr_names_without_a_namespace_are_stored(s3, bucket, mounter):
 @pytest.fixture
 def aws(s3_server, tmp_path):
     if not os.path.exists(AWS):
-        pytest.skip("aws CLI not installed (tests/servers/install-tools.sh)")
+        pytest.skip("aws CLI not installed (tests/support/servers/install-tools.sh)")
     env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(tmp_path / "none"))
     env.update(s3_server.env())
 

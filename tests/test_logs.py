@@ -1,7 +1,7 @@
 """Logs people can act on: a failure is one line with the path, the S3 operation, its
 status and what s3fuse did about it (retried, EIO returned, kept for resume); with
 log_level=info every finished upload gets a summary line (size, parts, seconds, MiB/s).
-The failures are real: the endpoint stops answering (tests/faultproxy.py) while a file
+The failures are real: the endpoint stops answering (tests/support/faultproxy.py) while a file
 is closed, and a daemon is SIGKILLed while a multipart upload is under way."""
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 from s3fuse import errors
 from s3fuse.app import statusfile as status
 
-from .faultproxy import (MiB, FaultProxy, Mount, ProxiedServer, bucket_md5, cleanup_dead_mount, finish_op,
-                         journal_records, md5, pid_alive, release, start_op, wait_for, wait_ready)
-from .test_metrics import scrape, value
+from .support.faultproxy import FaultProxy, ProxiedServer
+from .support.mounts import Mount, cleanup_dead_mount
+from .support.ops import finish_op, release, start_op, wait_ready
+from .support.probes import MiB, bucket_md5, journal_records, md5, pid_alive, scrape, value, wait_for
 
 pytestmark = pytest.mark.servers("moto")     # s3fuse's own logging: one server is enough
 

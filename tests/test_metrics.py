@@ -6,11 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -19,45 +17,11 @@ from s3fuse import config, errors, metrics
 from s3fuse.app import statusfile as status
 from s3fuse.fuse.binding import FuseOSError
 
-from .conftest import REPO
-from .faultproxy import bucket_keys, report, wait_for
+from .support.mounts import REPO, Mount
+from .support.probes import bucket_keys, parse_metrics, scrape, value, wait_for
+from .support.report import report
 
 MiB = 1 << 20
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse(text: str) -> dict:
-    """Prometheus text format -> {(name, frozenset(labels)): value}; checks every line
-    is a comment or a well-formed sample and every sample's family has HELP and TYPE."""
-    out, typed = {}, set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("#") or not line:
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"malformed sample line: {line!r}"
-        name = m.group(1)
-        family = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or family in typed, f"{name} has no # TYPE line"
-        labels = frozenset(_LABEL.findall(m.group(3) or ""))
-        out[(name, labels)] = float(m.group(4))
-    return out
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    """The sum of ``name`` over the samples whose labels include ``labels``."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def scrape(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        return parse(resp.read().decode())
 
 
 # -- the option ---------------------------------------------------------------------------
@@ -78,7 +42,6 @@ def test_metrics_option_rejects_what_cannot_listen(text):
 
 def test_taken_port_fails_the_mount_in_one_line(s3_server, bucket, tmp_path):
     import socket
-    from .conftest import Mount
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -101,7 +64,7 @@ def test_exposition_format_counters_histograms_collectors():
     for ns in (500_000, 2_000_000, 2_000_000, 50_000_000):
         record(ns)
     reg.add_collector(lambda: [("t_gauge", "gauge", "g", 7), ("t_info", "gauge", "i", [({"a": "x"}, 1)])])
-    s = parse(reg.exposition())
+    s = parse_metrics(reg.exposition())
     assert value(s, "t_requests_total", op="get", status="200") == 3
     assert value(s, "t_requests_total", op='we\\"ird\\\\', status="503") == 1
     assert value(s, "t_seconds_bucket", op="read", le="0.001") == 1

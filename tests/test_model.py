@@ -32,7 +32,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from .faultproxy import OpServer, bucket_keys, errname, report
+from .support.ops import OpServer, errname
+from .support.probes import bucket_keys
+from .support.report import report
 
 EXAMPLES = int(os.environ.get("S3FUSE_MODEL_EXAMPLES", "20"))
 STEPS = int(os.environ.get("S3FUSE_MODEL_STEPS", "20"))

@@ -15,7 +15,7 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from .conftest import REPO, is_mounted, unmount
+from .support.mounts import REPO, is_mounted, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .test_read_mount import daemon_stats
+from .support.probes import daemon_stats
 
 MiB = 1 << 20
 TTL = 2.0          # attr_ttl / dir_ttl / negative_ttl given to B

@@ -21,7 +21,8 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from .conftest import is_mounted, unmount
+from .support.mounts import is_mounted, unmount
+from .support.probes import requests, wait_for
 
 MiB = 1 << 20
 UID, GID = 1001, 1002
@@ -78,13 +79,6 @@ def missing(s3, bucket, key) -> bool:
     return False
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_released(m, timeout: float = 10.0):
     """FUSE sends RELEASE after close() has returned: wait until the daemon's status
     (rewritten every 0.5 s) shows a snapshot taken now with no handle open."""
@@ -96,18 +90,6 @@ def wait_released(m, timeout: float = 10.0):
             return
         time.sleep(0.05)
     raise AssertionError(f"handles still open after {timeout}s: {status.read(m.path)}")
-
-
-def requests(m) -> dict:
-    """Request counts per S3 operation from a status snapshot of the daemon taken now."""
-    after = time.time()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        entry = status.read(m.path)
-        if entry and entry.get("updated", 0) > after + 0.01:
-            return entry["requests"]
-        time.sleep(0.05)
-    raise AssertionError(f"no fresh status for {m.path}")
 
 
 def errno_of(fn, *args) -> int:
@@ -370,7 +352,7 @@ def test_unlink_while_open_for_reading(s3, bucket, mounter):
         assert not missing(s3, bucket, "f"), "not deleted while a descriptor still reads it"
         assert "f" not in os.listdir(m.path)
     # FUSE sends RELEASE after close() returned: the delete follows within moments
-    wait_for(lambda: missing(s3, bucket, "f"), 5, "the object deleted after the last close")
+    wait_for(lambda: missing(s3, bucket, "f"), 5, "the object deleted after the last close", 0.05)
     assert errno_of(os.stat, m.p("f")) == errno.ENOENT and os.listdir(m.path) == []
 
 
@@ -405,7 +387,7 @@ def test_unlink_while_open_then_reuse_the_name(s3, bucket, mounter):
         os.mkdir(m.p("g"))
         assert stat.S_ISDIR(os.stat(m.p("g")).st_mode) and "g" in os.listdir(m.path)
         assert f.read() == b"old g"
-    wait_for(lambda: missing(s3, bucket, "g"), 5, "the old object g deleted after the last close")
+    wait_for(lambda: missing(s3, bucket, "g"), 5, "the old object g deleted after the last close", 0.05)
     assert "g/" in keys(s3, bucket)
     assert stat.S_ISDIR(os.stat(m.p("g")).st_mode) and "g" in os.listdir(m.path)
 
@@ -449,7 +431,7 @@ def test_rename_while_open_for_reading(s3, bucket, mounter):
         assert not missing(s3, bucket, "f"), "the old key stays while a descriptor reads it"
         f.seek(3 * MiB)
         assert f.read() == data[3 * MiB:], "reads on a renamed file keep working"
-    wait_for(lambda: keys(s3, bucket) == ["g"], 5, "the old key deleted after the last close")
+    wait_for(lambda: keys(s3, bucket) == ["g"], 5, "the old key deleted after the last close", 0.05)
     assert os.listdir(m.path) == ["g"] and errno_of(os.stat, m.p("f")) == errno.ENOENT
 
 

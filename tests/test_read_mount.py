@@ -13,13 +13,11 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from s3fuse.app import statusfile as status
-
-from .conftest import MOUNT_HELPER
+from .support.mounts import MOUNT_HELPER
+from .support.probes import daemon_stats, delta, put_many, requests, s3fs_meta
 
 N_MANY = 2300
 BIG = 24 << 20
@@ -29,53 +27,10 @@ MIB = 1 << 20
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def daemon_stats(m, after: float = None, timeout: float = 5.0) -> dict:
-    """The daemon's status JSON, taken after ``after`` (default: now).  The daemon rewrites
-    it every 0.5 s, so this waits up to ~0.6 s for a snapshot newer than the caller's
-    last action."""
-    after = time.time() if after is None else after
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = status.read(m.path)
-        if entry and entry.get("updated", 0) > after + 0.01:
-            return entry
-        time.sleep(0.05)
-    raise AssertionError(f"no fresh status for {m.path} within {timeout}s: {status.read(m.path)}")
-
-
-def requests(m) -> dict:
-    reqs = daemon_stats(m)["requests"]
-    return {op: reqs.get(op, 0) for op in ("list_objects_v2", "head_object", "get_object")} | reqs
-
-
-def delta(after: dict, before: dict) -> dict:
-    return {op: after.get(op, 0) - before.get(op, 0) for op in set(after) | set(before)}
-
-
-def put_many(s3, bucket, items, threads=16):
-    """items: [(key, body, metadata)] uploaded in parallel."""
-    def put(item):
-        key, body, meta = item
-        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta or {})
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(put, items))
-
-
 def expect_errno(code, fn, *args):
     with pytest.raises(OSError) as info:
         fn(*args)
     assert info.value.errno == code, f"{fn.__name__}{args}: {info.value!r}, wanted {errno.errorcode[code]}"
-
-
-def s3fs_meta(mode, uid=None, gid=None, mtime=None) -> dict:
-    meta = {"mode": str(mode)}
-    if uid is not None:
-        meta["uid"] = str(uid)
-    if gid is not None:
-        meta["gid"] = str(gid)
-    if mtime is not None:
-        meta["mtime"] = str(mtime)
-    return meta
 
 
 def many_name(i: int) -> str:

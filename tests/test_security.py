@@ -24,12 +24,9 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from .faultproxy import Mount, bucket_md5, finish_op, is_mounted, release, start_op, wait_for, wait_ready
-
-try:
-    from .conftest import MOUNT_HELPER
-except ImportError:      # pragma: no cover
-    MOUNT_HELPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mount.s3fuse")
+from .support.mounts import MOUNT_HELPER, Mount, is_mounted, unmount
+from .support.ops import finish_op, release, start_op, wait_ready
+from .support.probes import bucket_md5, wait_for
 
 NOBODY = 65534
 
@@ -186,7 +183,6 @@ def test_passwd_file_permissions_enforced(s3_server, bucket, tmp_path):
         assert is_mounted(str(mp))
         assert os.listdir(mp) == []
     finally:
-        from .faultproxy import unmount
         unmount(str(mp))
 
 
@@ -445,6 +441,5 @@ def test_cache_or_log_inside_the_mountpoint_refused(s3_server, bucket, tmp_path,
         assert proc.returncode != 0, "a mount whose staging/log area is inside itself was accepted"
         assert "inside the mountpoint" in proc.stderr and time.monotonic() - t0 < 15
     finally:
-        from .faultproxy import unmount
         unmount(str(mp))
     assert not is_mounted(str(mp))

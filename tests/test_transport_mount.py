@@ -3,7 +3,7 @@ like AWS - HTTPS on 443 with a throw-away CA, ``rgw_dns_name = s3.us-east-1.amaz
 with /etc/hosts names for the test buckets (restored afterwards), SSE-KMS through RGW's
 ``testing`` KMS backend - and real mounts of it: with no ``endpoint=`` at all (AWS
 defaults: HTTPS, virtual-hosted), through a forward proxy (Debian tinyproxy), with SSE-KMS,
-SSE-S3 and SSE-C, and behind ``tests/awsproxy.py`` where RGW is not AWS-like enough
+SSE-S3 and SSE-C, and behind ``tests/support/awsproxy.py`` where RGW is not AWS-like enough
 (non-MD5 part ETags of SSE-KMS uploads, a bucket in another region).
 """
 from __future__ import annotations
@@ -27,12 +27,12 @@ from botocore.config import Config
 
 from s3fuse.app import statusfile as status
 
-from .awsproxy import AwsLikeProxy
-from .conftest import MOUNT_HELPER, Mount, wanted_servers
-from .faultproxy import cleanup_dead_mount, journal_records, pid_alive, wait_for
-from .servers import rgw_missing_binaries
-from .servers.rgw import ACCESS_KEY, SECRET_KEY, RGWServer
-from .servers.tls import make_ca
+from .support.awsproxy import AwsLikeProxy
+from .support.mounts import MOUNT_HELPER, Mount, cleanup_dead_mount, wanted_servers
+from .support.probes import journal_records, pid_alive, wait_for
+from .support.servers import rgw_missing_binaries
+from .support.servers.rgw import ACCESS_KEY, RGWServer, SECRET_KEY
+from .support.servers.tls import make_ca
 
 MiB = 1 << 20
 AWS_HOST = "s3.us-east-1.amazonaws.com"

@@ -24,7 +24,7 @@ from s3fuse.write.openfile import OpenFile
 from s3fuse.write.ranges import RangeSet
 from s3fuse.write.uploader import Uploader
 
-from .fakes import FakeS3
+from .support.fakes import FakeS3
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -13,7 +13,7 @@ import pytest
 from s3fuse import errors
 from s3fuse.fs import handles
 
-from .fakes import FakeS3
+from .support.fakes import FakeS3
 
 
 def test_readdir_while_deferred_deletes_come_and_go(make_fs):

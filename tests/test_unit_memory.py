@@ -8,7 +8,7 @@ from s3fuse.data.blockcache import BlockCache
 from s3fuse.data.memory import BufferPool, MemoryBudget, Share, accounted_limit
 from s3fuse.data.reader import BlockFetcher, PinnedObject, Reader
 
-from .fakes import FakeS3
+from .support.fakes import FakeS3
 
 KIB = 1 << 10
 

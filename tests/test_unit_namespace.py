@@ -21,7 +21,7 @@ from s3fuse.s3.objects import ObjectInfo
 from s3fuse.s3.objects import MAX_PART as MAX_SINGLE_COPY
 from s3fuse.write.copy import COPY_PART, copy_object, copy_part_plan
 
-from .fakes import FakeS3
+from .support.fakes import FakeS3
 
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
 MIN_PART, MAX_PART, MAX_PARTS = 5 * MiB, 5 * GiB, 10_000

@@ -29,7 +29,7 @@ from s3fuse.meta.known import KnownMetadata
 from s3fuse.meta.namespace import Namespace
 from s3fuse.paths import KeyMapper, join, split, valid_name
 
-from .fakes import FakeS3 as FakeClient
+from .support.fakes import FakeS3 as FakeClient
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from s3fuse.write.parts import MAX_PART, MAX_PARTS, MIN_PART, PartPlan
 from s3fuse.write.ranges import RangeSet
 from s3fuse.write.uploader import Uploader
 
-from .fakes import FakeS3 as FakeWriteClient, md5
+from .support.fakes import FakeS3 as FakeWriteClient, md5
 
 MiB = 1 << 20
 TiB = 1 << 40

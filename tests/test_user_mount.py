@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from .conftest import REPO, is_mounted, unmount
+from .support.mounts import REPO, is_mounted, unmount
 
 pytestmark = pytest.mark.servers("moto")
 

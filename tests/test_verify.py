@@ -20,8 +20,8 @@ import pytest
 from s3fuse import errors
 from s3fuse.data.verify import WholeReadDigest
 
-from .fakes import FakeS3
-from .test_read_mount import daemon_stats
+from .support.fakes import FakeS3
+from .support.probes import daemon_stats
 
 MIB = 1 << 20
 

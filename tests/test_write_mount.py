@@ -8,21 +8,19 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
-import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from s3fuse.app import statusfile as status
-
-from .conftest import Mount, make_boto, unmount
-from .servers import MotoServer
+from .support.mounts import Mount, make_boto, unmount
+from .support.probes import (bucket_md5, daemon_stats, delta, journal_records, kill_daemon, md5, requests,
+                             server_parts, uploads_of, wait_for)
+from .support.servers import MotoServer
 
 MiB = 1 << 20
 P5 = ["part_size=5M"]          # multipart from 5 MiB, 5 MiB parts
@@ -31,10 +29,6 @@ P5 = ["part_size=5M"]          # multipart from 5 MiB, 5 MiB parts
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 def file_md5(path: str) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -64,16 +58,6 @@ def obj(s3, bucket, key):
     return r["Body"].read(), r["Metadata"], r["ETag"].strip('"')
 
 
-def obj_md5(s3, bucket, key):
-    """(md5 of the body, size, metadata) without holding the body in memory."""
-    r = s3.get_object(Bucket=bucket, Key=key)
-    h, n = hashlib.md5(), 0
-    for chunk in r["Body"].iter_chunks(8 * MiB):
-        h.update(chunk)
-        n += len(chunk)
-    return h.hexdigest(), n, r["Metadata"]
-
-
 def check(m, s3, bucket, name: str, expected: bytes, key=None, md5_header=True):
     """``name`` holds ``expected`` through the mount and in the bucket, with its MD5 header
     (``md5_header=False``: an edit in place, whose new version has none; None: either, but
@@ -89,80 +73,12 @@ def check(m, s3, bucket, name: str, expected: bytes, key=None, md5_header=True):
     return meta, etag
 
 
-def requests(m) -> dict:
-    """The daemon's request counts per S3 operation, from a status snapshot taken now."""
-    return dict(fresh_status(m, time.time())["requests"])
-
-
-def delta(after: dict, before: dict) -> dict:
-    return {op: after.get(op, 0) - before.get(op, 0) for op in
-            set(after) | set(before) | {"put_object", "upload_part", "create_multipart_upload",
-                                        "complete_multipart_upload", "copy_object"}}
-
-
-def journal_records(m) -> list:
-    out = []
-    for path in glob.glob(os.path.join(m.cache_dir, "journal", "*.json")):
-        try:
-            with open(path) as f:
-                out.append(json.load(f))
-        except (OSError, ValueError):
-            pass
-    return out
-
-
-def server_parts(s3, bucket, key) -> list:
-    """Part numbers the server holds for the (single) multipart upload of ``key``."""
-    uploads = [u for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) if u["Key"] == key]
-    if not uploads:
-        return []
-    parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=uploads[-1]["UploadId"]).get("Parts", [])
-    return [p["PartNumber"] for p in parts]
-
-
-def uploads_of(s3, bucket) -> list:
-    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-
-
-def wait_for(predicate, timeout: float, what: str, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def vm_hwm_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise AssertionError("no VmHWM")
-
-
-def kill_daemon(m) -> int:
-    pid = m.daemon_pid()
-    assert pid, "daemon not found"
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, "daemon death")
-    return pid
-
-
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def fresh_status(m, after: float, timeout=5.0) -> dict:
-    def get():
-        entry = status.read(m.path)
-        return entry if entry and entry.get("updated", 0) > after else None
-    return wait_for(get, timeout, "a fresh status snapshot", 0.05)
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,7 +116,7 @@ def test_cp_sizes(s3, bucket, mounter, tmp_path):
         with open(m.p(f"f{size}"), "rb") as f:
             assert f.read() == data, f"size {size}: read back through the mount"
     assert sorted(os.listdir(m.path)) == sorted(f"f{s}" for s in SIZES)
-    assert journal_records(m) == [] and uploads_of(s3, bucket) == []
+    assert journal_records(m.cache_dir) == [] and uploads_of(s3, bucket) == []
     assert os.listdir(os.path.join(m.cache_dir, "staging")) == [], "staging files removed after upload"
 
 
@@ -212,12 +128,12 @@ def test_small_file_closes_reuse_connections(s3, bucket, mounter):
     state per call), so every close paid a new TCP connection."""
     m = mounter(bucket)
     os.makedirs(m.p("small"))
-    before = fresh_status(m, time.time())
+    before = daemon_stats(m, time.time())
     files = {f"small/f{i:02d}": os.urandom(100 + i) for i in range(40)}
     for name, data in files.items():
         with open(m.p(name), "wb") as f:
             f.write(data)
-    after = fresh_status(m, time.time())
+    after = daemon_stats(m, time.time())
     for name, data in files.items():
         assert obj(s3, bucket, name)[0] == data
     sent = delta(after["requests"], before["requests"])
@@ -389,7 +305,7 @@ def _copy_big(s3, bucket, mounter, tmp_path, size):
     elapsed = time.monotonic() - t0
     peak = vm_hwm_kib(pid)
     src.unlink()
-    got, n, meta = obj_md5(s3, bucket, "big.bin")
+    got, n, meta = bucket_md5(s3, bucket, "big.bin")
     assert n == size and got == want and meta["s3fuse-md5"] == want
     print(f"\ncp of {size >> 20} MiB: {elapsed:.1f}s; daemon VmHWM {before // 1024} MiB at mount, "
           f"{peak // 1024} MiB peak")
@@ -425,7 +341,7 @@ def test_sigkill_after_close_resumes_without_resending_parts(s3, bucket, mounter
     cp = subprocess.Popen(["cp", str(src), m.p("crash.bin")], stderr=subprocess.PIPE)
     try:
         def closed_with_parts():
-            recs = [r for r in journal_records(m) if r["key"] == "crash.bin" and r["state"] == "closed"]
+            recs = [r for r in journal_records(m.cache_dir) if r["key"] == "crash.bin" and r["state"] == "closed"]
             if not recs:
                 return None
             parts = server_parts(s3, bucket, "crash.bin")
@@ -445,12 +361,12 @@ def test_sigkill_after_close_resumes_without_resending_parts(s3, bucket, mounter
     # remount: same cache dir, the journal is resumed in the background
     t1 = time.monotonic()
     m.mount()
-    wait_for(lambda: not journal_records(m), 180, "the resumed upload to finish")
+    wait_for(lambda: not journal_records(m.cache_dir), 180, "the resumed upload to finish")
     resumed = time.monotonic() - t1
-    got, n, meta = obj_md5(s3, bucket, "crash.bin")
+    got, n, meta = bucket_md5(s3, bucket, "crash.bin")
     assert n == CRASH_SIZE and got == want, "the object is byte-identical to the source"
     assert meta["s3fuse-md5"] == want
-    st = fresh_status(m, time.time())
+    st = daemon_stats(m, time.time())
     assert st["journal_pending"] == 0 and st["uploads"] == []
     assert st["parts_reused"] >= on_server >= len(parts), (
         f"{on_server} parts were on the server at kill time, {st['parts_reused']} reused")
@@ -490,7 +406,7 @@ def test_sigkill_before_close_keeps_old_object_and_recovers_staging(s3, bucket, 
     try:
         assert writer.stdout.readline().strip() == "written"
         wait_for(lambda: len(server_parts(s3, bucket, "doc.bin")) >= 2, 30, "streamed parts on the server")
-        [rec] = journal_records(m)
+        [rec] = journal_records(m.cache_dir)
         assert rec["state"] == "writing"
         kill_daemon(m)
     finally:
@@ -508,7 +424,7 @@ def test_sigkill_before_close_keeps_old_object_and_recovers_staging(s3, bucket, 
     assert len(recovered) == 1, os.listdir(os.path.join(m.cache_dir, "recovery"))
     assert open(recovered[0], "rb").read() == partial
     assert os.stat(recovered[0]).st_mode & 0o077 == 0, "recovered data stays private"
-    assert journal_records(m) == [] and not os.listdir(os.path.join(m.cache_dir, "staging"))
+    assert journal_records(m.cache_dir) == [] and not os.listdir(os.path.join(m.cache_dir, "staging"))
     assert "kept in" in m.log()
 
 
@@ -548,7 +464,7 @@ def test_server_down_during_upload_loses_nothing(tmp_path):
                     f.close()
                 except OSError:
                     pass
-        recs = journal_records(m)
+        recs = journal_records(m.cache_dir)
         assert [r["state"] for r in recs] == ["closed"] and recs[0]["size"] == len(data)
         with open(recs[0]["staging"], "rb") as st:
             assert st.read() == data, "the staging file still holds every byte"
@@ -567,7 +483,7 @@ def test_server_down_during_upload_loses_nothing(tmp_path):
         body, meta, _ = wait_for(uploaded, 75, "the retry loop to upload the file", 0.5)
         print(f"retry loop uploaded the file {time.monotonic() - t1:.1f}s after the server came back")
         assert body == data and meta["s3fuse-md5"] == md5(data)
-        wait_for(lambda: not journal_records(m), 10, "the journal record to go")
+        wait_for(lambda: not journal_records(m.cache_dir), 10, "the journal record to go")
         assert open(m.p("f.bin"), "rb").read() == data
     finally:
         if m is not None:
@@ -596,7 +512,7 @@ def test_failed_upload_never_overwrites_a_later_write(tmp_path):
         assert info.value.errno == errno.EIO
         wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
                  "the release-time attempt to give up")
-        assert [r["state"] for r in journal_records(m)] == ["closed"]
+        assert [r["state"] for r in journal_records(m.cache_dir)] == ["closed"]
         server.start()
         s3.create_bucket(Bucket="stale")
         # Until the kernel's entry timeout (attr_ttl) it still believes doc.txt exists and sends
@@ -609,7 +525,7 @@ def test_failed_upload_never_overwrites_a_later_write(tmp_path):
         assert obj(s3, "stale", "doc.txt")[0] == v2
         m.unmount()
         m.mount()                       # resumes whatever the journal still holds
-        wait_for(lambda: not journal_records(m), 30, "the journal to be empty")
+        wait_for(lambda: not journal_records(m.cache_dir), 30, "the journal to be empty")
         time.sleep(1)
         assert obj(s3, "stale", "doc.txt")[0] == v2, "a stale pending upload overwrote a later write"
         assert open(m.p("doc.txt"), "rb").read() == v2
@@ -686,7 +602,7 @@ def test_enospc_in_staging(s3, bucket, mounter, tmp_path, tmpfs_cache):
         assert obj(s3, bucket, "keep.bin")[0] == old
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
         assert keys == ["keep.bin"], f"no partial object may appear: {keys}"
-        assert journal_records(m) == []
+        assert journal_records(m.cache_dir) == []
         # the staging space is given back: the mount still works
         wait_for(lambda: not os.listdir(os.path.join(m.cache_dir, "staging")), 10, "staging files removed")
         with open(m.p("after.txt"), "wb") as f:

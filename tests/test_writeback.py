@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from .faultproxy import FaultProxy, ProxiedServer, bucket_keys, cleanup_dead_mount, pid_alive, wait_for
-from .conftest import Mount
+from .support.faultproxy import FaultProxy, ProxiedServer
+from .support.mounts import Mount, cleanup_dead_mount
+from .support.probes import bucket_keys, pid_alive, wait_for
 
 pytestmark = pytest.mark.servers("moto")     # the queue's logic, not the server, is under test
 

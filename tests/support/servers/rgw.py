@@ -1,6 +1,6 @@
-"""Start/stop the single-node Ceph RGW of tests/servers/rgw.sh from Python.
+"""Start/stop the single-node Ceph RGW of tests/support/servers/rgw.sh from Python.
 
-Stdlib only (importable as ``tests.servers.rgw`` or, with tests/servers on
+Stdlib only (importable as ``tests.support.servers.rgw`` or, with tests/support/servers on
 sys.path, as ``rgw``). Two levels:
 
 - ``RGWServer``: the test-server object (same interface as ``MotoServer``:
@@ -12,7 +12,7 @@ sys.path, as ``rgw``). Two levels:
 
 The shell script takes the run directory from S3FUSE_RGW_DIR (default
 /tmp/s3fuse-rgw); pass run_dir= to use another one. Packages must be
-installed first: tests/servers/install-rgw.sh (or install=True here).
+installed first: tests/support/servers/install-rgw.sh (or install=True here).
 """
 
 import atexit

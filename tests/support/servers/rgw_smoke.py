@@ -2,9 +2,9 @@
 """Smoke test of the S3 calls s3fuse relies on, against a running S3 server.
 
 Usage:
-    eval "$(tests/servers/rgw.sh start)"
-    python3 tests/servers/rgw_smoke.py            # basic calls
-    python3 tests/servers/rgw_smoke.py --big      # + 256 MiB object and 5,000 small ones
+    eval "$(tests/support/servers/rgw.sh start)"
+    python3 tests/support/servers/rgw_smoke.py            # basic calls
+    python3 tests/support/servers/rgw_smoke.py --big      # + 256 MiB object and 5,000 small ones
 
 Reads S3FUSE_TEST_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
 Needs boto3. Exits non-zero on the first failing check.

@@ -1,6 +1,6 @@
-"""A small threaded TCP proxy that injects network faults between s3fuse and an S3 server,
-plus the helpers the fault, crash, concurrency and security tests share (filesystem
-operations run in a subprocess with a deadline, polling, MD5s, dead-mount cleanup).
+"""A small threaded TCP proxy that injects network faults between s3fuse and an S3 server
+(the helpers the fault, crash, concurrency and security tests share are in probes.py,
+ops.py and mounts.py).
 
 ``FaultProxy(upstream_endpoint)`` listens on 127.0.0.1 (loopback only, and only towards a
 loopback upstream) and is controlled at run time with ``set(mode, arg, count)``:
@@ -26,16 +26,10 @@ stops by itself after ``lifetime`` seconds; ``close()`` (fixture teardown) stops
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import ipaddress
-import json
-import os
 import select
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -262,7 +256,7 @@ class FaultProxy:
 
 
 class ProxiedServer:
-    """A server-like object (endpoint, keys, env()) for ``conftest.Mount`` that sends
+    """A server-like object (endpoint, keys, env()) for ``mounts.Mount`` that sends
     s3fuse through ``proxy`` to ``server``."""
 
     def __init__(self, server, proxy: FaultProxy):
@@ -273,254 +267,3 @@ class ProxiedServer:
 
     def env(self) -> dict:
         return self.server.env()
-
-
-# ---------------------------------------------------------------------------------------
-# helpers shared by the robustness tests
-# ---------------------------------------------------------------------------------------
-MiB = 1 << 20
-
-try:                                   # conftest is being reorganised: fall back if it moves
-    from .conftest import Mount, is_mounted, make_boto, unmount   # noqa: F401
-except ImportError:                    # pragma: no cover
-    from tests.conftest import Mount, is_mounted, make_boto, unmount   # type: ignore  # noqa: F401
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def bucket_md5(s3, bucket: str, key: str) -> Optional[tuple]:
-    """(md5, size, metadata) of the object as the bucket has it now, or None if absent."""
-    try:
-        r = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
-        return None
-    h, n = hashlib.md5(), 0
-    for chunk in r["Body"].iter_chunks(8 * MiB):
-        h.update(chunk)
-        n += len(chunk)
-    return h.hexdigest(), n, r["Metadata"]
-
-
-def bucket_keys(s3, bucket: str, prefix: str = "") -> list:
-    keys, token = [], None
-    while True:
-        kw = dict(Bucket=bucket, Prefix=prefix)
-        if token:
-            kw["ContinuationToken"] = token
-        r = s3.list_objects_v2(**kw)
-        keys += [o["Key"] for o in r.get("Contents", [])]
-        if not r.get("IsTruncated"):
-            return keys
-        token = r["NextContinuationToken"]
-
-
-def journal_records(cache_dir: str) -> list:
-    out = []
-    jdir = os.path.join(cache_dir, "journal")
-    for name in (os.listdir(jdir) if os.path.isdir(jdir) else []):
-        if name.endswith(".json"):
-            try:
-                with open(os.path.join(jdir, name)) as f:
-                    out.append(json.load(f))
-            except (OSError, ValueError):
-                pass
-    return out
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def cleanup_dead_mount(path: str, timeout: float = 20.0):
-    """A mount whose daemon died: fusermount3 -u, then umount -l if still there."""
-    for cmd in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
-        if not is_mounted(path):
-            break
-        try:
-            subprocess.run(cmd, capture_output=True, timeout=timeout)
-        except (FileNotFoundError, subprocess.TimeoutExpired):
-            continue
-    if is_mounted(path):
-        subprocess.run(["umount", "-l", path], capture_output=True, timeout=timeout)
-    wait_for(lambda: not is_mounted(path), timeout, f"{path} to be unmounted")
-
-
-# Filesystem operations run in a child process: a hung FUSE request then costs a kill,
-# never a hung test.  The child runs ``code`` with ``args`` (a list) in scope and prints
-# one JSON line: {"ok": true, "result": ...} or {"ok": false, "errno": N, "error": "..."}.
-_PRELUDE = r"""
-import errno, hashlib, json, os, sys, time
-args = json.loads(sys.argv[1])
-def md5(b): return hashlib.md5(b).hexdigest()
-def hold():
-    print("ready", flush=True)
-    sys.stdin.readline()
-def read_all(p):
-    with open(p, "rb") as f:
-        return f.read()
-def write_all(p, data, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC):
-    fd = os.open(p, flags, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[:1 << 20]):]
-    finally:
-        os.close(fd)
-t0 = time.monotonic()
-try:
-    result = None
-"""
-_EPILOGUE = r"""
-    out = {"ok": True, "result": result}
-except OSError as exc:
-    out = {"ok": False, "errno": exc.errno, "error": repr(exc)}
-out["elapsed"] = time.monotonic() - t0
-print(json.dumps(out), flush=True)
-"""
-
-
-class OpHung(AssertionError):
-    pass
-
-
-def _script(code: str) -> str:
-    body = "\n".join("    " + line for line in code.strip("\n").splitlines())
-    return _PRELUDE + body + "\n" + _EPILOGUE
-
-
-def start_op(code: str, args=(), env=None, hold: bool = False) -> subprocess.Popen:
-    """Start ``code`` (which sets ``result``) in a child; see ``finish_op``.  With ``hold``
-    the code may call ``hold()``: it prints "ready" and waits for ``release(proc)``."""
-    return subprocess.Popen([sys.executable, "-c", _script(code), json.dumps(list(args))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.PIPE if hold else subprocess.DEVNULL)
-
-
-def wait_ready(proc: subprocess.Popen, timeout: float, what: str = "operation"):
-    """Wait until a held child printed "ready" (it reached ``hold()``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            line = proc.stdout.readline()
-            if line.strip() == "ready":
-                return
-            if not line:
-                break
-            if line.startswith("{"):
-                raise AssertionError(f"{what} ended before it was ready: {line}")
-    proc.kill()
-    proc.communicate(timeout=10)
-    raise OpHung(f"{what} not ready within {timeout}s")
-
-
-def release(proc: subprocess.Popen):
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-
-
-def finish_op(proc: subprocess.Popen, timeout: float, what: str = "operation") -> dict:
-    """Wait at most ``timeout`` s; a child still running is killed and OpHung raised."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        raise OpHung(f"{what} did not finish within {timeout}s (hung mount?)") from None
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise AssertionError(f"{what}: child failed (rc {proc.returncode}): {err[-2000:]}")
-    return json.loads(lines[-1])
-
-
-def run_op(code: str, args=(), timeout: float = 60.0, what: str = "operation") -> dict:
-    return finish_op(start_op(code, args), timeout, what)
-
-
-def errname(code) -> str:
-    return errno.errorcode.get(code, str(code)) if code is not None else "ok"
-
-
-class OpServer:
-    """A child process that runs filesystem calls for the test, one JSON request per line,
-    so a hung FUSE request costs a kill instead of a hung test (cheaper than a child per
-    call).  ``source`` defines functions ``op_NAME(*args)``; ``call(name, *args)`` returns
-    ``(None, result)`` or ``(errno, None)``."""
-
-    _LOOP = r"""
-import json, sys
-for line in sys.stdin:
-    req = json.loads(line)
-    try:
-        out = {"ok": True, "result": globals()["op_" + req["op"]](*req["args"])}
-    except OSError as exc:
-        out = {"ok": False, "errno": exc.errno}
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-"""
-
-    def __init__(self, source: str, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-c", source + "\n" + self._LOOP], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.calls = 0
-        self.busy = 0.0           # seconds spent waiting for answers
-
-    def call(self, op: str, *args, timeout: float = 60.0):
-        self.calls += 1
-        t0 = time.monotonic()
-        try:
-            return self._call(op, args, timeout)
-        finally:
-            self.busy += time.monotonic() - t0
-
-    def _call(self, op: str, args, timeout: float):
-        self.proc.stdin.write(json.dumps({"op": op, "args": list(args)}) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            self.close()
-            raise OpHung(f"{op}{tuple(args)!r} did not answer within {timeout}s (hung mount?)"
-                         if not ready else f"{op}{tuple(args)!r}: the op server died")
-        out = json.loads(line)
-        return (None, out["result"]) if out["ok"] else (out["errno"], None)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            self.proc.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            pass
-
-
-def report(config, line: str):
-    """Print a figures line in the test report (visible without -s)."""
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    if tr is None or capman is None:      # pragma: no cover
-        print(line)
-        return
-    with capman.global_and_fixture_disabled():     # past pytest's output capture
-        tr.write_line("")
-        tr.write_line(line)

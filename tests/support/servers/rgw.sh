@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Single-node Ceph RGW (S3 server) on loopback, for s3fuse tests and benchmarks.
 #
-#   tests/servers/rgw.sh start [PORT]   # fresh cluster, prints `export ...` lines on stdout
-#   tests/servers/rgw.sh stop           # kill daemons, remove the run dir
-#   tests/servers/rgw.sh status         # exit 0 if running and S3 answers, 1 otherwise
-#   tests/servers/rgw.sh env            # print the `export ...` lines of a running cluster
+#   tests/support/servers/rgw.sh start [PORT]   # fresh cluster, prints `export ...` lines on stdout
+#   tests/support/servers/rgw.sh stop           # kill daemons, remove the run dir
+#   tests/support/servers/rgw.sh status         # exit 0 if running and S3 answers, 1 otherwise
+#   tests/support/servers/rgw.sh env            # print the `export ...` lines of a running cluster
 #
-# Typical use:  eval "$(tests/servers/rgw.sh start)"
+# Typical use:  eval "$(tests/support/servers/rgw.sh start)"
 #
 # One mon, one OSD on memstore (RAM), no cephx, pool size 1, radosgw (beast)
 # on 127.0.0.1:PORT. Everything (conf, keyrings, data, logs, pids, sockets)
