@@ -262,11 +262,13 @@ def crash_loop(s3, bucket, mounter, tmp_path, seed: int, nfiles: int, kills: int
     m.unmount()
 
 
+@pytest.mark.long(35)
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_crash_loop(s3, bucket, mounter, tmp_path, seed):
     crash_loop(s3, bucket, mounter, tmp_path, seed, FILES, KILLS)
 
 
+@pytest.mark.long(20)
 @pytest.mark.parametrize("seed", range(200, 200 + max(1, SEEDS // 2)))
 def test_crash_loop_writeback(s3, bucket, mounter, tmp_path, seed):
     """-o writeback: close() returns before the upload; every file whose close returned

@@ -155,7 +155,15 @@ def _summary(r: dict) -> str:
 WRITES = {"write-fresh": "w/fresh.bin", "write-held-small": "w/held-small.bin", "write-held-big": "w/held-big.bin"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=SLOW_MARKS if v[4] else ()) for n, v in FAULTS.items()])
+# the faults whose operations wait out request_timeout and the retries (~30 s each)
+LONG = {"reset", "blackhole-small", "truncate-100"}
+
+
+def _marks(name):
+    return SLOW_MARKS if FAULTS[name][4] else [pytest.mark.long(33)] if name in LONG else ()
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in FAULTS])
 def test_operations_under_fault(s3, bucket, proxied, tmp_path, name):
     mode, arg, count, must_succeed, _ = FAULTS[name]
     writes = {k: v for k, v in WRITES.items() if not (name == "blackhole-small" and k == "write-held-big")}

@@ -65,6 +65,7 @@ def lines_with(log: str, *words) -> list:
     return [ln for ln in log.splitlines() if all(w in ln for w in words)]
 
 
+@pytest.mark.long(30)
 def test_failed_upload_then_resumed_in_the_background(s3, bucket, proxied, tmp_path):
     """The endpoint resets every connection while a file is closed: the retry is logged,
     close() fails with EIO in one line naming the path, PutObject, the status, EIO and

@@ -11,6 +11,8 @@ import os
 import time
 import uuid
 
+import pytest
+
 from s3fuse.app import statusfile as status
 
 MIB = 1 << 20
@@ -58,6 +60,7 @@ def memory_status(m) -> dict:
     raise AssertionError("no memory in the status file")
 
 
+@pytest.mark.long(17)
 def test_large_read_and_write_stay_within_max_memory(s3, bucket, mounter, tmp_path):
     local = str(tmp_path / "big.bin")
     digest = make_local(local, SIZE)

@@ -330,6 +330,7 @@ def sync_mount(path: str):
         os.close(fd)
 
 
+@pytest.mark.long(20)
 @pytest.mark.parametrize("options,examples", [((), EXAMPLES), (("attr_ttl=0", "dir_ttl=0"), max(1, EXAMPLES // 2)),
                                               (("writeback",), max(1, EXAMPLES // 2))],
                          ids=["cached", "uncached", "writeback"])

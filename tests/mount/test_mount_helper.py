@@ -18,6 +18,8 @@ from s3fuse.app import statusfile as status
 from ..support.mounts import REPO, is_mounted, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
+# one worker: mount_helpers may write HELPERS for the module, and removes what it wrote
+pytestmark = pytest.mark.xdist_group("mount-helper")
 
 
 @pytest.fixture(scope="module")

@@ -238,6 +238,7 @@ def test_rsync_twice_transfers_nothing(s3, bucket, mounter, tmp_path):
     assert out == "", f"rsync after a fresh remount wanted to change:\n{out}"
 
 
+@pytest.mark.long(25)
 def test_mv_directory_of_1000_files(s3, bucket, mounter):
     names = [f"big/f{i:04d}" for i in range(1000)]
     with ThreadPoolExecutor(32) as pool:

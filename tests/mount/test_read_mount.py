@@ -82,6 +82,7 @@ def ls_ln(path) -> dict:
 # ---------------------------------------------------------------------------------------
 # big listings
 # ---------------------------------------------------------------------------------------
+@pytest.mark.server_group("many-objects")
 def test_listing_2300_objects_three_pages_meta_list(many_bucket, mounter):
     m = mounter(many_bucket, options=["meta=list", "uid=3001", "gid=3002"])
     assert stat.S_ISDIR(os.stat(m.p("many")).st_mode)
@@ -104,6 +105,7 @@ def test_listing_2300_objects_three_pages_meta_list(many_bucket, mounter):
     assert delta(after_ls, after) == {op: 0 for op in after_ls}, "ls -l after a listing costs no request"
 
 
+@pytest.mark.server_group("many-objects")
 def test_listing_2300_objects_meta_exact(many_bucket, mounter):
     m = mounter(many_bucket, name="exact")
     os.stat(m.p("many"))
@@ -271,6 +273,7 @@ def test_keys_that_cannot_be_paths_are_skipped(s3, bucket, mounter):
 # ---------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------
+@pytest.mark.server_group("big-object")
 def test_big_object_random_reads(big_object, mounter):
     name, data = big_object
     m = mounter(name, name="rand")
@@ -300,6 +303,7 @@ def test_big_object_random_reads(big_object, mounter):
     assert s["requests"]["get_object"] <= 2 * blocks
 
 
+@pytest.mark.server_group("big-object")
 def test_big_object_sequential_read(big_object, mounter):
     name, data = big_object
     m = mounter(name, name="seq")

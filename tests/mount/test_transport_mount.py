@@ -38,8 +38,10 @@ MiB = 1 << 20
 AWS_HOST = "s3.us-east-1.amazonaws.com"
 KMS_KEY = base64.b64encode(b"k" * 32).decode()
 
-pytestmark = pytest.mark.skipif("rgw" not in wanted_servers() or bool(rgw_missing_binaries()),
-                                reason="needs the Ceph RGW of the rgw test server")
+pytestmark = [pytest.mark.skipif("rgw" not in wanted_servers() or bool(rgw_missing_binaries()),
+                                 reason="needs the Ceph RGW of the rgw test server"),
+              # one worker: the module's RGW takes port 443 and adds names to /etc/hosts
+              pytest.mark.xdist_group("aws-like")]
 
 
 def port_free(port: int) -> bool:
@@ -52,22 +54,28 @@ def port_free(port: int) -> bool:
 
 
 class Hosts:
-    """Names for 127.0.0.1 in /etc/hosts, the file restored byte for byte at the end."""
+    """Names for 127.0.0.1 in /etc/hosts, the file restored byte for byte at the end.
+    Rewritten in place without truncating it first (it may be a bind mount, so no
+    rename): a resolver of another test process reading it meanwhile always finds the
+    original lines."""
 
     def __init__(self):
         with open("/etc/hosts", "rb") as f:
             self.original = f.read()
         self.names: list = []
 
+    def _write(self, data: bytes):
+        with open("/etc/hosts", "r+b") as f:
+            f.write(data)
+            f.truncate()
+
     def add(self, *names):
         self.names.extend(names)
-        with open("/etc/hosts", "wb") as f:
-            f.write(self.original + (b"" if self.original.endswith(b"\n") else b"\n")
+        self._write(self.original + (b"" if self.original.endswith(b"\n") else b"\n")
                     + f"127.0.0.1 {' '.join(self.names)}  # s3fuse tests\n".encode())
 
     def restore(self):
-        with open("/etc/hosts", "wb") as f:
-            f.write(self.original)
+        self._write(self.original)
 
 
 class AwsLike:
@@ -195,6 +203,7 @@ def no_fallback(m):
 # ---------------------------------------------------------------------------------------
 # AWS defaults: no endpoint=, HTTPS, virtual-hosted, AWS_CA_BUNDLE
 # ---------------------------------------------------------------------------------------
+@pytest.mark.long(35)
 def test_default_aws_endpoint_is_https_virtual_hosted(aws, mount_aws):
     if aws.ssl_port != 443:
         pytest.skip("port 443 is taken: the AWS endpoint cannot be stood in for")

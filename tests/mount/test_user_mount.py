@@ -15,7 +15,8 @@ import pytest
 
 from ..support.mounts import REPO, is_mounted, unmount
 
-pytestmark = pytest.mark.servers("moto")
+# one worker: one test user and one venv for it (created by the module's first test)
+pytestmark = [pytest.mark.servers("moto"), pytest.mark.xdist_group("user-mount")]
 
 USER = "s3fuse-tester"
 VENV = "/opt/s3fuse-user-venv"

@@ -312,6 +312,7 @@ def _copy_big(s3, bucket, mounter, tmp_path, size):
     assert peak < 200_000, f"daemon peak RSS {peak} kB for a {size >> 20} MiB copy"
 
 
+@pytest.mark.long(18)
 def test_memory_copy_256m(s3, bucket, mounter, tmp_path):
     _copy_big(s3, bucket, mounter, tmp_path, 256 * MiB)
 
@@ -431,6 +432,7 @@ def test_sigkill_before_close_keeps_old_object_and_recovers_staging(s3, bucket, 
 # ---------------------------------------------------------------------------------------
 # the server goes away during an upload
 # ---------------------------------------------------------------------------------------
+@pytest.mark.long(35)
 def test_server_down_during_upload_loses_nothing(tmp_path):
     """A dedicated moto server is stopped while a file is being written (two parts already
     streamed).  close() must report the failure (EIO) - never a silent success - and the

@@ -104,6 +104,7 @@ def test_fsync_waits_for_that_files_upload(s3, bucket, wb, proxy):
         assert body(s3, bucket, "durable") == b"must be in S3 when fsync returns"
 
 
+@pytest.mark.long(22)
 def test_sigkill_after_close_loses_nothing(s3_server, s3, bucket, wb, proxy, tmp_path):
     m = wb()
     proxy.set("blackhole")                        # no upload can finish
