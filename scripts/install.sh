@@ -35,9 +35,9 @@ if [ -n "$missing" ]; then
   apt-get install -y -q --no-install-recommends $missing
 fi
 # The real-server test tier: a single-node Ceph RGW (radosgw, ceph-mon, ceph-osd).
-[ $want_test = 1 ] && bash tests/servers/install-rgw.sh
+[ $want_test = 1 ] && bash tests/support/servers/install-rgw.sh
 # Other writers of a bucket for the interop tests (the aws CLI, in a venv of its own).
-[ $want_test = 1 ] && bash tests/servers/install-tools.sh
+[ $want_test = 1 ] && bash tests/support/servers/install-tools.sh
 extras=""
 [ $want_demo = 1 ] && extras="demo"
 [ $want_test = 1 ] && extras="${extras:+$extras,}test"

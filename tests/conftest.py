@@ -2,49 +2,44 @@
 
 Every test that uses ``s3_server`` (directly or through ``s3``, ``bucket``, ``mounter``)
 runs once per server named in ``S3FUSE_TEST_SERVERS`` (default ``moto,rgw``): test ids
-end in ``[moto]`` / ``[rgw]``, and pytest runs all of one server's tests before starting
-the next, so one server process lives at a time.  ``@pytest.mark.servers("moto")`` pins a
-test (or a module, with ``pytestmark``) to the servers named.
+end in ``[moto]`` / ``[rgw]``.  ``@pytest.mark.servers("moto")`` pins a test (or a
+module, with ``pytestmark``) to the servers named.  A server starts when the first test
+of its kind needs it and lives until the session ends (``ServerPool``): a session - or
+each pytest-xdist worker - has at most one of each kind, however its tests alternate.
 
-RGW needs the Ceph packages (tests/servers/install-rgw.sh, also run by
+Parallel runs (pytest-xdist, ``-n N --dist loadgroup``, as scripts/test.sh does): every
+worker has its own servers, mounts and tmp_path; tests that share something global
+carry ``pytest.mark.xdist_group`` (one worker runs the whole group), and tests marked
+``long`` are handed out first so that none of them ends the run alone.
+
+RGW needs the Ceph packages (tests/support/servers/install-rgw.sh, also run by
 ``scripts/install.sh --test``).  Without them the ``[rgw]`` tests are skipped with the
 reason - except in CI (``CI=true``), where a missing RGW is a usage error.
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from .servers import KINDS, make_server, rgw_missing_binaries
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MOUNT_HELPER = os.path.join(REPO, "mount.s3fuse")
-
-
-def wanted_servers() -> list:
-    kinds = [k.strip() for k in os.environ.get("S3FUSE_TEST_SERVERS", "moto,rgw").split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise pytest.UsageError(f"S3FUSE_TEST_SERVERS={os.environ.get('S3FUSE_TEST_SERVERS')!r}: "
-                                f"expected a comma-separated list of {', '.join(KINDS)}")
-    return kinds
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+from .support.mounts import Mount, in_ci, make_boto, wanted_servers
+from .support.report import collected_figures, figures_file
+from .support.servers import make_server, rgw_missing_binaries
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "servers(*kinds): run only on these S3 test servers "
                                        "(moto, rgw); default: every server of S3FUSE_TEST_SERVERS")
+    config.addinivalue_line("markers", "long(seconds): takes 15 s or more (mostly waiting): run first, "
+                                       "longest first")
+    config.addinivalue_line("markers", "server_group(name): under xdist, the tests of this name run on "
+                                       "one worker per server (they share a costly module fixture)")
+    config.pluginmanager.register(_Order(), "s3fuse-test-order")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs the tests of a group on "
+                                       "one worker (they share something global: /etc/hosts, a user)")
     kinds = wanted_servers()
     if "rgw" in kinds and in_ci():
         missing = rgw_missing_binaries()
@@ -69,46 +64,107 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("s3_server", kinds, indirect=True, scope="session", ids=kinds)
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """After pytest's own fixture-scope ordering: all tests of one server, then the next
-    (a stable sort, so the order within a server and of server-less tests is kept).
-    pytest's greedy ordering alone may switch servers back and forth, and each switch
-    restarts the server."""
-    kinds = wanted_servers()
+    """``server_group(name)`` -> ``xdist_group(name-KIND)``: the tests of one name and
+    server share a module fixture that is costly to build, one worker builds it.  (First:
+    xdist reads the groups in its own hook.)"""
+    for item in items:
+        marker = item.get_closest_marker("server_group")
+        if marker is not None:
+            callspec = getattr(item, "callspec", None)
+            kind = callspec.params.get("s3_server", "none") if callspec is not None else "none"
+            item.add_marker(pytest.mark.xdist_group(f"{marker.args[0]}-{kind}"))
 
-    def rank(item):
-        callspec = getattr(item, "callspec", None)
-        kind = callspec.params.get("s3_server") if callspec is not None else None
-        return kinds.index(kind) if kind in kinds else 0
-    items.sort(key=rank)
+
+class _Order:
+    """The order tests are run (serially) or handed out (xdist), registered as a plugin
+    (a conftest has one function per hook)."""
+
+    @staticmethod
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(config, items):
+        """After pytest's own fixture-scope ordering (a stable sort, so the order within
+        each rank is kept): the tests marked ``long(seconds)`` first, longest first, then
+        the others, by server.  Under xdist the controller hands tests out in this order
+        (the ``xdist_group`` groups before all), so the long ones start at once instead
+        of ending the run alone; serially, a server kind's tests stay together."""
+        kinds = wanted_servers()
+
+        def rank(item):
+            long = item.get_closest_marker("long")
+            if long is not None:
+                return (0, -(long.args[0] if long.args else 15), 0)
+            callspec = getattr(item, "callspec", None)
+            kind = callspec.params.get("s3_server") if callspec is not None else None
+            return (1, 0, kinds.index(kind) if kind in kinds else 0)
+        items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist (controller): each worker appends its figures lines to one file."""
+    node.workerinput["s3fuse_figures"] = figures_file(node.config)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The figures lines that xdist workers wrote (a worker's own output is not shown)."""
+    lines = collected_figures(config)
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+class ServerPool:
+    """The S3 servers of this session (or xdist worker), started on first use, stopped at
+    the end of the session.  A start that failed fails every later test of that kind at
+    once (as a failed session fixture would), without another try."""
+
+    def __init__(self):
+        self.servers: dict = {}
+        self.failed: dict = {}
+
+    def get(self, kind: str):
+        if kind in self.failed:
+            raise self.failed[kind]
+        if kind not in self.servers:
+            t0 = time.monotonic()
+            try:
+                self.servers[kind] = make_server(kind).start()
+            except Exception as exc:
+                self.failed[kind] = exc
+                raise
+            sys.stderr.write(f"\n[{kind} server at {self.servers[kind].endpoint}, started in "
+                             f"{time.monotonic() - t0:.1f} s]\n")
+        return self.servers[kind]
+
+    def stop(self):
+        for server in self.servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def s3_server(request):
-    """The S3 server of this test's parameter (``moto`` or ``rgw``), one per session."""
+def server_pool():
+    pool = ServerPool()
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(request, server_pool):
+    """The S3 server of this test's parameter (``moto`` or ``rgw``), one per session.
+    pytest tears this fixture down whenever the parameter changes from one test to the
+    next; the server itself lives on in ``server_pool``."""
     kind = request.param
     if kind == "rgw":
         missing = rgw_missing_binaries()
         if missing:      # in CI this was already a usage error (pytest_configure)
             pytest.skip(f"Ceph RGW not installed (missing {' '.join(missing)}): run "
-                        f"tests/servers/install-rgw.sh, or S3FUSE_TEST_SERVERS=moto")
-    t0 = time.monotonic()
-    server = make_server(kind).start()
-    sys.stderr.write(f"\n[{kind} server at {server.endpoint}, started in {time.monotonic() - t0:.1f} s]\n")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def make_boto(server):
-    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
-                        config=Config(s3={"addressing_style": "path"},
-                                      request_checksum_calculation="when_required",
-                                      response_checksum_validation="when_required",
-                                      max_pool_connections=32))
+                        f"tests/support/servers/install-rgw.sh, or S3FUSE_TEST_SERVERS=moto")
+    return server_pool.get(kind)
 
 
 @pytest.fixture(scope="session")
@@ -121,72 +177,6 @@ def bucket(s3):
     name = "t-" + uuid.uuid4().hex[:12]
     s3.create_bucket(Bucket=name)
     return name
-
-
-def is_mounted(path: str) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path for line in f)
-
-
-def unmount(path: str, timeout: float = 30.0):
-    if not is_mounted(path):
-        return
-    for cmd in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
-        try:
-            if subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0:
-                break
-        except (FileNotFoundError, subprocess.TimeoutExpired):
-            continue
-    deadline = time.monotonic() + timeout
-    while is_mounted(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if is_mounted(path):
-        subprocess.run(["umount", "-l", path], capture_output=True)
-
-
-class Mount:
-    def __init__(self, server, bucket, root, prefix="", options=(), name="mnt"):
-        self.server, self.bucket, self.prefix = server, bucket, prefix
-        self.path = os.path.join(root, name)
-        self.cache_dir = os.path.join(root, name + "-cache")
-        self.log_file = os.path.join(root, name + ".log")
-        self.options = list(options)
-        os.makedirs(self.path, exist_ok=True)
-
-    def env(self):
-        env = dict(os.environ)
-        env.update(self.server.env())
-        return env
-
-    def args(self):
-        opts = [f"endpoint={self.server.endpoint}", f"log_file={self.log_file}", "log_level=info"] + \
-            ([f"cache_dir={self.cache_dir}"] if self.cache_dir else []) + self.options
-        source = self.bucket + (f":/{self.prefix}" if self.prefix else "")
-        return [sys.executable, MOUNT_HELPER, source, self.path, "-o", ",".join(opts)]
-
-    def mount(self):
-        proc = subprocess.run(self.args(), env=self.env(), capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, f"mount failed: {proc.stderr}"
-        assert is_mounted(self.path)
-        return self
-
-    def unmount(self):
-        unmount(self.path)
-
-    def log(self) -> str:
-        try:
-            with open(self.log_file, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def daemon_pid(self):
-        out = subprocess.run(["pgrep", "-f", f"mount.s3fuse .* {self.path} "], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        return pids[0] if pids else None
-
-    def p(self, *parts) -> str:
-        return os.path.join(self.path, *parts)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Mounts for pjdfstest runs: the test suite's own S3 servers and s3fuse mount
-(tests/servers, tests/conftest.py), and s3fs-fuse with the options of bench/bench.py."""
+(tests/support/servers, tests/support/mounts.py), and s3fs-fuse with the options of bench/bench.py."""
 from __future__ import annotations
 
 import contextlib
@@ -15,17 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _test_helpers():
-    """The servers and mount helpers of the test suite (tests/servers, tests/conftest.py)."""
+    """The servers and mount helpers of the test suite (tests/support/servers, tests/support/mounts.py)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests import conftest
-    from tests.servers import make_server
-    return conftest, make_server
+    from tests.support import mounts
+    from tests.support.servers import make_server
+    return mounts, make_server
 
 
 class S3fsMount:
     """s3fs-fuse on the same server, with the options of bench/bench.py (S3fsFs), plus
-    allow_other (pjdfstest switches to other uids). Same interface as conftest.Mount."""
+    allow_other (pjdfstest switches to other uids). Same interface as mounts.Mount."""
 
     def __init__(self, server, bucket, root, options=(), name="s3fs"):
         self.server, self.bucket = server, bucket
@@ -38,7 +38,7 @@ class S3fsMount:
         os.makedirs(self.cache_dir, exist_ok=True)
 
     def mount(self):
-        conftest, _ = _test_helpers()
+        mounts, _ = _test_helpers()
         fd = os.open(self.passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{self.server.access_key}:{self.server.secret_key}\n")
@@ -48,15 +48,15 @@ class S3fsMount:
             p = subprocess.run(["s3fs", self.bucket, self.path, "-o", ",".join(opts)],
                                stdout=log, stderr=subprocess.STDOUT, timeout=60)
         deadline = time.monotonic() + 30
-        while not conftest.is_mounted(self.path) and time.monotonic() < deadline:
+        while not mounts.is_mounted(self.path) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if p.returncode != 0 or not conftest.is_mounted(self.path):
+        if p.returncode != 0 or not mounts.is_mounted(self.path):
             raise RuntimeError(f"s3fs mount failed (exit {p.returncode}): {open(self.log_file).read()[-2000:]}")
         return self
 
     def unmount(self):
-        conftest, _ = _test_helpers()
-        conftest.unmount(self.path)
+        mounts, _ = _test_helpers()
+        mounts.unmount(self.path)
 
     def daemon_pid(self):
         out = subprocess.run(["pgrep", "-f", f"^s3fs {self.bucket} {self.path} "], capture_output=True, text=True)
@@ -81,10 +81,10 @@ MOUNT_KINDS = ("s3fuse", "s3fs")
 def make_mount(kind: str, server, bucket: str, root: str, options=(), helper: Optional[str] = None):
     """A mount (not mounted yet) of bucket: s3fuse (the project's mount.s3fuse, or helper:
     the mount.s3fuse of another checkout, which imports its own s3fuse package) or s3fs."""
-    conftest, _ = _test_helpers()
+    mounts, _ = _test_helpers()
     options = ["allow_other"] + list(options)
     if kind == "s3fuse":
-        m = conftest.Mount(server, bucket, root, options=options, name="s3fuse")
+        m = mounts.Mount(server, bucket, root, options=options, name="s3fuse")
         if helper:
             project_args = m.args
             m.args = lambda: [sys.executable, os.path.abspath(helper)] + project_args()[2:]
@@ -108,9 +108,9 @@ def started_server(kind: str):
 
 @contextlib.contextmanager
 def mounted(kind: str, server, root: str, options=(), helper: Optional[str] = None):
-    conftest, _ = _test_helpers()
+    mounts, _ = _test_helpers()
     bucket = "pjd-" + uuid.uuid4().hex[:12]
-    conftest.make_boto(server).create_bucket(Bucket=bucket)
+    mounts.make_boto(server).create_bucket(Bucket=bucket)
     m = make_mount(kind, server, bucket, root, options, helper)
     m.mount()
     pid = m.daemon_pid()

@@ -27,7 +27,7 @@ Standalone use (as root):
 
     # a directory that is already mounted
     python3 tests/conformance/run_pjdfstest.py --dir /mnt/s3 [GROUP ...]
-    # start a server, mount, run, unmount, stop (servers/mounts of tests/conftest.py)
+    # start a server, mount, run, unmount, stop (servers/mounts of tests/support/)
     python3 tests/conformance/run_pjdfstest.py --server rgw --mount s3fuse,s3fs [GROUP ...]
     # another commit's s3fuse: git archive COMMIT | tar -x -C /tmp/s3fuse-COMMIT
     python3 tests/conformance/run_pjdfstest.py --server moto --s3fuse-helper /tmp/s3fuse-COMMIT/mount.s3fuse

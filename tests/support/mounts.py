@@ -1,0 +1,124 @@
+"""Real FUSE mounts of a test server's bucket, and the settings of the test run.
+
+``Mount`` runs the project's mount.s3fuse (the helper mount(8) runs) with a cache_dir and
+log file of its own; ``unmount``/``cleanup_dead_mount`` take a mount down, also one whose
+daemon died.  ``wanted_servers`` reads ``S3FUSE_TEST_SERVERS``; ``make_boto`` is the
+test's own S3 client of a server (path-style, no extra checksums)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from .probes import wait_for
+from .servers import KINDS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MOUNT_HELPER = os.path.join(REPO, "mount.s3fuse")
+
+
+def wanted_servers() -> list:
+    kinds = [k.strip() for k in os.environ.get("S3FUSE_TEST_SERVERS", "moto,rgw").split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise pytest.UsageError(f"S3FUSE_TEST_SERVERS={os.environ.get('S3FUSE_TEST_SERVERS')!r}: "
+                                f"expected a comma-separated list of {', '.join(KINDS)}")
+    return kinds
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def make_boto(server):
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+                        config=Config(s3={"addressing_style": "path"},
+                                      request_checksum_calculation="when_required",
+                                      response_checksum_validation="when_required",
+                                      max_pool_connections=32))
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def unmount(path: str, timeout: float = 30.0):
+    if not is_mounted(path):
+        return
+    for cmd in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
+        try:
+            if subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0:
+                break
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            continue
+    deadline = time.monotonic() + timeout
+    while is_mounted(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def cleanup_dead_mount(path: str, timeout: float = 20.0):
+    """A mount whose daemon died: fusermount3 -u, then umount -l if still there."""
+    for cmd in (["fusermount3", "-u", path], ["fusermount", "-u", path], ["umount", path]):
+        if not is_mounted(path):
+            break
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=timeout)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            continue
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=timeout)
+    wait_for(lambda: not is_mounted(path), timeout, f"{path} to be unmounted")
+
+
+class Mount:
+    def __init__(self, server, bucket, root, prefix="", options=(), name="mnt"):
+        self.server, self.bucket, self.prefix = server, bucket, prefix
+        self.path = os.path.join(root, name)
+        self.cache_dir = os.path.join(root, name + "-cache")
+        self.log_file = os.path.join(root, name + ".log")
+        self.options = list(options)
+        os.makedirs(self.path, exist_ok=True)
+
+    def env(self):
+        env = dict(os.environ)
+        env.update(self.server.env())
+        return env
+
+    def args(self):
+        opts = [f"endpoint={self.server.endpoint}", f"log_file={self.log_file}", "log_level=info"] + \
+            ([f"cache_dir={self.cache_dir}"] if self.cache_dir else []) + self.options
+        source = self.bucket + (f":/{self.prefix}" if self.prefix else "")
+        return [sys.executable, MOUNT_HELPER, source, self.path, "-o", ",".join(opts)]
+
+    def mount(self):
+        proc = subprocess.run(self.args(), env=self.env(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"mount failed: {proc.stderr}"
+        assert is_mounted(self.path)
+        return self
+
+    def unmount(self):
+        unmount(self.path)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_file, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def daemon_pid(self):
+        out = subprocess.run(["pgrep", "-f", f"mount.s3fuse .* {self.path} "], capture_output=True, text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        return pids[0] if pids else None
+
+    def p(self, *parts) -> str:
+        return os.path.join(self.path, *parts)
