@@ -159,13 +159,14 @@ class BlockCache:
         self._pending: dict = {}
         self._max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
-        self._writer.start()
         self.hits = 0
         self.misses = 0
         self.dropped = 0          # blocks not cached because the disk writer was stuck (status)
         self.torn = 0             # rows found with a short or missing value file (deleted)
         self.orphans = 0          # value files without a row removed at start (a crash mid-write)
+        # the writer starts last: its first pass sets ``orphans`` (it was reset after it ran)
+        self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
+        self._writer.start()
 
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"

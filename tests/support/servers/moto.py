@@ -1,7 +1,6 @@
 """A moto server process on a free loopback port (the always-available test server)."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import os
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "s3fuse")
+from ..support.mounts import REPO
+
+PACKAGE = os.path.join(REPO, "s3fuse")
 
 # Each layer may import the layers below it (and itself), never one above.  The leaves
 # (errors, paths, config, logs, metrics) import only other leaves.
