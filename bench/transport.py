@@ -17,7 +17,7 @@ process).  Candidates:
   pipelined HEADs; needs ``--lean-from DIR``, a checkout of that version).
 - ``awscrt``: ``aws_sign_request`` + ``HttpClientConnection`` (native signing and HTTP);
   256 MiB through ``S3Client`` (its own part splitting and connection pool).
-- ``s3fuse``: the transport of this tree (``s3fuse.transport``), if importable.
+- ``s3fuse``: the transport of this tree (``s3fuse.s3.transport``), if importable.
 """
 from __future__ import annotations
 
@@ -339,7 +339,7 @@ def main():
         print("awscrt not installed: its row is left out", file=sys.stderr)
     elif not https:
         kinds.append(Crt)
-    if importlib.util.find_spec("s3fuse.transport") is not None:      # the candidate of this tree
+    if importlib.util.find_spec("s3fuse.s3.transport") is not None:   # the candidate of this tree
         kinds.append(Current)
     rows = []
     for kind in kinds:
