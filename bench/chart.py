@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Turn a bench.py --json result into a PNG bar chart and a markdown table.
+"""Turn a `python3 -m bench --json` result into a PNG bar chart and a markdown table.
 
-    python3 bench/chart.py RESULT.json --png docs/bench.png --md docs/bench.md
+    python3 -m bench.chart RESULT.json --png docs/bench.png --md docs/bench.md
 """
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ def chart(data, fss, steps, png: str):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(prog="python3 -m bench.chart", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result")
     ap.add_argument("--png")
     ap.add_argument("--md")

@@ -1,4 +1,4 @@
-"""Per-step floors for bench.py: what the requests a step cannot avoid cost, measured in
+"""Per-step floors for python3 -m bench: what the requests a step cannot avoid cost, measured in
 the same run, on the same endpoint (through the same latency proxy), with a lean client.
 
 A floor is the time of the minimum request pattern of a filesystem that answers each

@@ -33,9 +33,12 @@ Use from Python (tests)::
         ...
         p.stats()                 # {"connections": .., "bursts": .., ...}
 
-or as a process (bench/bench.py runs it so, out of its own GIL)::
+or as a process (``python3 -m bench`` runs it so, out of its own GIL)::
 
-    python3 bench/latency_proxy.py --upstream http://127.0.0.1:7480 --rtt-ms 20
+    python3 -m bench.latency_proxy --upstream http://127.0.0.1:7480 --rtt-ms 20
+
+(stdlib only and no imports from the bench package: ``python3 bench/latency_proxy.py``
+and loading the file by path, as its test does, work too)
 
 which prints ``LISTENING <port>`` on stdout once it accepts connections, answers a line
 ``stats`` on stdin with one JSON line of counters, and stops on EOF of stdin or SIGTERM.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Transport candidates for s3fuse, measured on one endpoint (docs/design/transport.md).
 
-    python3 bench/transport.py --endpoint http://127.0.0.1:7480 [--heads 1000] [--json FILE]
+    python3 -m bench.transport --endpoint http://127.0.0.1:7480 [--heads 1000] [--json FILE]
 
 Credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.  For each candidate, one
 thread in this process: client CPU (process time, i.e. every thread of this process,
@@ -17,7 +17,7 @@ process).  Candidates:
   pipelined HEADs; needs ``--lean-from DIR``, a checkout of that version).
 - ``awscrt``: ``aws_sign_request`` + ``HttpClientConnection`` (native signing and HTTP);
   256 MiB through ``S3Client`` (its own part splitting and connection pool).
-- ``s3fuse``: the transport of this tree (``s3fuse.transport``), if importable.
+- ``s3fuse``: the transport of this tree (``s3fuse.s3.transport``), if importable.
 """
 from __future__ import annotations
 
@@ -33,14 +33,12 @@ import threading
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import boto3  # noqa: E402
-import urllib3  # noqa: E402
-from botocore.auth import S3SigV4Auth  # noqa: E402
-from botocore.awsrequest import AWSRequest  # noqa: E402
-from botocore.config import Config  # noqa: E402
-from botocore.credentials import Credentials  # noqa: E402
+import boto3
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
 
 MiB = 1 << 20
 REGION = "us-east-1"
@@ -313,7 +311,7 @@ def big(cand, key, size, part=8 * MiB, threads=8):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python3 -m bench.transport")
     ap.add_argument("--endpoint", default=os.environ.get("S3FUSE_TEST_ENDPOINT", "http://127.0.0.1:7480"))
     ap.add_argument("--heads", type=int, default=1000)
     ap.add_argument("--gets", type=int, default=100)
@@ -341,7 +339,7 @@ def main():
         print("awscrt not installed: its row is left out", file=sys.stderr)
     elif not https:
         kinds.append(Crt)
-    if importlib.util.find_spec("s3fuse.transport") is not None:      # the candidate of this tree
+    if importlib.util.find_spec("s3fuse.s3.transport") is not None:   # the candidate of this tree
         kinds.append(Current)
     rows = []
     for kind in kinds:

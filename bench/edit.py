@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Edit of a large object through each filesystem: append APPEND bytes to an object of
 SIZE bytes, and (workloads +patch) patch 4 KiB in its middle (one open, pwrites, close), with every
-request going through a counting proxy (tests/faultproxy.py) - so the bytes each
+request going through a counting proxy (tests/support/faultproxy.py) - so the bytes each
 filesystem sends and receives are counted the same way.  Prints, per filesystem: seconds
 from open to the end of close(), bytes up (requests and their bodies) and down
 (answers), requests, and whether the bucket then holds the expected bytes (MD5).
 
-    python3 bench/edit_bench.py --start-rgw                 # a private RGW, 1 GiB object
-    python3 bench/edit_bench.py --endpoint http://127.0.0.1:7480 --size 256M --fs s3fuse,s3fs
+    python3 -m bench.edit --start-rgw                 # a private RGW, 1 GiB object
+    python3 -m bench.edit --endpoint http://127.0.0.1:7480 --size 256M --fs s3fuse,s3fs
 
 Credentials for --endpoint: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.  Root (FUSE).
 """
@@ -24,15 +24,11 @@ import tempfile
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 
-import boto3  # noqa: E402
-from boto3.s3.transfer import TransferConfig  # noqa: E402
-from botocore.config import Config  # noqa: E402
-
-from tests.faultproxy import FaultProxy  # noqa: E402
+from .common import REPO
 
 MiB = 1 << 20
 S3FS_OPTS = ""
@@ -69,7 +65,7 @@ def mount(fs: str, bucket: str, mnt: str, work: str, endpoint: str) -> list:
     os.makedirs(mnt, exist_ok=True)
     cache = os.path.join(work, f"{fs}-cache")
     if fs == "s3fuse":
-        cmd = [sys.executable, os.path.join(REPO, "mount.s3fuse"), bucket, mnt, "-o",
+        cmd = [sys.executable, str(REPO / "mount.s3fuse"), bucket, mnt, "-o",
                f"endpoint={endpoint},cache_dir={cache},log_file={cache}.log,log_level=info"
                + (f",{S3FUSE_OPTS}" if S3FUSE_OPTS else "")]
     else:
@@ -114,6 +110,7 @@ def run_one(fs: str, s3, endpoint: str, src: str, size: int, append: int, work: 
             timeout: float = 300.0) -> dict:
     bucket = "edit-" + uuid.uuid4().hex[:10]
     s3.create_bucket(Bucket=bucket)
+    from tests.support.faultproxy import FaultProxy   # imported here: --help works without tests/
     s3.upload_file(src, bucket, "big.bin", Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=8))
     proxy = FaultProxy(endpoint, lifetime=3600)
     mnt = os.path.join(work, f"{fs}-mnt")
@@ -176,7 +173,8 @@ def run_one(fs: str, s3, endpoint: str, src: str, size: int, append: int, work: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python3 -m bench.edit", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint")
     ap.add_argument("--start-rgw", action="store_true")
     ap.add_argument("--size", default="1G")
@@ -196,9 +194,8 @@ def main(argv=None) -> int:
     try:
         endpoint = args.endpoint
         if args.start_rgw:
-            sys.path.insert(0, os.path.join(REPO, "tests", "servers"))
-            import rgw
-            server = rgw.RGWServer().start()
+            from tests.support.servers.rgw import RGWServer
+            server = RGWServer().start()
             stop, endpoint = server.stop, server.endpoint
             os.environ.update(server.env())
         if not endpoint:
