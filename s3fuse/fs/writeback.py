@@ -2,7 +2,7 @@
 (staging file and journal record fsynced, ``OpenFile.seal``); the upload runs here, in
 the background, many files at once.
 
-Guarantees (docs/SEMANTICS.md, tests/test_writeback.py):
+Guarantees (docs/SEMANTICS.md, tests/mount/test_writeback.py):
 - Nothing is lost: a sealed file is either uploaded or resumed from the journal at the
   next mount or ``s3fuse resume``; an upload that fails is tried again after a growing
   delay (2 s doubling to 5 min), reported in ``s3fuse status`` and the log, never dropped.

@@ -1,5 +1,5 @@
 """Mounts for pjdfstest runs: the test suite's own S3 servers and s3fuse mount
-(tests/support/servers, tests/support/mounts.py), and s3fs-fuse with the options of bench/bench.py."""
+(tests/support/servers, tests/support/mounts.py), and s3fs-fuse with the options of bench/peers.py."""
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +24,7 @@ def _test_helpers():
 
 
 class S3fsMount:
-    """s3fs-fuse on the same server, with the options of bench/bench.py (S3fsFs), plus
+    """s3fs-fuse on the same server, with the options of bench/peers.py (S3fsFs), plus
     allow_other (pjdfstest switches to other uids). Same interface as mounts.Mount."""
 
     def __init__(self, server, bucket, root, options=(), name="s3fs"):

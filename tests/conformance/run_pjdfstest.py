@@ -37,7 +37,7 @@ Standalone use (as root):
 
 Groups: all by default, ``ci`` for the CI set; ``--timeout`` seconds per group (600).
 Mounts get ``-o allow_other`` (pjdfstest switches to other uids); s3fs-fuse gets the
-options of bench/bench.py. Results: a table on stdout, the kinds of failures (root ones,
+options of bench/peers.py. Results: a table on stdout, the kinds of failures (root ones,
 and "follows from ..." for the rest, with file:line), and JSON (``--json``).
 
 From Python (tests/conformance/test_pjdfstest.py): ``build_pjdfstest()``,
