@@ -1,0 +1,125 @@
+"""Security at the edges (#22), on real mounts: a user's status file with /tmp/s3fuse-UID
+made first by another user, the metrics endpoint under 200 idle connections, a cache_dir
+given that exists (its mode is the owner's business), TLS to an https:// proxy."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from s3fuse.app import statusfile as status
+
+from .conftest import REPO, is_mounted, unmount
+from .faultproxy import wait_for
+
+pytestmark = pytest.mark.servers("moto")
+
+NOBODY = 65534
+USER = "s3fuse-edgesec"                 # this file's own user: its /tmp/s3fuse-UID is ours to plant
+VENV = "/opt/s3fuse-user-venv"          # tests/test_user_mount.py's venv (Debian's python + dependencies)
+
+
+def run(*cmd, timeout=120, **kw):
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def user():
+    """A user other than root that runs this checkout (PYTHONPATH) with the venv's
+    dependencies (made as tests/test_user_mount.py makes it when missing)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create the test user")
+    for tool in ("useradd", "runuser", "fusermount3"):
+        assert shutil.which(tool), f"{tool} missing"
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        proc = run("useradd", "--create-home", "--shell", "/bin/sh", USER)
+        assert proc.returncode == 0, proc.stderr
+    if os.stat("/dev/fuse").st_mode & 0o006 != 0o006:
+        os.chmod("/dev/fuse", 0o666)
+    python = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(python):
+        assert run("/usr/bin/python3", "-m", "venv", VENV).returncode == 0
+        proc = run(os.path.join(VENV, "bin", "pip"), "install", "-q", "--disable-pip-version-check", "-e", REPO,
+                   timeout=900)
+        assert proc.returncode == 0, proc.stderr
+    entry = pwd.getpwnam(USER)
+    probe = as_user(entry, {}, python, "-c", "import s3fuse, boto3, mfusepy; print(s3fuse.__file__)")
+    assert probe.returncode == 0 and probe.stdout.strip() == os.path.join(REPO, "s3fuse", "__init__.py"), \
+        f"{USER} cannot run this checkout: {probe.stdout} {probe.stderr}"
+    return entry
+
+
+def as_user(entry, env: dict, *cmd):
+    full = {"HOME": entry.pw_dir, "PATH": "/usr/bin:/bin", "USER": entry.pw_name, "PYTHONPATH": REPO}
+    full.update(env)
+    return run("runuser", "-u", entry.pw_name, "--", "env", *[f"{k}={v}" for k, v in full.items()], *cmd)
+
+
+# ---------------------------------------------------------------------------------------
+# 10. The status file of a user without XDG_RUNTIME_DIR
+# ---------------------------------------------------------------------------------------
+def test_users_mount_ignores_a_status_dir_another_user_made(s3_server, bucket, user):
+    """/tmp/s3fuse-UID made first by another user (0777), with links at the names the
+    daemon's temporary status file would have (HASH.json.PID.tmp for the next pids) to a
+    file of the user: the mount works, writes nothing there, says so in its log, and
+    ``s3fuse status`` shows nothing from that directory."""
+    python = os.path.join(VENV, "bin", "python")
+    top = tempfile.mkdtemp(prefix="s3fuse-edge-")
+    os.chmod(top, 0o755)
+    os.chown(top, user.pw_uid, user.pw_gid)
+    mp, log_file = os.path.join(top, "mnt"), os.path.join(top, "s3fuse.log")
+    os.mkdir(mp)
+    os.chown(mp, user.pw_uid, user.pw_gid)
+    precious = os.path.join(top, "precious")
+    with open(precious, "wb") as f:
+        f.write(b"the user's own file\n")
+    os.chown(precious, user.pw_uid, user.pw_gid)
+    rundir = f"/tmp/s3fuse-{user.pw_uid}"
+    if os.path.islink(rundir):
+        os.unlink(rundir)
+    shutil.rmtree(rundir, ignore_errors=True)
+    os.mkdir(rundir)
+    os.chown(rundir, NOBODY, NOBODY)
+    os.chmod(rundir, 0o777)
+    name = os.path.basename(status.status_path(mp))
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        last = int(f.read())
+    for pid in range(last + 1, last + 3000):
+        link = os.path.join(rundir, f"{name}.{pid}.tmp")
+        os.symlink(precious, link)
+        os.lchown(link, NOBODY, NOBODY)
+    planted = sorted(os.listdir(rundir))
+    env = dict(s3_server.env())
+    try:
+        proc = as_user(user, env, python, os.path.join(REPO, "mount.s3fuse"), bucket, mp, "-o",
+                       f"endpoint={s3_server.endpoint},log_file={log_file},cache_dir={top}/cache")
+        assert proc.returncode == 0, proc.stderr
+        assert is_mounted(mp)
+        w = as_user(user, env, "sh", "-c", f"echo hello > {mp}/f && cat {mp}/f")
+        assert w.returncode == 0 and w.stdout == "hello\n", w.stderr
+        with open(precious, "rb") as f:
+            assert f.read() == b"the user's own file\n", "the status JSON went through a planted link"
+        assert sorted(os.listdir(rundir)) == planted, "nothing written in the other user's directory"
+        wait_for(lambda: "no status file" in open(log_file).read(), 10, "the warning in the log")
+        with open(log_file) as f:
+            log = f.read()
+        assert f"{rundir} belongs to uid {NOBODY}" in log, log
+        st = as_user(user, env, python, "-m", "s3fuse", "status")
+        assert st.returncode == 0 and "no s3fuse mounts" in st.stdout, st.stdout + st.stderr
+        assert rundir in st.stderr, st.stderr
+        assert sorted(os.listdir(rundir)) == planted, "nothing written in the other user's directory"
+        with open(precious, "rb") as f:
+            assert f.read() == b"the user's own file\n"
+        u = as_user(user, env, "fusermount3", "-u", mp)
+        assert u.returncode == 0, u.stderr
+    finally:
+        if is_mounted(mp):
+            unmount(mp)
+        shutil.rmtree(rundir, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)

@@ -1,0 +1,215 @@
+"""Security at the edges (#22), without a mount: the status file's runtime directory in
+/tmp (another user's directory or link), the metrics endpoint's connections (idle ones,
+slow ones, too many), TLS to an https:// proxy, a given cache_dir's mode."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import random
+import shutil
+import tempfile
+import traceback
+
+import pytest
+
+from s3fuse.app import statusfile as status
+
+NOBODY = 65534          # the "other user" who made the directory first
+
+
+# ---------------------------------------------------------------------------------------
+# A forked child running as another uid (the victim), told when to go
+# ---------------------------------------------------------------------------------------
+class AsUser:
+    """``func()`` in a forked child with uid and gid ``uid``, no supplementary groups and
+    no XDG_RUNTIME_DIR; its ``s3fuse.app.statusfile`` warnings are kept.  The child waits
+    for ``run()`` (its pid is known before: names can be planted for it)."""
+
+    def __init__(self, uid: int, func):
+        self._out_r, out_w = os.pipe()
+        go_r, self._go_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.close(self._out_r)
+                os.close(self._go_w)
+                os.read(go_r, 1)
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                os.environ.pop("XDG_RUNTIME_DIR", None)
+                warnings = []
+                handler = logging.Handler(logging.WARNING)
+                handler.emit = lambda record: warnings.append(record.getMessage())
+                logger = logging.getLogger(status.__name__)
+                logger.handlers, logger.propagate = [handler], False
+                logger.setLevel(logging.WARNING)
+                out = {"result": func(), "warnings": warnings}
+                code = 0
+            except BaseException:
+                out = {"error": traceback.format_exc()}
+            try:
+                os.write(out_w, json.dumps(out).encode())
+            finally:
+                os._exit(code)
+        os.close(out_w)
+        os.close(go_r)
+
+    def run(self) -> dict:
+        os.write(self._go_w, b"g")
+        os.close(self._go_w)
+        chunks = []
+        while True:
+            data = os.read(self._out_r, 65536)
+            if not data:
+                break
+            chunks.append(data)
+        os.close(self._out_r)
+        os.waitpid(self.pid, 0)
+        out = json.loads(b"".join(chunks) or b'{"error": "the child said nothing"}')
+        assert "error" not in out, out["error"]
+        return out
+
+
+@pytest.fixture
+def victim():
+    """A uid of nobody else (no passwd entry) whose /tmp/s3fuse-UID does not exist yet;
+    the directory (whoever made it) is removed at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to be another user in a child)")
+    uids = {p.pw_uid for p in pwd.getpwall()}
+    uid = next(u for u in (random.randrange(50000, 60000) for _ in range(1000))
+               if u not in uids and not os.path.lexists(f"/tmp/s3fuse-{u}"))
+    made = []
+    yield uid, made
+    for path in [f"/tmp/s3fuse-{uid}"] + made:
+        if os.path.islink(path):
+            os.unlink(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def own_dir(uid: int, mode: int = 0o755, owner=None) -> str:
+    d = tempfile.mkdtemp(prefix="s3fuse-edge-")
+    os.chown(d, owner if owner is not None else uid, owner if owner is not None else uid)
+    os.chmod(d, mode)
+    return d
+
+
+def own_file(directory: str, name: str, uid: int, data: bytes) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chown(path, uid, uid)
+    os.chmod(path, 0o600)
+    return path
+
+
+def plant_link(target: str, link: str, owner: int = NOBODY):
+    os.symlink(target, link)
+    os.lchown(link, owner, owner)
+
+
+MOUNTPOINT = "/mnt/s3fuse-edge-status"
+
+
+def write_status():
+    """In the child: a status writer's whole life; what it left."""
+    w = status.StatusWriter(MOUNTPOINT, lambda: {"requests": 1}).start()
+    w.write_now()
+    seen = status.read(MOUNTPOINT)
+    w.stop()
+    return {"read": seen}
+
+
+@pytest.mark.parametrize("made_by", ["another user", "a link to another user's directory", "the user, mode 0755"])
+def test_status_file_is_not_written_into_a_runtime_dir_others_control(victim, made_by):
+    """The daemon of a user without XDG_RUNTIME_DIR writes /tmp/s3fuse-UID/HASH.json; a
+    local user who made that directory first (or a link of that name) and put a link at
+    the temporary file's name (HASH.json.PID.tmp: the pid is the daemon's) made the daemon
+    write its JSON over any file the victim owns.  Now such a directory is not used: the
+    mount runs without a status file and the log says why."""
+    uid, made = victim
+    rundir = f"/tmp/s3fuse-{uid}"
+    home = own_dir(uid, 0o755)
+    made.append(home)
+    precious = own_file(home, "precious", uid, b"the victim's own file\n")
+    if made_by == "another user":
+        os.mkdir(rundir)
+        os.chown(rundir, NOBODY, NOBODY)
+        os.chmod(rundir, 0o777)
+        trap = rundir
+    elif made_by == "the user, mode 0755":
+        os.mkdir(rundir)
+        os.chown(rundir, uid, uid)
+        os.chmod(rundir, 0o755)
+        trap = rundir
+    else:
+        trap = own_dir(uid, 0o777, owner=NOBODY)
+        made.append(trap)
+        plant_link(trap, rundir)
+    child = AsUser(uid, write_status)
+    name = os.path.basename(status.status_path(MOUNTPOINT))
+    plant_link(precious, os.path.join(trap, f"{name}.{child.pid}.tmp"))
+    planted = sorted(os.listdir(trap))
+    out = child.run()
+    with open(precious, "rb") as f:
+        assert f.read() == b"the victim's own file\n", "the status JSON went through the planted link"
+    assert sorted(os.listdir(trap)) == planted, "nothing is written in a directory others control"
+    assert out["result"]["read"] is None
+    assert any("no status file" in w and rundir in w for w in out["warnings"]), out["warnings"]
+
+
+def test_status_file_in_a_fresh_runtime_dir(victim):
+    """No directory yet: made 0700 by the daemon, the file 0600, read back, removed at stop."""
+    uid, _ = victim
+    rundir = f"/tmp/s3fuse-{uid}"
+
+    def life():
+        w = status.StatusWriter(MOUNTPOINT, lambda: {"requests": 1}).start()
+        st_dir, st_file = os.lstat(rundir), os.lstat(w.path)
+        seen, listed = status.read(MOUNTPOINT), status.read_all()
+        w.stop()
+        return {"dir": [st_dir.st_uid, st_dir.st_mode & 0o7777], "file": [st_file.st_uid, st_file.st_mode & 0o7777],
+                "read": seen, "all": listed, "left": os.listdir(rundir)}
+
+    out = AsUser(uid, life).run()["result"]
+    assert out["dir"] == [uid, 0o700] and out["file"] == [uid, 0o600]
+    assert out["read"]["requests"] == 1 and out["read"]["mountpoint"] == MOUNTPOINT
+    assert [e["mountpoint"] for e in out["all"]] == [MOUNTPOINT]
+    assert out["left"] == []
+
+
+def test_status_command_reads_nothing_from_a_runtime_dir_others_control(victim):
+    """``s3fuse status`` read the same directory: another user's files there (or links to
+    the victim's) were shown as mounts."""
+    uid, made = victim
+    rundir = f"/tmp/s3fuse-{uid}"
+    os.mkdir(rundir)
+    os.chown(rundir, NOBODY, NOBODY)
+    os.chmod(rundir, 0o777)
+    name = os.path.basename(status.status_path(MOUNTPOINT))
+    forged = own_file(rundir, name, NOBODY, json.dumps({"pid": 1, "mountpoint": MOUNTPOINT}).encode())
+    os.chmod(forged, 0o644)
+    out = AsUser(uid, lambda: {"read": status.read(MOUNTPOINT), "all": status.read_all()}).run()
+    assert out["result"] == {"read": None, "all": []}
+    assert any(rundir in w for w in out["warnings"]), out["warnings"]
+
+
+def test_status_command_does_not_follow_links_in_its_own_dir(victim):
+    """Entries are opened with O_NOFOLLOW: a link named *.json is not an entry."""
+    uid, made = victim
+    rundir = f"/tmp/s3fuse-{uid}"
+    home = own_dir(uid, 0o755)
+    made.append(home)
+    elsewhere = own_file(home, "other.json", uid, json.dumps({"pid": 1, "mountpoint": "/elsewhere"}).encode())
+
+    def look():
+        os.mkdir(rundir, 0o700)
+        os.symlink(elsewhere, os.path.join(rundir, "0123456789abcdef.json"))
+        return {"all": status.read_all()}
+
+    assert AsUser(uid, look).run()["result"] == {"all": []}
