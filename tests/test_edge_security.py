@@ -13,7 +13,7 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from .conftest import REPO, is_mounted, unmount
+from .conftest import REPO, Mount, is_mounted, unmount
 from .faultproxy import wait_for
 
 pytestmark = pytest.mark.servers("moto")
@@ -123,3 +123,55 @@ def test_users_mount_ignores_a_status_dir_another_user_made(s3_server, bucket, u
             unmount(mp)
         shutil.rmtree(rundir, ignore_errors=True)
         shutil.rmtree(top, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# 15. A cache_dir given keeps its mode; the directories s3fuse makes in it are 0700
+# ---------------------------------------------------------------------------------------
+SUBDIRS = ("journal", "staging", "recovery", "blocks", "meta")
+
+
+def mode_of(path: str) -> int:
+    return os.lstat(path).st_mode & 0o7777
+
+
+def test_a_given_cache_dir_keeps_its_mode(s3_server, s3, bucket, tmp_path):
+    """cache_dir= an existing 0755 directory (e.g. /var/tmp/x made by hand) was made 0700
+    by every mount; now its mode is left alone, and the directories s3fuse keeps in it -
+    a staging/ that exists 0755 too - are 0700."""
+    given = tmp_path / "given"
+    given.mkdir()
+    os.chmod(given, 0o755)
+    (given / "staging").mkdir()
+    os.chmod(given / "staging", 0o755)
+    m = Mount(s3_server, bucket, str(tmp_path))
+    m.cache_dir = str(given)
+    m.mount()
+    try:
+        with open(m.p("f"), "wb") as f:
+            f.write(b"data")
+        assert s3.get_object(Bucket=bucket, Key="f")["Body"].read() == b"data"
+        assert mode_of(given) == 0o755
+        assert {d: mode_of(given / d) for d in SUBDIRS} == {d: 0o700 for d in SUBDIRS}
+    finally:
+        m.unmount()
+    assert mode_of(given) == 0o755
+
+
+def test_a_cache_dir_others_may_write_is_refused(s3_server, bucket, tmp_path):
+    """cache_dir=/var/tmp (1777) as root became 0700 - for every user of the host - and the
+    mount then kept its journal and staging files where anyone could have made those
+    names first.  Now the mount is refused with a line saying why, and /var/tmp's mode
+    is what it was."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    m = Mount(s3_server, bucket, str(tmp_path))
+    m.cache_dir = str(shared)
+    try:
+        proc = subprocess.run(m.args(), env=m.env(), capture_output=True, text=True, timeout=60)
+    finally:
+        m.unmount()
+    assert proc.returncode != 0
+    assert f"cache_dir {shared} is writable by group and others" in proc.stderr, proc.stderr
+    assert mode_of(shared) == 0o1777 and os.listdir(shared) == []

@@ -9,12 +9,15 @@ import os
 import pwd
 import random
 import shutil
+import stat
 import tempfile
 import traceback
 
 import pytest
 
 from s3fuse.app import statusfile as status
+from s3fuse.errors import ConfigError
+from s3fuse.fs.cachedir import CacheDir
 
 NOBODY = 65534          # the "other user" who made the directory first
 
@@ -213,3 +216,48 @@ def test_status_command_does_not_follow_links_in_its_own_dir(victim):
         return {"all": status.read_all()}
 
     assert AsUser(uid, look).run()["result"] == {"all": []}
+
+
+# ---------------------------------------------------------------------------------------
+# 15. cache_dir: a given one keeps its mode; what s3fuse keeps in it is checked and 0700
+# ---------------------------------------------------------------------------------------
+def test_cache_dir_made_by_s3fuse_is_0700_a_given_one_keeps_its_mode(tmp_path):
+    made = CacheDir(str(tmp_path / "new" / "cache"))
+    made.prepare()
+    assert stat.S_IMODE(os.stat(made.root).st_mode) == 0o700
+    for d in (made.journal, made.staging, made.recovery, made.blocks, made.meta):
+        assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+    given = tmp_path / "given"
+    given.mkdir()
+    os.chmod(given, 0o750)
+    CacheDir(str(given)).prepare()
+    assert stat.S_IMODE(os.stat(given).st_mode) == 0o750
+    own = tmp_path / "own"          # the default per-mount directory: s3fuse's, made 0700
+    own.mkdir()
+    os.chmod(own, 0o755)
+    CacheDir(str(own), own=True).prepare()
+    assert stat.S_IMODE(os.stat(own).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("case", ["journal is a link", "staging of another user", "root of another user",
+                                  "root group-writable"])
+def test_cache_dir_others_could_change_is_refused(tmp_path, case):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    root = tmp_path / "c"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if case == "journal is a link":
+        os.symlink(elsewhere, root / "journal")
+    elif case == "staging of another user":
+        (root / "staging").mkdir()
+        os.chown(root / "staging", NOBODY, NOBODY)
+    elif case == "root of another user":
+        os.chown(root, NOBODY, NOBODY)
+    else:
+        os.chmod(root, 0o770)
+    with pytest.raises(ConfigError) as exc:
+        CacheDir(str(root)).prepare()
+    assert str(root) in str(exc.value)
+    assert os.listdir(elsewhere) == []
