@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
+import urllib.request
 
 import pytest
 
@@ -15,6 +18,7 @@ from s3fuse.app import statusfile as status
 
 from .conftest import REPO, Mount, is_mounted, unmount
 from .faultproxy import wait_for
+from .test_read_mount import daemon_stats
 
 pytestmark = pytest.mark.servers("moto")
 
@@ -175,3 +179,37 @@ def test_a_cache_dir_others_may_write_is_refused(s3_server, bucket, tmp_path):
     assert proc.returncode != 0
     assert f"cache_dir {shared} is writable by group and others" in proc.stderr, proc.stderr
     assert mode_of(shared) == 0o1777 and os.listdir(shared) == []
+
+
+# ---------------------------------------------------------------------------------------
+# 12. The metrics endpoint under 200 idle connections
+# ---------------------------------------------------------------------------------------
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_idle_metrics_connections_pin_no_threads(mounter, bucket):
+    """200 idle TCP connections to -o metrics= pinned 200 threads in the daemon (one each,
+    no timeout).  Now: at most 16 connection threads, a scrape is answered while they
+    are open, and the daemon exits at unmount with them still open."""
+    m = mounter(bucket, options=["metrics=127.0.0.1:0"])
+    entry = daemon_stats(m)
+    pid, url = entry["pid"], entry["metrics"]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with open(m.p("f"), "wb") as f:
+        f.write(b"x")
+    baseline = threads_of(pid)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    try:
+        wait_for(lambda: threads_of(pid) >= baseline + 8, 10, "connection threads")
+        time.sleep(0.5)
+        assert threads_of(pid) <= baseline + 16 + 2, threads_of(pid)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200 and b"s3fuse_info{" in resp.read()
+        assert threads_of(pid) <= baseline + 16 + 2
+        m.unmount()
+        assert not is_mounted(m.path)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the daemon to exit")
+    finally:
+        for s in socks:
+            s.close()

@@ -3,18 +3,24 @@
 slow ones, too many), TLS to an https:// proxy, a given cache_dir's mode."""
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import pwd
 import random
 import shutil
+import socket
 import stat
 import tempfile
+import threading
+import time
 import traceback
+import urllib.request
 
 import pytest
 
+from s3fuse import metrics
 from s3fuse.app import statusfile as status
 from s3fuse.errors import ConfigError
 from s3fuse.fs.cachedir import CacheDir
@@ -261,3 +267,90 @@ def test_cache_dir_others_could_change_is_refused(tmp_path, case):
         CacheDir(str(root)).prepare()
     assert str(root) in str(exc.value)
     assert os.listdir(elsewhere) == []
+
+
+# ---------------------------------------------------------------------------------------
+# 12. The metrics endpoint: idle and slow connections, and too many of them
+# ---------------------------------------------------------------------------------------
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def closed_by_server(sock, within: float) -> bool:
+    """The server ended the connection (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@pytest.fixture
+def endpoint(monkeypatch):
+    """A metrics server of its own registry, with a 0.5 s request timeout and room for 4
+    connections; stopped at the end (stop must not wait for the clients)."""
+    monkeypatch.setattr(metrics._Server, "request_timeout", 0.5, raising=False)
+    monkeypatch.setattr(metrics._Server, "max_connections", 4, raising=False)
+    registry = metrics.Registry()
+    registry.counter("edge_scrapes_total", "a counter to see").inc()
+    server = metrics.MetricsServer("127.0.0.1", 0, registry).start()
+    yield server
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() waits for the clients' connections"
+
+
+def test_metrics_idle_connections_are_closed_after_the_timeout(endpoint):
+    socks = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(3)]
+    try:
+        assert all(closed_by_server(s, 10) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_metrics_slow_request_is_cut_at_its_deadline(endpoint):
+    """A client sending a header byte every 0.1 s (slowloris) never lets a per-receive
+    timeout fire: the request as a whole must arrive within the timeout."""
+    s = socket.create_connection(("127.0.0.1", endpoint.port))
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        for _ in range(100):            # 10 s of trickle at most
+            time.sleep(0.1)
+            try:
+                s.sendall(b"a")
+            except OSError:
+                break
+            if closed_by_server(s, 0.001):
+                break
+        else:
+            pytest.fail("a request trickling in for 10 s was still being read")
+    finally:
+        s.close()
+
+
+def test_metrics_connections_cannot_pin_threads_or_keep_a_scrape_out(endpoint):
+    """50 idle connections held 50 threads; now at most max_connections (4) threads,
+    the oldest idle one makes room, and a scrape is answered while they are open."""
+    before = threading.active_count()
+    socks = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(50)]
+    try:
+        time.sleep(0.2)
+        assert threading.active_count() <= before + 4
+        assert "edge_scrapes_total 1" in scrape(endpoint.url)
+        # a keep-alive client that asks again is served on its connection
+        conn = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=10)
+        for _ in range(2):
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            assert resp.status == 200 and b"edge_scrapes_total 1" in resp.read()
+        conn.close()
+        assert threading.active_count() <= before + 4
+    finally:
+        for s in socks:
+            s.close()
