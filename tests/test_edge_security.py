@@ -18,6 +18,8 @@ from s3fuse.app import statusfile as status
 
 from .conftest import REPO, Mount, is_mounted, unmount
 from .faultproxy import wait_for
+from .servers.tls import make_ca
+from .test_edge_security_unit import TLSFront, TLSProxy
 from .test_read_mount import daemon_stats
 
 pytestmark = pytest.mark.servers("moto")
@@ -213,3 +215,65 @@ def test_idle_metrics_connections_pin_no_threads(mounter, bucket):
     finally:
         for s in socks:
             s.close()
+
+
+# ---------------------------------------------------------------------------------------
+# 11. An https:// proxy: TLS to it, for both request paths (transport and botocore)
+# ---------------------------------------------------------------------------------------
+class EnvMount(Mount):
+    def __init__(self, server, bucket, root, options, env):
+        super().__init__(server, bucket, root, options=options)
+        self._extra_env = env
+
+    def env(self):
+        env = {k: v for k, v in super().env().items() if "proxy" not in k.lower() and k != "AWS_CA_BUNDLE"}
+        env.update(self._extra_env)
+        return env
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_mount_through_an_https_proxy(s3_server, s3, bucket, tmp_path, scheme):
+    """HTTPS_PROXY/HTTP_PROXY=https://user:password@proxy: the transport spoke plain TCP
+    to the proxy (the mount failed, and the Proxy-Authorization went in clear).  Now
+    every request - the transport's and botocore's (multipart create/complete) - goes
+    inside TLS to the proxy, with the credentials: a CONNECT there for an HTTPS endpoint
+    (the endpoint's TLS inside it), absolute URLs for an HTTP one."""
+    tls = make_ca(str(tmp_path / "tls"), ["localhost", "127.0.0.1"])
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    front = TLSFront(tls, port)
+    proxy = TLSProxy(tls, auth=("s3user", "pr0xy"))
+    endpoint = f"https://localhost:{front.port}" if scheme == "https" else s3_server.endpoint
+    m = EnvMount(s3_server, bucket, str(tmp_path), [f"endpoint={endpoint}", "part_size=5M"],
+                 {f"{scheme.upper()}_PROXY": proxy.url, "AWS_CA_BUNDLE": tls["ca"]})
+    big = os.urandom(6 << 20)
+    try:
+        m.mount()
+        with open(m.p("big.bin"), "wb") as f:
+            f.write(big)
+        for i in range(3):
+            with open(m.p(f"small{i}"), "wb") as f:
+                f.write(b"small %d" % i)
+        assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == big
+        requests = daemon_stats(m)["requests"]
+        seen = len(proxy.requests)
+        m.unmount()
+        m.mount()
+        assert sorted(os.listdir(m.path)) == ["big.bin", "small0", "small1", "small2"]
+        assert [os.stat(m.p(f"small{i}")).st_size for i in range(3)] == [7, 7, 7]
+        with open(m.p("big.bin"), "rb") as f:
+            assert f.read() == big
+    finally:
+        m.unmount()
+        proxy.close()
+        front.close()
+    log = m.log()
+    assert "through botocore (" not in log and "failed unexpectedly" not in log, log[-3000:]
+    assert requests.get("create_multipart_upload", 0) >= 1, requests     # a botocore request
+    assert proxy.plain == 0 and all(auth == proxy.auth for _, _, auth in proxy.requests)
+    if scheme == "https":
+        assert {target for _, target, _ in proxy.requests} == {f"localhost:{front.port}"} and proxy.tunnels >= 2
+        assert front.accepted == proxy.tunnels, "every connection to the endpoint came through the proxy"
+    else:
+        assert seen >= sum(requests.values()), (seen, requests)
+        assert {meth for meth, _, _ in proxy.requests} >= {"PUT", "POST", "GET"}
+        assert all(target.startswith(s3_server.endpoint + "/") for _, target, _ in proxy.requests)
