@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import http.server
 import logging
+import socket
 import socketserver
 import threading
 import time
@@ -272,6 +273,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "s3fuse-metrics"
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        self.timeout = self.server.request_timeout      # each receive and send (StreamRequestHandler)
+        super().setup()
+
+    def handle_one_request(self):
+        self.server.waiting(self.connection, True)      # for the next request: its deadline starts now
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()                    # the request line and headers are in
+        self.server.waiting(self.connection, False)
+        return ok
+
     def do_GET(self):
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self._send(404, b"not found: try /metrics\n", "text/plain")
@@ -293,13 +307,87 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """One thread per connection, at most ``max_connections`` of them; each request must
+    arrive whole within ``request_timeout`` seconds of the previous answer (or of the
+    connection), however slowly its bytes trickle in.  A connection past its deadline is
+    shut down by the serving thread (``service_actions``, every poll); when all the
+    threads are taken, the connection waiting longest for its request makes room for the
+    new one - idle or slow clients cannot pin threads or keep a scrape out."""
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128      # listen() backlog (5 by default: a burst of connects waited for SYN retries)
+    max_connections = 16
+    request_timeout = 10.0
 
     def __init__(self, address, registry, family):
         self.address_family = family
         self.registry = registry
+        self._room = threading.Condition()
+        self._open: dict = {}     # connection -> [deadline, waiting for a request?]
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):
+        with self._room:
+            if not self._make_room():
+                self.shutdown_request(request)
+                return
+            self._open[request] = [time.monotonic() + self.request_timeout, True]
+        try:
+            super().process_request(request, client_address)
+        except BaseException:           # no thread for it
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request):
+        with self._room:
+            self._open.pop(request, None)
+            self._room.notify_all()
+
+    def _make_room(self, wait: float = 1.0) -> bool:
+        """(Holding ``_room``) a thread free for one more connection: else the one waiting
+        longest for its request is shut down and its thread awaited."""
+        deadline = time.monotonic() + wait
+        while len(self._open) >= self.max_connections:
+            idle = [(state[0], conn) for conn, state in self._open.items() if state[1]]
+            if idle:
+                conn = min(idle, key=lambda pair: pair[0])[1]
+                self._open[conn][1] = False
+                _shut(conn)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._room.wait(left)
+        return True
+
+    def waiting(self, conn, waiting: bool):
+        """A handler starts reading a request (its deadline starts now) or has read one."""
+        with self._room:
+            state = self._open.get(conn)
+            if state is not None:
+                state[:] = [time.monotonic() + self.request_timeout, waiting]
+
+    def service_actions(self, now: Optional[float] = None):
+        now = time.monotonic() if now is None else now
+        with self._room:
+            late = [conn for conn, state in self._open.items() if state[0] <= now]
+            for conn in late:
+                self._open[conn][1] = False
+                _shut(conn)
+
+
+def _shut(conn):
+    """End a connection another thread is reading (its read returns at once; that thread
+    closes it)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class MetricsServer:
@@ -307,7 +395,6 @@ class MetricsServer:
     the constructor, so a taken port fails the mount with one line (OSError)."""
 
     def __init__(self, host: str, port: int, registry: Optional[Registry] = None):
-        import socket
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = _Server((host, port), registry or REGISTRY, family)
         self.host, self.port = host, self._server.server_address[1]
@@ -325,4 +412,5 @@ class MetricsServer:
 
     def stop(self):
         self._server.shutdown()
+        self._server.service_actions(now=float("inf"))     # every connection still open ends
         self._server.server_close()

@@ -141,7 +141,7 @@ def serve(cfg: MountConfig, ready_fd=None) -> int:
     if ready_fd is not None:
         # libfuse reports mount errors on stderr: keep them to pass on if the mount fails.
         stderr_copy = os.path.join(cfg.cache_dir, ".fuse-stderr")
-        fd = os.open(stderr_copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(stderr_copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
     try:

@@ -13,6 +13,7 @@ import time
 
 from ..config import MountConfig
 from ..errors import ConfigError
+from ..fs.cachedir import CacheDir
 from . import daemon
 from .commandline import Parsed
 from .connect import check_credentials_files, mount_config
@@ -64,11 +65,9 @@ def check_local(cfg: MountConfig):
         if path and _below(path, mp):
             raise ConfigError(f"{option} {path} is inside the mountpoint {mp}")
     try:
-        os.makedirs(cfg.cache_dir, mode=0o700, exist_ok=True)
-        os.chmod(cfg.cache_dir, 0o700)
+        CacheDir.of(cfg).prepare_root()      # a cache_dir given keeps its mode (fs/cachedir.py)
         probe = os.path.join(cfg.cache_dir, f".probe-{os.getpid()}")
-        with open(probe, "wb"):
-            pass
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cache_dir {cfg.cache_dir} is not writable: {exc.strerror}") from None

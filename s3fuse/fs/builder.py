@@ -110,7 +110,7 @@ class Writer:
 def build_writer(cfg: MountConfig, client, budget: MemoryBudget) -> Writer:
     """Journal, uploader and mover of ``cfg.cache_dir``; upload parts hold at most half of
     ``budget`` while they are sent."""
-    layout = CacheDir(cfg.cache_dir)
+    layout = CacheDir.of(cfg)
     layout.prepare()
     journal = Journal(layout.journal)
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
@@ -120,7 +120,7 @@ def build_writer(cfg: MountConfig, client, budget: MemoryBudget) -> Writer:
 
 
 def build(cfg: MountConfig, client) -> Parts:
-    layout = CacheDir(cfg.cache_dir)
+    layout = CacheDir.of(cfg)
     layout.prepare()
     lockfile = layout.lock(f"mounted on {cfg.mountpoint}" if cfg.mountpoint else "")
     mapper = KeyMapper(cfg.prefix)

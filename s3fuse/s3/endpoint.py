@@ -15,6 +15,13 @@ botocore), so AWS and custom endpoints are addressed alike:
 from ``-o ca_bundle=``, ``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``), the proxy for
 a host (``HTTP(S)_PROXY``/``NO_PROXY`` through the standard library's own parser, as
 botocore does), and the connect and read timeouts.
+
+Proxies: ``http://`` ones are spoken to in plain TCP (absolute URLs for HTTP, ``CONNECT``
+for HTTPS); ``https://`` ones over TLS - its certificate checked with the same CA bundle
+- so that Proxy-Authorization never crosses the network in clear: absolute URLs inside
+it, or ``CONNECT`` inside it and the origin's TLS inside that (``tls_tunnel``).  botocore
+(urllib3) does the same for both, so the two request paths go the same way.  Any other
+scheme (``socks5://``) is refused when the mount starts.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError
+from .tls_tunnel import TLSInTLS
 
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -121,6 +129,11 @@ class Network:
         self.read_timeout = read_timeout
         self._ssl: Optional[ssl.SSLContext] = None
         self.proxies = urllib.request.getproxies()
+        for scheme in ("http", "https"):
+            url = self.proxies.get(scheme)
+            if url and "://" in url and urllib.parse.urlparse(url).scheme not in ("http", "https"):
+                raise ConfigError(f"{scheme.upper()}_PROXY={_masked(url)}: only http:// and https:// proxies "
+                                  "are supported")
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -154,11 +167,15 @@ class Network:
             if proxy.username:
                 token = f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
                 auth["Proxy-Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
-            pport = proxy.port or (443 if proxy.scheme == "https" else 80)
+            tls_proxy = proxy.scheme == "https"
+            pport = proxy.port or (443 if tls_proxy else 80)
             if https:
-                conn = http.client.HTTPSConnection(proxy.hostname, pport, timeout=self.connect_timeout,
-                                                   context=self.ssl_context())
+                tunnel = _TunnelInTLS if tls_proxy else http.client.HTTPSConnection
+                conn = tunnel(proxy.hostname, pport, timeout=self.connect_timeout, context=self.ssl_context())
                 conn.set_tunnel(host, port, headers=auth)
+            elif tls_proxy:
+                conn = _ForwardInTLS(proxy.hostname, pport, timeout=self.connect_timeout, context=self.ssl_context())
+                conn.proxy_headers = auth
             else:
                 conn = http.client.HTTPConnection(proxy.hostname, pport, timeout=self.connect_timeout)
                 conn.proxy_headers = auth
@@ -170,3 +187,41 @@ class Network:
     def absolute(self, scheme: str, host: str) -> bool:
         """Requests to ``host`` carry absolute URLs (plain HTTP through a proxy)."""
         return scheme == "http" and self.proxy_for(scheme, host) is not None
+
+
+def _masked(url: str) -> str:
+    u = urllib.parse.urlparse(url)
+    return u._replace(netloc=f"***@{u.hostname}" + (f":{u.port}" if u.port else "")).geturl() if u.username else url
+
+
+class _TunnelInTLS(http.client.HTTPSConnection):
+    """HTTPS through an ``https://`` proxy: TLS to the proxy, the CONNECT (and its
+    Proxy-Authorization) inside it, then TLS to the origin inside the tunnel."""
+
+    def connect(self):
+        raw = socket.create_connection((self.host, self.port), self.timeout, self.source_address)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            self._tunnel()
+            self.sock = TLSInTLS(self.sock, self._context, self._tunnel_host)
+        except BaseException:
+            self.close()
+            raise
+
+
+class _ForwardInTLS(http.client.HTTPConnection):
+    """Plain HTTP through an ``https://`` proxy: the absolute-URL requests (and their
+    Proxy-Authorization) go inside TLS to the proxy."""
+
+    def __init__(self, host, port, timeout, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout)
+        self._context = context
+
+    def connect(self):
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)

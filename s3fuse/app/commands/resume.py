@@ -19,7 +19,7 @@ from ..progress import ProgressBar
 def run(parsed: Parsed) -> int:
     try:
         cfg, client = offline_client(parsed)
-        layout = CacheDir(cfg.cache_dir)
+        layout = CacheDir.of(cfg)
         layout.prepare()
         lock = layout.lock("s3fuse resume")
     except ConfigError as exc:
