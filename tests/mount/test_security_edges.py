@@ -16,11 +16,10 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from .conftest import REPO, Mount, is_mounted, unmount
-from .faultproxy import wait_for
-from .servers.tls import make_ca
-from .test_edge_security_unit import TLSFront, TLSProxy
-from .test_read_mount import daemon_stats
+from ..support.mounts import REPO, Mount, is_mounted, unmount
+from ..support.servers.tls import make_ca
+from ..support.tlsproxy import TLSFront, TLSProxy
+from ..support.probes import daemon_stats, wait_for
 
 pytestmark = pytest.mark.servers("moto")
 
@@ -70,6 +69,7 @@ def as_user(entry, env: dict, *cmd):
 # ---------------------------------------------------------------------------------------
 # 10. The status file of a user without XDG_RUNTIME_DIR
 # ---------------------------------------------------------------------------------------
+@pytest.mark.xdist_group("user-mount")     # shares tests/mount/test_user_mount.py's venv
 def test_users_mount_ignores_a_status_dir_another_user_made(s3_server, bucket, user):
     """/tmp/s3fuse-UID made first by another user (0777), with links at the names the
     daemon's temporary status file would have (HASH.json.PID.tmp for the next pids) to a
