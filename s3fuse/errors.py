@@ -27,6 +27,7 @@ class FsError(Exception):
     status = None
     attempts = 0
     action = None
+    hint = None          # what the user can do about it, for the one line (``describe``)
 
     @property
     def errno(self) -> int:
@@ -114,11 +115,28 @@ class WriteFailed(FsError):
 
 # -- S3 answers (made by the s3fuse.s3 package) --------------------------------------------
 class AccessDenied(FsError):
-    pass
+    """403 and its kin.  ``server_time``: the server's clock when it answered (its Date),
+    0 if unknown - a refusal may be the local clock's fault (SigV4 allows 15 minutes)."""
+
+    server_time = 0.0
 
 
 class NoCredentials(AccessDenied):
     pass
+
+
+class ClockSkewed(AccessDenied):
+    """The server refused the request's time (RequestTimeTooSkewed): the local clock is
+    too far from the server's, and the correction learnt from its answer did not help."""
+
+    hint = "the server refused the request time: check the local clock (NTP)"
+
+
+class CredentialsExpired(AccessDenied):
+    """Temporary credentials whose session token has expired (ExpiredToken) and that
+    their source could not refresh."""
+
+    hint = "the credentials have expired: renew them (and remount if they came from the environment)"
 
 
 class NoSuchBucket(NotFound):
@@ -175,6 +193,8 @@ ERRNO = {
     Stale: (_errno.ESTALE, True),
     WriteFailed: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),
+    ClockSkewed: (_errno.EACCES, False),
+    CredentialsExpired: (_errno.EACCES, False),
     ChecksumFailedBefore: (_errno.EIO, True),
     BackendError: (_errno.EIO, False),
     FsError: (_errno.EIO, False),
@@ -237,6 +257,9 @@ def describe(exc: BaseException) -> str:
     came from S3), then the message.  E.g. "S3 PutObject failed (status 503, 5 attempts):
     put 'a/b': 503 SlowDown"."""
     message = str(exc) or exc.__class__.__name__
+    hint = getattr(exc, "hint", None)
+    if hint:
+        message = f"{message} ({hint})"
     op = getattr(exc, "s3_op", None)
     if not op:
         return message

@@ -53,6 +53,8 @@ def build_client(cfg: MountConfig, max_connections: int = 64) -> ObjectClient:
 def describe_error(exc: Exception, cfg: MountConfig) -> str:
     if isinstance(exc, errors.NoSuchBucket):
         return f"bucket {cfg.bucket!r} does not exist"
+    if isinstance(exc, (errors.ClockSkewed, errors.CredentialsExpired)):
+        return f"bucket {cfg.bucket!r}: {errors.describe(exc)}"
     if isinstance(exc, errors.AccessDenied):
         return f"access to bucket {cfg.bucket!r} denied: check the credentials ({exc})"
     if isinstance(exc, errors.Unreachable):

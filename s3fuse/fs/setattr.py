@@ -80,7 +80,8 @@ class AttrOps:
         # Only what the operation changes changes: other tools' metadata and the content
         # headers (Content-Type, Cache-Control...) of the object stay as they were.
         key = self.mapper.dir_prefix(path) if new.is_dir else self.mapper.key(path)
-        known = self.files.version_info(key, attr) if attr.etag else None
+        # (a directory's attributes carry no ETag: its "dir/" marker, if any, is asked for)
+        known = self.files.version_info(key, attr) if attr.etag or new.is_dir else None
         metadata = object_metadata(new, known.metadata if known is not None else None)
         headers = known.headers if known is not None else None
         started = self.client.server_now()

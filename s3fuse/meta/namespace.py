@@ -11,6 +11,9 @@ arrives (pipelined, 16 per connection, on 8 threads), so ``stat`` calls that fol
 mostly find the answer ready; objects s3fuse
 uploaded itself and objects seen by an earlier mount cost nothing.  With ``meta=list``
 no HEAD is made: attributes come from the listing and the mount defaults.
+
+A lookup never waits behind that prefetch: its directory probe has a pool of its own, and
+a name still queued in a batch is taken out of it and asked for at once.
 """
 from __future__ import annotations
 
@@ -43,7 +46,11 @@ class Namespace:
         self.defaults = defaults
         self.exact = exact
         self.mount_time = time.time()
+        # Two pools: the listings' HEAD prefetch (background, may queue thousands of
+        # batches) and the lookups' directory probes (foreground: never queued behind a
+        # big listing's prefetch).
         self._heads = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="head")
+        self._probes = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="lookup")
         self._pending_lock = threading.Lock()   # leaf lock, guards _pending and _folder_markers
         self._pending: dict = {}                 # path -> (Future[Attr], its _Batch): HEAD queued or in flight
         self._warned: set = set()
@@ -51,6 +58,7 @@ class Namespace:
 
     def close(self):
         self._heads.shutdown(wait=False, cancel_futures=True)
+        self._probes.shutdown(wait=False, cancel_futures=True)
 
     # -- attributes ---------------------------------------------------------------------
     def root_attr(self) -> Attr:
@@ -113,7 +121,7 @@ class Namespace:
     def _lookup_remote(self, path: str) -> Attr:
         key = self.mapper.key(path)
         # The directory probe and the file HEAD go out together; the directory wins.
-        dir_future = self._heads.submit(self.client.list_page, key + "/", None, "/", 2)
+        dir_future = self._probes.submit(self.client.list_page, key + "/", None, "/", 2)
         try:
             info = self.client.head(key)
         except errors.NotFound:

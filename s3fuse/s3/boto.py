@@ -13,18 +13,41 @@ as an error kind of ``s3fuse.errors``, with its ``status`` set: callers never se
 """
 from __future__ import annotations
 
+import datetime
 import threading
 from typing import Callable, Optional
 
 import boto3
+import botocore.auth
 import botocore.exceptions
+import botocore.handlers
 from botocore.config import Config
 
 from .. import errors
 from . import strict_http
-from .objects import CONTENT_HEADERS, error_kind
+from .objects import CONTENT_HEADERS, error_kind, refusal_time
 
 strict_http.install()     # a response cut inside its headers is an error, not an empty answer
+
+# botocore signs with the local clock and has no setting for another (boto3 issue 1252).
+# Once the local clock is known to be minutes off the server's, the clients' own
+# choose-signer hook picks this signer: botocore's S3 SigV4 with the request time moved by
+# the offset its request context carries (the time botocore read, plus the offset).
+SERVER_CLOCK_SIGNER = "s3fuse-s3v4"
+_OFFSET = "s3fuse_clock_offset"
+
+
+class ServerClockS3SigV4Auth(botocore.auth.S3SigV4Auth):
+    def _modify_request_before_signing(self, request):
+        offset = request.context.get(_OFFSET)
+        if offset:
+            stamp = datetime.datetime.strptime(request.context["timestamp"], botocore.auth.SIGV4_TIMESTAMP)
+            request.context["timestamp"] = (stamp + datetime.timedelta(seconds=offset)).strftime(
+                botocore.auth.SIGV4_TIMESTAMP)
+        super()._modify_request_before_signing(request)
+
+
+botocore.auth.AUTH_TYPE_MAPS.setdefault(SERVER_CLOCK_SIGNER, ServerClockS3SigV4Auth)
 
 # Connection trouble, including a body cut after botocore handed it over.
 _UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
@@ -85,7 +108,9 @@ def _kind_of(exc: Exception, what: str) -> Exception:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return error_kind(code, status)(f"{what}: {code or status} {err.get('Message', '')}".strip())
+        out = error_kind(code, status)(f"{what}: {code or status} {err.get('Message', '')}".strip())
+        refusal_time(out, http_headers(exc.response).get("date"), str(err.get("ServerTime") or ""))
+        return out
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return errors.NoCredentials(f"{what}: no AWS credentials found (env, ~/.aws, instance role)")
     if isinstance(exc, _UNREACHABLE):
@@ -99,8 +124,10 @@ class Botocore:
     """The session and the botocore clients of one bucket."""
 
     def __init__(self, bucket: str, *, profile=None, access_key=None, secret_key=None, region=None,
-                 params: Optional[dict] = None, observe: Callable[[str, object, int], None] = None):
+                 params: Optional[dict] = None, observe: Callable[[str, object, int], None] = None,
+                 clock_offset: Callable[[], float] = lambda: 0.0):
         self.bucket = bucket
+        self._clock_offset = clock_offset     # seconds to add to the local clock when signing
         self._params = params or {}           # the mount's ObjectOptions as botocore parameters
         self._op_params: dict = {}            # operation -> the part of _params it takes
         self._observe = observe or (lambda op, status, sent: None)
@@ -137,8 +164,23 @@ class Botocore:
                 cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))), **kwargs)
         except botocore.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None
+        for c in (client, probe):
+            c.meta.events.register("choose-signer.s3", self._choose_signer)
         with self._lock:
             self._client, self._probe_client = client, probe
+
+    def _choose_signer(self, signing_name=None, signature_version=None, context=None, **kwargs):
+        """botocore's choice of signer (its own handler decides first), but S3 SigV4 with
+        the server's clock while the local one is known to be off."""
+        offset = self._clock_offset()
+        if not offset or context is None:
+            return None
+        chosen = botocore.handlers.set_operation_specific_signer(context=context, signing_name=signing_name) \
+            or signature_version
+        if chosen != "s3v4":
+            return chosen
+        context[_OFFSET] = offset
+        return SERVER_CLOCK_SIGNER
 
     def _extra(self, client, op: str) -> dict:
         """The mount's options that botocore operation ``op`` takes."""

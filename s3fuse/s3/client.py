@@ -24,7 +24,8 @@ from typing import Callable, Iterator, Optional
 from .. import errors
 from .boto import content_headers, header_params, http_headers
 from .multipart import MultipartRequests
-from .objects import ListPage, ObjectInfo, datetime_timestamp, http_timestamp, parse_list_page, strip_etag
+from .objects import (ListPage, ObjectInfo, check_headers, datetime_timestamp, http_timestamp, parse_list_page,
+                      strip_etag)
 from .reads import RangeReads
 from .requests import Requests
 
@@ -62,7 +63,9 @@ class ObjectClient:
     def probe(self):
         """Fail fast (seconds) if the bucket cannot be used: no such bucket, bad
         credentials, unreachable endpoint, untrusted certificate.  The first answer also
-        tells the bucket's region when it was not given (the transport moves there)."""
+        tells the bucket's region when it was not given (the transport moves there), and
+        its Date the server's clock (a local clock minutes off is corrected, with a
+        warning, whether the server refused the request for it or not)."""
         what = f"bucket {self.bucket!r}"
 
         def once():
@@ -72,7 +75,7 @@ class ObjectClient:
             resp = self.requests.call("list_objects_v2", what, probe=True, MaxKeys=1)
             return http_headers(resp).get("date")
         try:
-            date = self.requests.probe_retry.run(once, what, "list_objects_v2")
+            date = self.requests.probe_retry.run(lambda: self.requests.in_server_time(once), what, "list_objects_v2")
         except errors.NotFound as exc:
             raise errors.NoSuchBucket(str(exc)) from exc
         self.requests.stats.saw_date(date)
@@ -165,7 +168,9 @@ class ObjectClient:
             headers: Optional[dict] = None) -> str:
         """PutObject with user ``metadata`` and content ``headers`` (CONTENT_HEADERS); the
         mount's encryption, storage class and ACL.  Returns the ETag the server answered
-        (an MD5 only for unencrypted or SSE-S3 single PUTs)."""
+        (an MD5 only for unencrypted or SSE-S3 single PUTs).  A value with a line break
+        raises InvalidArgument before any request."""
+        check_headers(metadata, headers)
         sent = self.options.write_headers(headers)
 
         def once():
@@ -193,6 +198,7 @@ class ObjectClient:
         go with every copy: a copy does not keep them by itself."""
         kwargs = dict(Key=dst, CopySource={"Bucket": self.bucket, "Key": src})
         if metadata is not None:
+            check_headers(metadata, headers)
             kwargs.update(Metadata=metadata, MetadataDirective="REPLACE",
                           **header_params(self.options.write_headers(headers)))
             kwargs.setdefault("ContentType", "binary/octet-stream")

@@ -7,7 +7,7 @@ from typing import Optional
 
 from .. import errors
 from .boto import header_params
-from .objects import Part, datetime_timestamp, strip_etag
+from .objects import Part, check_headers, datetime_timestamp, strip_etag
 
 log = logging.getLogger("s3fuse.s3")
 
@@ -22,6 +22,7 @@ class MultipartRequests:
                          headers: Optional[dict] = None) -> str:
         """CreateMultipartUpload.  An attempt that failed may have created an upload on
         the server all the same (its answer lost): after a retry, those are aborted."""
+        check_headers(metadata, headers)
         kwargs = dict(Key=key, Metadata=metadata or {}, **header_params(self.requests.options.write_headers(headers)))
         tries = []
 

@@ -5,7 +5,8 @@ parameters (``s3``, filtered per operation by botocore's own model).
 
 An SSE-C key is sent with every request that reads or writes object data (GET, HEAD,
 UploadPart, CompleteMultipartUpload, ListParts) and as the copy source's key on copies;
-it is never logged, never stored in the journal or the metadata store.
+it is never logged, never stored in the journal or the metadata store, and never sent
+over plain http (a mount with ``sse_c_key`` and an ``http://`` endpoint is refused).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import binascii
 import hashlib
 import os
 import stat
+import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
 
@@ -69,7 +71,16 @@ class ObjectOptions:
             opts.sse = "aws:kms"
         if opts.sse_c_key is not None and opts.sse is not None:
             raise ConfigError("sse_c_key and sse= exclude each other (one encryption per object)")
+        endpoint = getattr(cfg, "endpoint", None)
+        opts.check_scheme(urllib.parse.urlparse(endpoint).scheme if endpoint else "https", endpoint)
         return opts
+
+    def check_scheme(self, scheme: str, endpoint: Optional[str] = None):
+        """An SSE-C key travels in every request that carries it: never over plain http
+        (S3 and RGW refuse it there too; botocore would send it)."""
+        if self.sse_c_key is not None and scheme != "https":
+            raise ConfigError(f"sse_c_key needs an https endpoint, not {endpoint or scheme}: "
+                              f"SSE-C keys must not travel in clear")
 
     # -- HTTP headers (transport) -------------------------------------------------------------
     def common(self) -> dict:

@@ -32,7 +32,9 @@ CONTENT_HEADERS = ("content-type", "cache-control", "content-disposition", "cont
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-           "InvalidToken", "ExpiredToken", "AccountProblem", "AllAccessDisabled"}
+           "InvalidToken", "AccountProblem", "AllAccessDisabled"}
+_SKEWED = {"RequestTimeTooSkewed", "RequestInTheFuture", "RequestExpired"}
+_EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
@@ -41,12 +43,33 @@ _BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"
          "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 
 
+def check_header_value(name: str, value) -> None:
+    """Refuse a header value that cannot travel as one HTTP header: a line break (CR, LF)
+    would end it early (and start another), a NUL is never allowed.  Such a value only
+    comes from another tool's metadata or a caller's bug: ``errors.InvalidArgument``."""
+    text = str(value)
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise errors.InvalidArgument(f"header {name}: a value with a line break or NUL cannot be sent ({text[:60]!r})")
+
+
+def check_headers(metadata: Optional[dict], headers: Optional[dict]) -> None:
+    """``check_header_value`` of user ``metadata`` (sent as ``x-amz-meta-*``) and headers."""
+    for name, value in (metadata or {}).items():
+        check_header_value(f"x-amz-meta-{name}", value)
+    for name, value in (headers or {}).items():
+        check_header_value(name, value)
+
+
 def error_kind(code: str, status: int):
     """The ``errors`` kind of an S3 error answer (its ``<Code>`` and HTTP status)."""
     if code in _NO_BUCKET:
         return errors.NoSuchBucket
     if code in _NOT_FOUND or (status == 404 and code not in _NO_UPLOAD):
         return errors.NotFound
+    if code in _SKEWED:
+        return errors.ClockSkewed
+    if code in _EXPIRED:
+        return errors.CredentialsExpired
     if code in _DENIED or status == 403:
         return errors.AccessDenied
     if code in _CHANGED or status == 412:
@@ -62,9 +85,23 @@ def error_kind(code: str, status: int):
     return errors.BackendError
 
 
+def refusal_time(exc, date: Optional[str], server_time: str = "") -> None:
+    """Set ``exc.server_time`` of a refusal (an AccessDenied kind: 403, RequestTimeTooSkewed)
+    from its answer: the Date header (whole seconds: +0.5), else the error's <ServerTime>
+    (AWS's RequestTimeTooSkewed has both; a 403 to a HEAD has no body)."""
+    if isinstance(exc, errors.AccessDenied):
+        seen = http_timestamp(date)
+        exc.server_time = seen + 0.5 if seen else iso_timestamp(server_time)
+
+
 def error_code(body: bytes) -> str:
     """The <Code> of an S3 error document ("SlowDown"...), or ""."""
     return _element(body, b"Code")
+
+
+def error_server_time(body: bytes) -> str:
+    """The <ServerTime> of an error document (AWS's RequestTimeTooSkewed), or ""."""
+    return _element(body, b"ServerTime")
 
 
 def error_region(body: bytes) -> str:

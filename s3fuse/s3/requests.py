@@ -34,8 +34,10 @@ class Requests:
         # The mount-time probe: 2 attempts of at most 3 s each.
         self.probe_retry = RetryPolicy(attempts=2, first_delay=0.5, budget=8.0)
         self.boto = Botocore(bucket, profile=profile, access_key=access_key, secret_key=secret_key, region=region,
-                             params=self.options.params(), observe=self.stats.record)
+                             params=self.options.params(), observe=self.stats.record,
+                             clock_offset=lambda: self.stats.signing_offset)
         self.endpoint = Endpoint.resolve(bucket, endpoint, region, path_style, self.boto.region_name)
+        self.options.check_scheme(self.endpoint.scheme, self.endpoint.url())
         self.ca_bundle = ca_bundle_from(ca_bundle, self.boto.chain_ca_bundle)
         self._timeouts = (connect_timeout, read_timeout)
         self._max_connections = max_connections
@@ -47,10 +49,12 @@ class Requests:
         credentials = self.boto.credentials
         if credentials is not None:
             self.fast = Transport(self.endpoint, Network(self.ca_bundle, connect_timeout, read_timeout),
-                                  credentials, on_region=self._region_moved, observe=self.stats.record)
+                                  credentials, on_region=self._region_moved, observe=self.stats.record,
+                                  clock=self.stats.signing_time)
             self.probe_fast = Transport(self.endpoint, Network(self.ca_bundle, min(connect_timeout, 3.0),
                                                                min(read_timeout, 3.0)),
-                                        credentials, on_region=self._region_moved, observe=self.stats.record)
+                                        credentials, on_region=self._region_moved, observe=self.stats.record,
+                                        clock=self.stats.signing_time)
             for t in (self.fast, self.probe_fast):
                 t.common_headers = self.options.common()
                 t.read_headers = self.options.customer_key()
@@ -63,11 +67,25 @@ class Requests:
         """One botocore request, no retry."""
         return self.boto.call(op, what, probe=probe, **kwargs)
 
-    def run(self, op: str, what: str, attempt: Callable):
-        """``attempt`` (requests of S3 operation ``op``) under the retry policy; the
-        operations that failed in the end are counted (a 404 is an answer, not a failure)."""
+    def in_server_time(self, attempt: Callable):
+        """``attempt()``, once more if it was refused for the local clock: a 403 (or
+        RequestTimeTooSkewed) whose answer shows the server's clock minutes away from the
+        time signed corrects the signing clock (``stats.server_time_is`` warns), and the
+        request is sent again, once."""
+        signed_offset = self.stats.signing_offset
         try:
-            return self.retry.run(attempt, what, op)
+            return attempt()
+        except errors.AccessDenied as exc:
+            if not self.stats.clock_refused(exc, signed_offset):
+                raise
+        return attempt()
+
+    def run(self, op: str, what: str, attempt: Callable):
+        """``attempt`` (requests of S3 operation ``op``) under the retry policy (and the
+        clock correction of ``in_server_time``); the operations that failed in the end
+        are counted (a 404 is an answer, not a failure)."""
+        try:
+            return self.retry.run(lambda: self.in_server_time(attempt), what, op)
         except errors.NotFound:
             raise
         except errors.FsError:
