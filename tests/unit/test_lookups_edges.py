@@ -22,7 +22,7 @@ from s3fuse.meta.known import KnownMetadata
 from s3fuse.meta.namespace import Namespace
 from s3fuse.paths import KeyMapper
 
-from .fakes import FakeS3
+from ..support.fakes import FakeS3
 
 THREADS = 4
 FILES = Namespace.HEAD_BATCH * 40        # 40 batches: 4 in flight, 36 queued
