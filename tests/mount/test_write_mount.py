@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from ..support.faultproxy import FaultProxy, ProxiedServer
 from ..support.mounts import Mount, make_boto, unmount
 from ..support.probes import (bucket_md5, daemon_stats, delta, journal_records, kill_daemon, md5, requests,
                              server_parts, uploads_of, wait_for)
@@ -330,11 +331,17 @@ def test_memory_copy_1g(s3, bucket, mounter, tmp_path, request):
 CRASH_SIZE = 220 * 1000 * 1000
 
 
-def test_sigkill_after_close_resumes_without_resending_parts(s3, bucket, mounter, tmp_path):
+def test_sigkill_after_close_resumes_without_resending_parts(s3_server, s3, bucket, tmp_path):
     """cp reaches close() (journal record 'closed'), the server holds >= 2 parts, the daemon
     is SIGKILLed; a remount with the same cache_dir finishes the upload from the journal,
-    re-using the parts the server has (their ETag equals the local MD5)."""
-    m = mounter(bucket, options=P5 + ["upload_threads=1"])
+    re-using the parts the server has (their ETag equals the local MD5).  Each request is
+    held 300 ms on its way (FaultProxy), so the parts still queued at close() are not all
+    sent by the time the test lists them (on an idle fast server they could be)."""
+    proxy = FaultProxy(s3_server.endpoint)
+    proxy.set("delay", 300)
+    m = Mount(ProxiedServer(s3_server, proxy), bucket, str(tmp_path), options=P5 + ["upload_threads=1"],
+              name="crash")
+    m.mount()
     src = tmp_path / "crash.src"
     want = make_file(src, CRASH_SIZE)
     nparts = -(-CRASH_SIZE // (5 * MiB))
@@ -360,6 +367,7 @@ def test_sigkill_after_close_resumes_without_resending_parts(s3, bucket, mounter
     assert len(parts) < nparts - 1, ("the record turned 'closed' only after the streamed parts were sent: "
                                      "a crash during close() would have put the file in recovery/")
     # remount: same cache dir, the journal is resumed in the background
+    proxy.clear()
     t1 = time.monotonic()
     m.mount()
     wait_for(lambda: not journal_records(m.cache_dir), 180, "the resumed upload to finish")
@@ -377,6 +385,8 @@ def test_sigkill_after_close_resumes_without_resending_parts(s3, bucket, mounter
     assert not os.path.exists(os.path.join(m.cache_dir, "recovery")) or \
         not os.listdir(os.path.join(m.cache_dir, "recovery"))
     assert "resumed upload of 'crash.bin' completed" in m.log()
+    unmount(m.path)
+    proxy.close()
     print(f"\ncrash test: {CRASH_SIZE / 1e6:.0f} MB, killed {killed_at - t0:.1f}s after cp started with "
           f"{len(parts)} parts seen ({on_server} after the kill) of {nparts}; resume took {resumed:.1f}s, "
           f"parts reused {st['parts_reused']}, sent again {st['parts_sent']}")
