@@ -67,6 +67,10 @@ class InvalidArgument(FsError):
     pass
 
 
+class NotUtf8Name(InvalidArgument):
+    """A name that is not UTF-8: S3 keys are UTF-8, so no object can carry it."""
+
+
 class NotPermitted(FsError):
     """An operation this filesystem refuses by design (hard link of a directory, ...)."""
 
@@ -184,6 +188,7 @@ ERRNO = {
     ReadOnly: (_errno.EROFS, True),
     NameTooLong: (_errno.ENAMETOOLONG, True),
     InvalidArgument: (_errno.EINVAL, True),
+    NotUtf8Name: (_errno.EILSEQ, True),
     NotPermitted: (_errno.EPERM, True),
     Busy: (_errno.EBUSY, True),
     BadHandle: (_errno.EBADF, False),

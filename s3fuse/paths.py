@@ -2,7 +2,7 @@
 
 A mount of ``bucket:/some/prefix`` maps path ``/a/b`` to key ``some/prefix/a/b``.
 Directory keys end with ``/``.  Names that cannot be path components (empty, ``.``,
-``..``, longer than 255 bytes, containing NUL) are rejected here; listings skip keys
+``..``, longer than 255 bytes, containing NUL, not UTF-8) are rejected here; listings skip keys
 holding them (with a log line) instead of exposing wrong paths.
 """
 NAME_MAX = 255
@@ -11,6 +11,16 @@ NAME_MAX = 255
 def normalize_prefix(prefix: str) -> str:
     prefix = prefix.strip("/")
     return prefix + "/" if prefix else ""
+
+
+def is_utf8(name: str) -> bool:
+    """Names come from the kernel as bytes decoded with surrogateescape: a name that is
+    not UTF-8 holds surrogates and cannot be an S3 key."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def valid_name(name: str) -> bool:

@@ -20,7 +20,7 @@ from ..data.verify import WholeReadDigest
 from ..meta.attrs import MD5_HEADER, Attr, now_ns
 from ..meta.known import Known
 from ..s3.objects import KEY_MAX
-from ..paths import NAME_MAX, split, valid_name
+from ..paths import NAME_MAX, is_utf8, split, valid_name
 from ..write.openfile import OpenFile
 from .handles import Handle
 from .builder import Parts
@@ -87,6 +87,8 @@ class FileOps:
         with the '/' a directory marker adds), its form, a directory as parent.
         Returns (parent, name)."""
         parent, name = split(path)
+        if not is_utf8(name):
+            raise errors.NotUtf8Name(f"{path!r}: the name is not UTF-8 (S3 keys are)")
         key = self.mapper.key(path) + ("/" if is_dir else "")
         if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX or \
                 len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 def _recovery_path(recovery_dir: str, key: str) -> str:
     """A free name in ``recovery_dir`` for a file of ``key``."""
     os.makedirs(recovery_dir, mode=0o700, exist_ok=True)
-    name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key, safe="")[:200]
+    # a key from an older journal may hold surrogates (a name that was not UTF-8): quote its bytes
+    name = time.strftime("%Y%m%dT%H%M%S-") + urllib.parse.quote(key.encode("utf-8", "surrogateescape"),
+                                                                safe="")[:200]
     target = os.path.join(recovery_dir, name)
     n = 1
     while os.path.exists(target):
