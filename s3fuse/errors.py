@@ -95,6 +95,10 @@ class TooLarge(FsError):
     """Beyond what S3 can hold (10,000 parts, EntityTooLarge)."""
 
 
+class MetadataTooLarge(TooLarge):
+    """User metadata over S3's 2 KiB (an extended attribute too long to store)."""
+
+
 class Stale(FsError):
     """The kernel knows a name or an object version S3 no longer has."""
 
@@ -195,6 +199,7 @@ ERRNO = {
     NoSuchAttribute: (_errno.ENODATA, True),
     NotSupported: (_errno.ENOTSUP, True),
     TooLarge: (_errno.EFBIG, False),
+    MetadataTooLarge: (_errno.E2BIG, True),
     Stale: (_errno.ESTALE, True),
     WriteFailed: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),

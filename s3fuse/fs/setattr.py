@@ -11,8 +11,9 @@ from __future__ import annotations
 import stat
 
 from .. import errors
-from ..meta.attrs import MD5_HEADER, Attr, now_ns, object_metadata, xattr_name_stored
+from ..meta.attrs import MD5_HEADER, Attr, now_ns, object_metadata, to_metadata, xattr_name_stored
 from ..paths import split
+from ..s3.objects import USER_METADATA_MAX, user_metadata_size
 from ..write.copy import copy_object
 from .files import FileOps
 from .builder import Parts
@@ -123,7 +124,22 @@ class AttrOps:
         if options & XATTR_REPLACE and name not in current:
             raise errors.NoSuchAttribute(name)
         current[name] = bytes(value)
+        self._check_metadata_size(path, current)
         self._setattr(path, lambda a: a.copy(xattrs=current))
+
+    # room kept for the whole-content MD5 header a close adds (name + 32 hex digits)
+    _MD5_ROOM = len(MD5_HEADER) + 32
+
+    def _check_metadata_size(self, path: str, xattrs: dict):
+        """Refuse (E2BIG) extended attributes that would push the object's metadata over
+        S3's 2 KiB: the upload or copy carrying them would fail 400 MetadataTooLarge -
+        for good, after close() had already returned."""
+        attr = self._with_xattrs(path).copy(xattrs=xattrs)
+        size = user_metadata_size(to_metadata(attr)) + self._MD5_ROOM
+        if size > USER_METADATA_MAX:
+            raise errors.MetadataTooLarge(
+                f"{path}: the extended attributes would make {size} bytes of S3 metadata "
+                f"(the limit is {USER_METADATA_MAX}; base64 makes each value 4/3 its size)")
 
     def removexattr(self, path: str, name: str):
         self._check_namespace(name)

@@ -19,6 +19,7 @@ MIN_PART = 5 << 20            # every part of a multipart upload but the last
 MAX_PART = 5 << 30            # one part, one PutObject, one CopyObject
 MAX_PARTS = 10_000
 KEY_MAX = 1024                # bytes of an object key
+USER_METADATA_MAX = 2048      # bytes of user metadata: names (without x-amz-meta-) and values, UTF-8
 
 
 # Headers that describe an object's content besides its user metadata: a metadata
@@ -38,6 +39,7 @@ _EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
+_METADATA_TOO_LARGE = {"MetadataTooLarge"}
 _NOT_IMPLEMENTED = {"NotImplemented"}      # e.g. RGW 16 copying an encrypted object (501)
 _BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
          "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
@@ -60,6 +62,12 @@ def check_headers(metadata: Optional[dict], headers: Optional[dict]) -> None:
         check_header_value(name, value)
 
 
+def user_metadata_size(metadata: dict) -> int:
+    """What S3 counts against USER_METADATA_MAX: the UTF-8 bytes of each name and value."""
+    return sum(len(str(k).encode("utf-8", "surrogateescape")) + len(str(v).encode("utf-8", "surrogateescape"))
+               for k, v in metadata.items())
+
+
 def error_kind(code: str, status: int):
     """The ``errors`` kind of an S3 error answer (its ``<Code>`` and HTTP status)."""
     if code in _NO_BUCKET:
@@ -76,6 +84,8 @@ def error_kind(code: str, status: int):
         return errors.ObjectChanged
     if code in _NO_UPLOAD:
         return errors.UploadGone
+    if code in _METADATA_TOO_LARGE:
+        return errors.MetadataTooLarge
     if code in _TOO_LARGE:
         return errors.TooLarge
     if code in _NOT_IMPLEMENTED:
