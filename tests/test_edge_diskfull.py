@@ -5,6 +5,7 @@ the free space succeeds (uploaded parts are released from its staging file), edi
 existing object work, and the mount stays fully usable."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -150,4 +151,30 @@ def test_a_copy_larger_than_the_free_space(s3, bucket, tiny_mount, tmp_path):
     cp = subprocess.run(["cp", str(src), m.p("copy2.bin")], capture_output=True, text=True)
     assert cp.returncode == 0, cp.stderr
     assert body_md5(s3, bucket, "copy2.bin") == want
+    usable(m, s3, bucket)
+
+
+def test_a_reader_of_a_released_file_never_gets_zeros(s3, bucket, tiny_mount):
+    """A handle opened while a large file is being written reads the bytes written, or
+    EIO where they were released to the full disk - never zeros; after close, all."""
+    m = tiny_mount(bucket)
+    data = os.urandom(80 * MiB)
+    fd = os.open(m.p("stream.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, len(data), MiB):
+            assert os.pwrite(fd, data[off:off + MiB], off) == MiB
+        rfd = os.open(m.p("stream.bin"), os.O_RDONLY)
+        try:
+            try:
+                head = os.pread(rfd, 64 << 10, 0)
+            except OSError as exc:
+                head = exc
+            assert isinstance(head, OSError) and head.errno == errno.EIO, "the first parts were released: EIO"
+            assert os.pread(rfd, 64 << 10, len(data) - (64 << 10)) == data[-(64 << 10):]
+        finally:
+            os.close(rfd)
+    finally:
+        os.close(fd)                     # close(): the upload completes
+    assert body_md5(s3, bucket, "stream.bin") == hashlib.md5(data).hexdigest()
+    assert md5_of_file(m.p("stream.bin")) == hashlib.md5(data).hexdigest()
     usable(m, s3, bucket)
