@@ -353,6 +353,7 @@ class BlockCache:
                 break
             short = self._space.short_by(need)
         if not short:
+            self._warned_full = False       # room again: the next full disk is worth a line
             return batch
         room = max(0, self._space.free() - self._space.min_free)
         kept = []
