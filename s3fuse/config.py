@@ -110,6 +110,16 @@ def _nonneg_float(text):
     return value
 
 
+def parse_min_free(text: str):
+    """'5%' -> Fraction(5, 100) (of the filesystem's size); '256M' -> bytes."""
+    if text.strip().endswith("%"):
+        value = Fraction(text.strip()[:-1].strip())
+        if not 0 <= value < 100:
+            raise ValueError(f"a percentage of the disk is 0%..99%, not {text!r}")
+        return value / 100
+    return parse_size(text)
+
+
 def _part_size(text) -> int:
     value = parse_size(text)
     if not 5 << 20 <= value <= 5 << 30:
@@ -155,6 +165,10 @@ OPTIONS = {
                                     "(default: one per endpoint, bucket and prefix under /var/cache/s3fuse, "
                                     "or ~/.cache/s3fuse for other users)"),
     "cache_size": ("cache_size", _positive(parse_size), "block cache size limit (default 10G)"),
+    "cache_min_free": ("cache_min_free", parse_min_free,
+                       "free space the block cache leaves on cache_dir's disk for files being written: a size "
+                       "or a percentage of the disk (default 5%); below it the cache evicts its oldest blocks, "
+                       "and caches no more while it cannot (reads then come from S3)"),
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
@@ -239,6 +253,7 @@ class MountConfig:
     cache_dir: str = ""                 # "" until resolve_cache_dir(): one per mount under the root
     cache_root: Optional[str] = None    # set when cache_dir is the default
     cache_size: int = 10 << 30
+    cache_min_free: object = Fraction(5, 100)     # bytes, or a Fraction of the cache disk
     block_size: int = 1 << 20
     readahead: int = 64 << 20
     read_threads: int = 8

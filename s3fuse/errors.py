@@ -107,7 +107,12 @@ class ObjectChanged(Stale):
     """The object's ETag is no longer the one pinned at open (412 on If-Match, or 404)."""
 
 
-class SourceChanged(ObjectChanged):
+class NeverCompletes(FsError):
+    """An upload that can never complete as recorded (its record is abandoned: the
+    staging file goes to ``recovery/``).  A marker: each kind keeps its own errno."""
+
+
+class SourceChanged(ObjectChanged, NeverCompletes):
     """An edit in place can never complete: the old version its untouched parts are
     copied from is gone from the server (another client overwrote or deleted the key)."""
 
@@ -119,6 +124,21 @@ class WriteFailed(FsError):
     def __init__(self, message: str = "", local_errno: int = 0):
         super().__init__(message)
         self.local_errno = local_errno
+
+
+class ShortWrite(FsError):
+    """A write to the cache disk that wrote nothing and reported no error."""
+
+
+class StagingReleased(FsError):
+    """A change (write, truncate) of bytes of a file being written that were already
+    uploaded and released from the full staging disk (``write/release.py``): the file
+    can no longer be uploaded as written (ENOSPC: the disk was full)."""
+
+
+class ReleasedRead(FsError):
+    """A read of bytes of a file being written that were uploaded and released from the
+    full staging disk: they are readable again once the file is closed (in the bucket)."""
 
 
 # -- S3 answers (made by the s3fuse.s3 package) --------------------------------------------
@@ -157,6 +177,11 @@ class BackendError(FsError):
 
 class UploadGone(BackendError):
     """A multipart upload id the server no longer knows (NoSuchUpload)."""
+
+
+class UploadLost(BackendError, NeverCompletes):
+    """A multipart upload whose parts released from the staging disk the server no
+    longer has (the upload was aborted or expired): it can never complete."""
 
 
 class ChecksumMismatch(BackendError):
@@ -202,6 +227,9 @@ ERRNO = {
     MetadataTooLarge: (_errno.E2BIG, True),
     Stale: (_errno.ESTALE, True),
     WriteFailed: (_errno.EIO, False),
+    ShortWrite: (_errno.EIO, False),
+    StagingReleased: (_errno.ENOSPC, False),
+    ReleasedRead: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),
     ClockSkewed: (_errno.EACCES, False),
     CredentialsExpired: (_errno.EACCES, False),
@@ -229,6 +257,11 @@ def errno_of(exc: BaseException) -> int:
         return exc.errno
     found = _entry(exc)
     return found[0] if found is not None else _errno.EIO
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """A local write failed for want of space (ENOSPC, EDQUOT): room may be made."""
+    return isinstance(exc, OSError) and exc.errno in (_errno.ENOSPC, _errno.EDQUOT)
 
 
 def is_quiet(exc: BaseException) -> bool:

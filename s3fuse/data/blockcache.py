@@ -20,6 +20,13 @@ blocks waiting at once in one sqlite transaction, files go into 256 fixed direct
 ``size_limit / 16`` bytes written instead of a volume query per block: the cache may
 exceed its limit by that much between two culls.
 
+Room on the disk (``space``, a ``diskspace.DiskSpace``): the cache leaves ``min_free``
+bytes free on cache_dir's filesystem (``-o cache_min_free``) for staging and the journal:
+before a batch is written the oldest blocks are evicted until it fits, and what still
+does not fit is not cached (``not_cached``; reads fetch it again).  Writers that find the
+disk low or full ask for room too (``evict``): the cache is expendable, written files are
+not.  ``_evict_lock`` serialises evictions (disk I/O; only ``_lock`` is taken under it).
+
 Crash safety (a SIGKILL at any moment, docs/design/reads.md): diskcache writes a value
 file completely before the sqlite row naming it commits, so a kill leaves at worst value
 files without a row (swept at start, ``sweep_orphans``) and never a committed row whose
@@ -40,6 +47,8 @@ from typing import Optional
 
 import cachetools
 import diskcache
+
+from .. import errors
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +113,24 @@ class WholeWriteDisk(diskcache.Disk):
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             f = open(full_path, mode, encoding=encoding)
         size = 0
-        with f:
-            for chunk in chunks:
-                size += len(chunk)
-                f.write(chunk)
+        try:
+            with f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    f.write(chunk)      # buffered: the whole chunk, or an exception
+        except BaseException:
+            # a full disk: no row will name this file, and a cut file must not stay behind
+            try:
+                os.remove(full_path)
+            except OSError:
+                pass
+            raise
         return size
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC from a value file, or sqlite's own word for it."""
+    return errors.is_no_space(exc) or "disk is full" in str(exc)
 
 
 def value_files(cache: diskcache.Cache) -> tuple:
@@ -144,9 +166,11 @@ def sweep_orphans(cache: diskcache.Cache) -> int:
 
 class BlockCache:
     def __init__(self, directory: str, size_limit: int, bucket: str, memory: int = 48 << 20,
-                 max_pending: int = 16, pool=None):
+                 max_pending: int = 16, pool=None, space=None):
         self._bucket = bucket
         self._pool = pool      # memory.BufferPool: full blocks read from disk go into its buffers
+        self._space = space    # diskspace.DiskSpace of cache_dir: its min_free is left free
+        self._evict_lock = threading.Lock()     # one eviction at a time (disk I/O: not a leaf)
         # cull_limit=0: no eviction inside set(); the writer culls (see _write_loop).
         self._cache = diskcache.Cache(directory, size_limit=size_limit,
                                       eviction_policy="least-recently-stored",
@@ -164,6 +188,11 @@ class BlockCache:
         self.dropped = 0          # blocks not cached because the disk writer was stuck (status)
         self.torn = 0             # rows found with a short or missing value file (deleted)
         self.orphans = 0          # value files without a row removed at start (a crash mid-write)
+        self.not_cached = 0       # blocks not stored: the disk had no room above min_free
+        self.evicted = 0          # blocks evicted to keep min_free free (or for a staging write)
+        self._warned_full = False
+        # rows whose value file an eviction removed when sqlite could not commit the delete: misses
+        self._gone: dict = {}
         # the writer starts last: its first pass sets ``orphans`` (it was reset after it ran)
         self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
         self._writer.start()
@@ -175,7 +204,8 @@ class BlockCache:
         k = self._k(key, etag, index)
         with self._lock:
             data = self._pending.get(k) or self._recent.get(k)
-        if data is None:
+            gone = k in self._gone
+        if data is None and not gone:
             data = self._from_disk(k)
             if data is None and self._cache.disk.take_bad() is not None:
                 self._forget_torn(k)
@@ -282,16 +312,22 @@ class BlockCache:
             with self._lock:
                 batch = [(k, self._pending.get(k)) for k in keys]
             try:
+                self._delete_gone()
+                batch = self._fit(batch)
                 with self._cache.transact():
                     for k, data in batch:
                         if data is not None:
                             self._cache.set(k, data)
+                            self._gone.pop(k, None)
                             self._written_since_cull += len(data)
                 if self._written_since_cull >= self._cull_every:
                     self._written_since_cull = 0
                     self._cache.cull()
-            except Exception:   # a full or broken cache disk must not fail reads
-                log.warning("block cache write failed", exc_info=True)
+            except Exception as exc:   # a full or broken cache disk must not fail reads
+                if _disk_full(exc):
+                    self._full(len(batch), exc)
+                else:
+                    log.warning("block cache write failed", exc_info=True)
             finally:
                 with self._lock:
                     for k in keys:
@@ -302,6 +338,89 @@ class BlockCache:
             batch = data = None
             if stop:
                 return
+
+    # -- room on the disk --------------------------------------------------------------------
+    def _fit(self, batch: list) -> list:
+        """The blocks of ``batch`` that can be stored leaving ``min_free`` free on the disk,
+        after evicting the oldest blocks for them; the others are not cached (their reads
+        fetch them again)."""
+        if self._space is None:
+            return batch
+        need = sum(len(d) for _, d in batch if d is not None)
+        short = self._space.short_by(need)
+        for _ in range(4):          # the sqlite files grow too: evict again while it helps
+            if not short or not self.evict(short):
+                break
+            short = self._space.short_by(need)
+        if not short:
+            self._warned_full = False       # room again: the next full disk is worth a line
+            return batch
+        room = max(0, self._space.free() - self._space.min_free)
+        kept = []
+        for k, data in batch:
+            if data is not None and len(data) <= room:
+                kept.append((k, data))
+                room -= len(data)
+        self._full(len(batch) - len(kept))
+        return kept
+
+    def _full(self, blocks: int, exc: Optional[BaseException] = None):
+        with self._lock:
+            self.not_cached += blocks
+            first, self._warned_full = not self._warned_full, True
+        if first and blocks:
+            log.warning("block cache %s: the disk is full (min free %d bytes%s): blocks are not cached while "
+                        "there is no room (reads fetch them from S3); files being written have the space",
+                        self._cache.directory, self._space.min_free if self._space else 0,
+                        f"; {exc}" if exc else "")
+
+    def evict(self, nbytes: int) -> int:
+        """Delete the least recently stored blocks on disk, about ``nbytes`` of them (room
+        for staging, or for ``min_free``).  Returns the bytes of the values deleted."""
+        freed = 0
+        with self._evict_lock:
+            while freed < nbytes:
+                # diskcache's schema (5.x): the rows in the order its eviction policy culls
+                rows = self._cache._sql("SELECT key, size, filename FROM Cache ORDER BY store_time LIMIT 32 "
+                                        "OFFSET ?", (len(self._gone),)).fetchall()
+                deleted = 0
+                for key, size, filename in rows:
+                    if freed >= nbytes:
+                        break
+                    if self._delete_row(key, filename):
+                        freed += size or 0
+                        deleted += 1
+                with self._lock:
+                    self.evicted += deleted
+                if not deleted:
+                    break
+        return freed
+
+    def _delete_row(self, key: str, filename: Optional[str]) -> bool:
+        try:
+            return bool(self._cache.delete(key))
+        except Exception as exc:
+            if not _disk_full(exc) or not filename:
+                raise
+        # sqlite needs room to commit a delete: free the value file itself (the row, now
+        # naming no file, is a miss until _delete_gone removes it)
+        with self._lock:
+            self._gone[key] = None
+        try:
+            os.remove(os.path.join(self._cache.directory, filename))
+        except FileNotFoundError:
+            pass
+        return True
+
+    def _delete_gone(self):
+        with self._lock:
+            gone = list(self._gone)
+        for k in gone:
+            if self._space is not None and self._space.low():
+                return
+            self._cache.delete(k)
+            with self._lock:
+                self._gone.pop(k, None)
 
     def flush(self, timeout: float = 30.0):
         """Wait until queued blocks are on disk (tests, unmount)."""

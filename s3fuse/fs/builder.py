@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..config import MountConfig
 from ..data.blockcache import BlockCache
+from ..data.diskspace import DiskSpace
 from ..data.memory import BufferPool, MemoryBudget, Share, accounted_limit
 from ..data.reader import BlockFetcher
 from ..meta.attrs import Defaults
@@ -66,6 +67,7 @@ class Parts:
     commits: CommitScheduler
     staging_dir: str
     recovery_dir: str
+    space: Optional[DiskSpace] = None      # free space of cache_dir's disk (-o cache_min_free)
     lockfile: object = None
     writing_leftovers: list = field(default_factory=list)   # WRITING records found at start
     writeback: Optional[object] = None    # fs.writeback.Writeback with -o writeback (made by Filesystem)
@@ -82,7 +84,7 @@ class Parts:
         self.known.close()
 
 
-def _read_path(cfg: MountConfig, client):
+def _read_path(cfg: MountConfig, client, space: DiskSpace):
     """The memory budget and what draws from it on the read side (docs/design/memory.md):
     a quarter of the budget for blocks kept in memory, a quarter for blocks queued for the
     cache disk, at most half for one reader's read-ahead window; upload parts take theirs
@@ -91,7 +93,9 @@ def _read_path(cfg: MountConfig, client):
     buffers = BufferPool(budget, cfg.block_size)
     quarter = max(cfg.block_size, budget.limit // 4)
     blocks = BlockCache(CacheDir(cfg.cache_dir).blocks, cfg.cache_size, client.bucket,
-                        memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers)
+                        memory=quarter, max_pending=max(2, quarter // cfg.block_size), pool=buffers,
+                        space=space)
+    space.add_reclaimer(blocks.evict)                 # a full disk: written files come first
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
                            window_cap=max(2, budget.limit // 2 // cfg.block_size))
     budget.add_reclaimer(blocks.reclaim)              # first the oldest in-memory blocks,
@@ -107,12 +111,13 @@ class Writer:
     mover: TreeMover
 
 
-def build_writer(cfg: MountConfig, client, budget: MemoryBudget) -> Writer:
+def build_writer(cfg: MountConfig, client, budget: MemoryBudget, space: Optional[DiskSpace] = None) -> Writer:
     """Journal, uploader and mover of ``cfg.cache_dir``; upload parts hold at most half of
-    ``budget`` while they are sent."""
+    ``budget`` while they are sent.  ``space``: the cache disk's (the journal's writes ask
+    it for room when the disk is full)."""
     layout = CacheDir.of(cfg)
     layout.prepare()
-    journal = Journal(layout.journal)
+    journal = Journal(layout.journal, space=space)
     uploader = Uploader(client, journal, threads=cfg.upload_threads, part_size=cfg.part_size,
                         threshold=cfg.multipart_threshold, copy_part_size=cfg.copy_part_size,
                         budget=Share(budget, budget.limit // 2))
@@ -129,8 +134,9 @@ def build(cfg: MountConfig, client) -> Parts:
     cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl)
     known = KnownMetadata(layout.meta, client.bucket)
     ns = Namespace(client, mapper, cache, known, defaults, exact=(cfg.meta == "exact"))
-    budget, buffers, blocks, fetcher = _read_path(cfg, client)
-    writer = build_writer(cfg, client, budget)
+    space = DiskSpace(layout.root, cfg.cache_min_free)
+    budget, buffers, blocks, fetcher = _read_path(cfg, client, space)
+    writer = build_writer(cfg, client, budget, space)
     journal, uploader = writer.journal, writer.uploader
 
     def uploaded(entry, etag: str):
@@ -146,7 +152,7 @@ def build(cfg: MountConfig, client) -> Parts:
         commits.add_pending(entry)
     readahead = ListingReadAhead(cache, fetcher, mapper) if cfg.small_file_readahead else None
     return Parts(cfg=cfg, client=client, mapper=mapper, cache=cache, known=known, ns=ns,
-                 budget=budget, buffers=buffers, blocks=blocks,
+                 budget=budget, buffers=buffers, blocks=blocks, space=space,
                  fetcher=fetcher, journal=journal, uploader=uploader, mover=writer.mover,
                  handles=HandleTable(), commits=commits, staging_dir=layout.staging, recovery_dir=layout.recovery,
                  lockfile=lockfile, writing_leftovers=writing, readahead=readahead)

@@ -115,7 +115,7 @@ class CommitScheduler:
                         continue
                 try:
                     etag = recovery.resume(self.uploader, self.journal, entry)
-                except errors.SourceChanged:         # abandoned (recovery.abandon logged it)
+                except errors.NeverCompletes:        # abandoned (recovery.abandon logged it)
                     with self._lock:
                         self._pending.pop(entry.id, None)
                     continue

@@ -150,7 +150,8 @@ class FileOps:
             base = None if new else PinnedObject(key, attr.etag or "", attr.size)
             origin = None if new else (lambda: self.version_info(key, attr))
             return OpenFile(path, key, attr, self.staging_dir, self.uploader, self.journal,
-                            fetcher=self.fetcher, base=base, truncate=truncate, new=new, origin=origin)
+                            fetcher=self.fetcher, base=base, truncate=truncate, new=new, origin=origin,
+                            space=self.parts.space)
         return self.handles.acquire_file(path, make)
 
     def version_info(self, key: str, attr: Attr) -> Optional[Known]:
@@ -197,7 +198,7 @@ class FileOps:
             f = self._acquire(path, attr, truncate=bool(flags & os.O_TRUNC), seen_open=seen_open)
             if flags & os.O_TRUNC and writable and f.size:
                 f.truncate(0)
-            return self.handles.add(Handle(path, flags, file=f, writable=writable)), False
+            return self._file_handle(path, flags, f, writable), False
         obj = PinnedObject(self.mapper.key(path), attr.etag or "", attr.size)
         reader = Reader(self.fetcher, obj, self.cfg.readahead // self.cfg.block_size)
         verify = self._digest(obj, attr) if self.cfg.verify else None
@@ -234,7 +235,14 @@ class FileOps:
         self.cache.add(parent, name, path, f.attr)
         self.handles.forget_kernel_cache(path)
         self.parent_changed(path)
-        return self.handles.add(Handle(path, flags, file=f, writable=True))
+        return self._file_handle(path, flags, f, True)
+
+    def _file_handle(self, path: str, flags: int, f: OpenFile, writable: bool) -> int:
+        """A handle of an OpenFile; one that may read is counted (staging of a file with
+        readers is never released: write/release.py)."""
+        if (flags & os.O_ACCMODE) != os.O_WRONLY:
+            f.release.readers(+1)
+        return self.handles.add(Handle(path, flags, file=f, writable=writable))
 
     # -- data ----------------------------------------------------------------------------------
     def read(self, fh: int, size: int, offset: int):
@@ -351,6 +359,8 @@ class FileOps:
         finally:
             self.handles.end_deferred(ended)
         if handle is not None and handle.file is not None:
+            if (handle.flags & os.O_ACCMODE) != os.O_WRONLY:
+                handle.file.release.readers(-1)
             self._release_file(handle.file)
 
     def _release_file(self, f: OpenFile):

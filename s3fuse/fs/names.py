@@ -190,6 +190,7 @@ class NameOps:
             # a writeback upload of it in progress (to the old key) ends first: then the file
             # is clean (copied below) or still dirty
             with f.settled():
+                f.release.settle()       # parts released to a full disk wait in an upload: it ends first
                 if f.dirty:
                     # Open for writing with unsent data: the upload lands under the new name.
                     f.detach_from_base(stop_stream=True)

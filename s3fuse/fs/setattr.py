@@ -64,6 +64,7 @@ class AttrOps:
             # a writeback upload of it in progress ends first (after it the file is clean,
             # or discarded: its staging file closed), so the change is never lost between
             with f.settled():
+                f.release.settle()       # parts released to a full disk wait in an upload: it ends first
                 if f.dirty:
                     f.set_attr(change(f.attr))
                     if self.parts.writeback is not None and f.refs <= 0:

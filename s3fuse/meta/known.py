@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 
 import diskcache
 
+from .. import errors
+
 log = logging.getLogger(__name__)
 
 SLACK = 2.0      # seconds: LastModified and Date have 1 s resolution; the clock offset is estimated
@@ -132,13 +134,20 @@ class KnownMetadata:
                     self._flushing = {}
 
     def _run(self):
+        full = False
         while not self._closed:
             self._wake.wait(self.FLUSH_EVERY)
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:   # the store is an optimisation: never fatal
-                log.warning("metadata store flush failed", exc_info=True)
+                full = False
+            except Exception as exc:   # the store is an optimisation: never fatal
+                if not (errors.is_no_space(exc) or "disk is full" in str(exc)):
+                    log.warning("metadata store flush failed", exc_info=True)
+                elif not full:         # once per full-disk episode, not every second
+                    full = True
+                    log.warning("metadata store: the cache disk is full; what this mount learnt of "
+                                "objects is not kept meanwhile (later lookups HEAD them): %s", exc)
 
     def close(self):
         self._closed = True

@@ -26,7 +26,7 @@ from typing import Optional
 import cachetools
 
 from .. import errors
-from ..paths import NAME_MAX, KeyMapper, join, split, valid_name
+from ..paths import NAME_MAX, KeyMapper, is_utf8, join, split, valid_name
 from .attrs import Attr, Defaults, apply_metadata, default_attr
 from .cache import DirListing, MetaCache
 from .known import KnownMetadata, same_time
@@ -87,6 +87,8 @@ class Namespace:
         if self.cache.is_missing(path):
             raise errors.NotFound(path)
         parent, name = split(path)
+        if not is_utf8(path):
+            raise errors.NotFound(f"{path!r}: not UTF-8, so no S3 key")     # no request: S3 answers 400
         if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise errors.NameTooLong(path)
         if not valid_name(name) or name.endswith(FOLDER_SUFFIX):

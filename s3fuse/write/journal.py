@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import metrics
+from ..data.diskspace import write_file
 
 WRITING = "writing"
 CLOSED = "closed"
@@ -56,6 +57,9 @@ class Entry:
     # plan [[number, start, end, copy], ...]; ``parts`` then holds copied parts' ETags too
     source: Optional[dict] = None  # {"key": ..., "etag": ...}
     plan: Optional[list] = None
+    # [[start, end], ...]: staging ranges of uploaded (recorded) parts given back to a full
+    # disk (release.py): the server has them, the staging file does not (zeros)
+    released: list = field(default_factory=list)
 
 
 def part_record(md5: str, etag: str) -> list:
@@ -73,16 +77,6 @@ def part_etag(record) -> str:
     return record[1] if isinstance(record, list) else record
 
 
-def _write(path: str, data: bytes, fsync: bool):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(path: str):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -92,8 +86,10 @@ def fsync_dir(path: str):
 
 
 class Journal:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, space=None):
         self.dir = directory
+        # a full disk: records come before cached blocks (data.diskspace.DiskSpace)
+        self._room = space.room_maker() if space is not None else None
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     @staticmethod
@@ -108,12 +104,14 @@ class Journal:
         directory (power loss).  Otherwise one write() straight to the record (a small
         file's one-PutObject record, never updated in place): a crash of the daemon cannot
         split a write() of a few hundred bytes, and a record cut by a power loss fails to
-        load and is skipped (its staging file then goes to recovery/, see recovery.py)."""
+        load and is skipped (its staging file then goes to recovery/, see recovery.py).
+        A write that fails (a full disk) leaves no cut record: the one before stays
+        (durable), or there is none (in place: the file is removed)."""
         data = self.encode(entry)
         if durable:
             self.write(entry.id, data)
         else:
-            _write(self._path(entry.id), data, fsync=False)
+            write_file(self._path(entry.id), data, fsync=False, make_room=self._room)
             metrics.JOURNAL_WRITES.inc()
 
     @staticmethod
@@ -121,9 +119,11 @@ class Journal:
         return json.dumps(vars(entry)).encode()
 
     def write(self, entry_id: str, data: bytes):
-        """Durably replace record ``entry_id`` by ``data`` (from ``encode``)."""
+        """Durably replace record ``entry_id`` by ``data`` (from ``encode``): the tmp file
+        written whole and fsynced, then renamed over the record; if that write fails the
+        record on disk is the one before."""
         path = self._path(entry_id)
-        _write(path + ".tmp", data, fsync=True)
+        write_file(path + ".tmp", data, fsync=True, make_room=self._room)
         os.replace(path + ".tmp", path)
         fsync_dir(self.dir)
         metrics.JOURNAL_WRITES.inc()

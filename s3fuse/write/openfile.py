@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from typing import Optional
 
 from .. import errors
+from ..data.diskspace import pwrite_all
 from ..meta.attrs import Attr, object_metadata
 from ..s3.objects import new_object_headers
 from .hashing import SequentialMD5
@@ -36,7 +37,9 @@ from . import recovery
 from .journal import CLOSED, WRITING, Entry, Journal
 from .parts import PartPlan
 from .ranges import RangeSet
+from .release import Release
 from .sparse import SparseStaging
+from .streaming import close_stream
 
 log = logging.getLogger(__name__)
 KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
@@ -44,7 +47,7 @@ KEPT = "upload kept in the journal for resume (retried every 30 s, and by the ne
 
 class OpenFile:
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
-                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None):
+                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None, space=None):
         self.path = path
         self.key = key
         self.attr = attr
@@ -55,6 +58,7 @@ class OpenFile:
         self._base_end = 0 if self.base is None else self.base.size   # original bytes still wanted
         self._reader = None                  # data.reader.Reader of the base (reads of unstaged bytes)
         self.sparse = SparseStaging(self)    # reads and fills of the staging file (sparse.py)
+        self.release = Release(self, space)  # staging given back to a full disk (release.py)
         self.lock = threading.RLock()
         self.refs = 0
         self.staging = os.path.join(staging_dir, journal.new_id())
@@ -111,6 +115,8 @@ class OpenFile:
         file no longer depends on the object at its key (unlink, rename while dirty).
         ``stop_stream``: the key changes, so a streamed upload to the old key is aborted."""
         with self._changing():
+            if stop_stream:
+                self.release.check_rename()
             self.sparse.fill(0, self.size)
             if stop_stream:
                 self._stop_stream()
@@ -129,10 +135,12 @@ class OpenFile:
         with self._changing():
             if self.failed is not None:
                 raise errors.WriteFailed(f"{self.path}: earlier write failed")
+            self.release.settle()
             end = offset + len(data)
+            self.release.check_change(offset, end)
             try:
-                written = os.pwrite(self._fd, data, offset)
-            except OSError as exc:
+                written = pwrite_all(self._fd, data, offset, self.release.make_room)
+            except (OSError, errors.FsError) as exc:
                 self.failed = exc
                 log.error("%s: staging write failed (%s); the file will not be uploaded", self.path, exc)
                 raise
@@ -153,10 +161,14 @@ class OpenFile:
             self._after_write(offset, end)
             if self._stream is not None and self._stream_progress is not None:
                 self._stream_progress.total = self.size
+            self.release.after_write()
             return written
 
     def truncate(self, length: int):
         with self._changing():
+            self.release.settle()
+            self.release.check_change(0, length, "a truncate")
+            self.release.forget()           # released ranges above length: cut off
             if length < self.size:
                 self.present.clip(length)
                 self._base_end = min(self._base_end, length)
@@ -180,6 +192,7 @@ class OpenFile:
     def set_attr(self, attr: Attr):
         """chmod/chown/utimens while open: the new values go with the upload."""
         with self._changing():
+            self.release.settle()
             self.attr = attr.copy(size=self.size)
             self.meta_dirty = True
             self._changes += 1
@@ -208,6 +221,7 @@ class OpenFile:
             n = self._stream_next
             self._stream_futures[n] = self.uploader.pool.submit(self._stream_part, self._stream, self._stream_begin,
                                                                 n, p_start, p_end)
+            self._stream_futures[n].add_done_callback(self.release.part_ended(self._stream.id, n))
             self._stream_next += 1
 
     def _stream_part(self, entry: Entry, begin: Future, number: int, start: int, end: int):
@@ -230,6 +244,7 @@ class OpenFile:
     def _stop_stream(self):
         if self._stream is None:
             return
+        self.release.lost("its streamed upload was aborted")
         self._wait_stream()
         entry, self._stream = self._stream, None
         self.uploader.untrack(entry.id)
@@ -258,8 +273,7 @@ class OpenFile:
                 return True
             plan = self.sparse.stage_for_upload()
             os.fsync(self._fd)
-            entry = self._closed_entry(plan)
-            self.journal.save(entry, durable=True)
+            entry = self._record_closed(plan, durable=True)
             self._drop_pending()        # a record of the same file sealed before (other key or content)
             self._pending = entry
             self._sealed = (self._changes, self.key)
@@ -305,7 +319,7 @@ class OpenFile:
                 return self._commit_now()
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
-        except errors.SourceChanged as exc:
+        except errors.NeverCompletes as exc:
             with self.lock:
                 self._abandoned(entry, exc)
             raise
@@ -328,15 +342,14 @@ class OpenFile:
         # disk on the close path); otherwise the staging file is fsynced.  A daemon
         # crash loses nothing in the page cache either way.
         durable = self.size >= self.uploader.threshold or self._stream is not None
-        if durable and not self._md5_known():
+        if durable and (not self._md5_known() or self.release.ranges):
             os.fsync(self._fd)
-        entry = self._closed_entry(plan)
-        self.journal.save(entry, durable=durable)
+        entry = self._record_closed(plan, durable)
         self._drop_pending()        # the new record replaces the one of a failed commit
         self._pending = entry
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
-        except errors.SourceChanged as exc:
+        except errors.NeverCompletes as exc:
             self._abandoned(entry, exc)
             raise
         except Exception as exc:
@@ -357,45 +370,32 @@ class OpenFile:
         self.dirty = self.meta_dirty = False
         self._streamable = False
         self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
-        if entry.plan:
+        if entry.plan or entry.released:
             self.sparse.edited(etag)
+            self.release.forget()
         return etag, entry
 
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
 
+    def _record_closed(self, plan, durable: bool) -> Entry:
+        stream = self._stream
+        try:
+            entry = self._closed_entry(plan)
+            self.journal.save(entry, durable=durable)
+        except BaseException:
+            if stream is not None and self.release.ranges:    # no other record can have released parts
+                self._stream = stream
+                self.release.lost("its record could not be saved at close")
+            raise
+        return entry
+
     def _closed_entry(self, plan=None) -> Entry:
         metadata, headers = self._object_fields()
         md5 = self._hasher.hexdigest() if self._md5_known() else None
         if self._stream is not None:
-            # close() is reached and self.lock is held: the staging file is final, so the
-            # record turns CLOSED now, before waiting for the streamed parts - a crash while
-            # they upload must resume them, not treat the file as never closed.  Parts
-            # rewritten after they were streamed are waited for first: no MD5 of their old
-            # content may reach a CLOSED record.
-            entry, self._stream = self._stream, None
-            begin_failed = self._stream_begin.exception() is not None
-            self._wait_stream(only=set(self._redo_parts))
-            last = self._plan.number_at(self.size - 1) if self.size else 1
-
-            def close_record(e):       # under the uploader's bookkeeping lock (parts change under it)
-                if begin_failed:
-                    e.upload_id, e.parts = None, {}
-                for n in self._redo_parts:
-                    e.parts.pop(str(n), None)
-                for n in [int(k) for k in e.parts if int(k) > last]:
-                    e.parts.pop(str(n))
-                if self._plan.range_of(last)[1] != self.size or self.size == 0:
-                    e.parts.pop(str(last), None)    # the last part changed size
-                e.state, e.size, e.md5, e.metadata, e.headers = CLOSED, self.size, md5, metadata, headers
-                e.verify_md5 = md5 is not None
-            self.uploader.save_record(entry, close_record)
-            self._wait_stream()
-            with self.uploader.lock:
-                for n in self._redo_parts:          # streamed parts that failed
-                    entry.parts.pop(str(n), None)
-            self._redo_parts.clear()
-            return entry
+            return close_stream(self, md5, metadata, headers)
+        self.release.check_change(0, self.size, "a new record")     # never: the stream holds them
         source = {"key": self.base.key, "etag": self.base.etag} if plan else None
         return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
                      md5=md5, verify_md5=md5 is not None, metadata=metadata, headers=headers,

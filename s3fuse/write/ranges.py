@@ -13,6 +13,9 @@ class RangeSet:
     def __iter__(self):
         return iter(list(self._r))
 
+    def __bool__(self):
+        return bool(self._r)
+
     def __repr__(self):
         return f"RangeSet({self._r})"
 

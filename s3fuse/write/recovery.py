@@ -54,6 +54,16 @@ def _recover_file(staging: str, key: str, recovery_dir: str,
     return target
 
 
+def _released_note(entry) -> str:
+    """What a recovered copy lacks: ranges released from the full cache disk (release.py)."""
+    if not getattr(entry, "released", None):
+        return ""
+    spans = ", ".join(f"{start}-{end}" for start, end in entry.released[:8])
+    more = f" and {len(entry.released) - 8} more" if len(entry.released) > 8 else ""
+    return (f"; bytes {spans}{more} had been uploaded and released from the full cache disk: "
+            f"zeros in this copy")
+
+
 def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
     """Local part of recovery (no network).  Returns (closed_entries, writing_entries);
     the staging files of WRITING entries and orphans are already moved to recovery."""
@@ -83,7 +93,7 @@ def sort_out(journal: Journal, staging_dir: str, recovery_dir: str):
     referenced = {os.path.basename(e.staging) for e in closed}
     for e in writing:
         if os.path.exists(e.staging) and os.path.basename(e.staging) not in referenced:
-            _recover_file(e.staging, e.key, recovery_dir)
+            _recover_file(e.staging, e.key, recovery_dir, "writer never closed it" + _released_note(e))
             referenced.add(os.path.basename(e.staging))
     for name in os.listdir(staging_dir):
         if name not in referenced:
@@ -176,14 +186,15 @@ def supersede(client, journal: Journal, entry, recovery_dir: str):
 
 
 def abandon(journal: Journal, entry, why: str):
-    """An upload that can never complete (an edit in place whose old version is gone,
-    ``errors.SourceChanged``): its record goes, its staging file (the bytes written) is
-    kept in ``recovery/`` beside the journal, and the reason is logged."""
+    """An upload that can never complete (``errors.NeverCompletes``: an edit in place whose
+    old version is gone, an upload whose released parts are gone): its record goes, its
+    staging file (the bytes written) is kept in ``recovery/`` beside the journal, and the
+    reason is logged."""
     journal.remove(entry.id)
     log.error("upload of %r abandoned: %s", entry.key, why)
     if os.path.exists(entry.staging):
         _recover_file(entry.staging, entry.key, os.path.join(os.path.dirname(journal.dir), "recovery"),
-                      "its upload was abandoned; the bytes written are at their offsets")
+                      "its upload was abandoned; the bytes written are at their offsets" + _released_note(entry))
 
 
 def keep_written(journal: Journal, staging: str, key: str, why: str) -> str:
@@ -202,7 +213,7 @@ def resume(uploader, journal: Journal, entry) -> str:
         journal.save(entry)     # ``creating`` cleared: a new upload is begun below
     try:
         etag = uploader.upload(entry, verify_server_parts=True)
-    except errors.SourceChanged as exc:
+    except errors.NeverCompletes as exc:
         abandon(journal, entry, str(exc))
         raise
     journal.remove(entry.id)

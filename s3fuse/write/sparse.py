@@ -23,6 +23,7 @@ import os
 
 from .. import errors
 from . import recovery
+from ..data.diskspace import pwrite_all
 from ..data.reader import PinnedObject, Reader
 from .editplan import edit_plan
 from .ranges import RangeSet
@@ -63,6 +64,7 @@ class SparseStaging:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _staged(self, start: int, end: int) -> bytes:
+        self.file.release.check_read(start, end)     # uploaded and released: never zeros
         data = os.pread(self.file._fd, end - start, start)
         return data if len(data) == end - start else data + bytes(end - start - len(data))
 
@@ -83,7 +85,8 @@ class SparseStaging:
                     self.file.fetcher.prefetch(self.file.base, index, min(last, index + FILL_WINDOW - 1))
                 block = self.file.fetcher.block(self.file.base, index)
                 b_lo, b_hi = max(lo, index * bs), min(hi, index * bs + len(block))
-                os.pwrite(self.file._fd, memoryview(block)[b_lo - index * bs:b_hi - index * bs], b_lo)
+                pwrite_all(self.file._fd, memoryview(block)[b_lo - index * bs:b_hi - index * bs], b_lo,
+                           self.file.release.make_room)
             self.file.present.add(lo, hi)
 
     def stage_for_upload(self):

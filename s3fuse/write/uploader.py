@@ -114,17 +114,28 @@ class Uploader:
         self._changes = itertools.count(1)
         self._saved = cachetools.LRUCache(4096)     # entry id -> number of the change on disk
 
-    def save_record(self, entry: Entry, change: Optional[Callable[[Entry], None]] = None):
+    def save_record(self, entry: Entry, change: Optional[Callable[[Entry], None]] = None,
+                    progress_only: bool = False):
         """Apply ``change(entry)`` (under the bookkeeping lock) and write the record,
         durably.  Part threads and close() save one entry concurrently: each record on
-        disk holds a later change than the one before, never an older snapshot."""
+        disk holds a later change than the one before, never an older snapshot.
+        ``progress_only``: the change only records progress (a finished part), which the
+        next record carries too: a full disk does not fail it (logged)."""
         with self._lock:
             if change is not None:
                 change(entry)
             number, data = next(self._changes), self.journal.encode(entry)
         with self._save_lock:
             if number > self._saved.get(entry.id, 0):
-                self.journal.write(entry.id, data)
+                try:
+                    self.journal.write(entry.id, data)
+                except OSError as exc:
+                    if not (progress_only and errors.is_no_space(exc)):
+                        raise
+                    # the record on disk lacks this part: a resume asks the server (ListParts)
+                    log.warning("%r: the cache disk is full; a finished part is recorded with the next "
+                                "record (%s)", entry.key, exc)
+                    return
                 self._saved[entry.id] = number
 
     def close(self):
@@ -167,7 +178,7 @@ class Uploader:
             progress = self.progress.get(e.id)
             if progress:
                 progress.done += end - start
-        self.save_record(entry, record)
+        self.save_record(entry, record, progress_only=True)
         return etag
 
     def begin_multipart(self, entry: Entry):
@@ -251,6 +262,8 @@ class Uploader:
         except ValueError as exc:
             raise errors.TooLarge(str(exc)) from None
         if entry.upload_id is None:
+            if entry.released:
+                raise errors.UploadLost(f"{entry.key!r}: its released parts are in no upload")
             if not entry.md5:
                 entry.md5 = file_md5(entry.staging, entry.size)
             entry.metadata = dict(entry.metadata, **{MD5_HEADER: entry.md5})
@@ -276,9 +289,9 @@ class Uploader:
             raise
         parts = [(n, part_etag(entry.parts[str(n)])) for n, _, _ in wanted]
         etag = self.client.complete_multipart(entry.key, entry.upload_id, parts)
-        if not entry.md5:
+        if not entry.md5 and not entry.released:     # released bytes are not here to hash
             entry.md5 = file_md5(entry.staging, entry.size)
-        final = dict(entry.metadata, **{MD5_HEADER: entry.md5})
+        final = dict(entry.metadata, **({MD5_HEADER: entry.md5} if entry.md5 else {}))
         if entry.uploaded_metadata is not None and final != entry.uploaded_metadata:
             # Metadata changed after the upload began (streamed file, chmod while open):
             # one metadata-only copy sets the final headers.
@@ -303,6 +316,9 @@ class Uploader:
         try:
             server = {p.number: p.etag for p in self.client.list_parts(entry.key, entry.upload_id)}
         except errors.UploadGone:
+            if entry.released:
+                raise errors.UploadLost(f"{entry.key!r}: upload {entry.upload_id} is gone from the server with "
+                                        f"the parts released from the staging file") from None
             log.warning("upload of %r is gone from the server; starting it again", entry.key)
             entry.upload_id, entry.parts = None, {}
             entry.metadata = dict(entry.metadata, **{MD5_HEADER: entry.md5 or file_md5(entry.staging, entry.size)})
@@ -311,9 +327,14 @@ class Uploader:
         kept = {}
         for n, start, end in wanted:
             etag = server.get(n)
+            recorded = entry.parts.get(str(n))
+            if any(lo < end and start < hi for lo, hi in entry.released) and \
+                    (etag is None or recorded is None or part_etag(recorded) != etag):
+                self.client.abort_multipart(entry.key, entry.upload_id)
+                raise errors.UploadLost(f"{entry.key!r}: the server no longer has part {n} of upload "
+                                        f"{entry.upload_id}, released from the staging file")
             if etag is None:
                 continue
-            recorded = entry.parts.get(str(n))
             if recorded is not None and part_etag(recorded) == etag:
                 kept[str(n)] = part_record(part_md5(recorded), etag)
                 continue
