@@ -295,29 +295,32 @@ class OpenFile:
             self._check_not_failed()
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
-            if self.sealed:
-                # sealed at close (writeback): upload that record without holding the lock,
-                # so reads go on; changes wait for the upload (``_changing``)
-                entry, self._uploading = self._pending, True
-            else:
-                entry = None
-            if entry is None:
+            if not self.sealed:
                 return self._commit_now()
+            # sealed at close (writeback): upload that record without holding the lock, so
+            # reads go on; changes wait (``_changing``) until the upload AND its bookkeeping
+            # are done - one locked step, or a change slipping in between would be marked
+            # clean with the record it never was in (and never uploaded)
+            entry, self._uploading = self._pending, True
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
-        except errors.SourceChanged as exc:
+        except BaseException as exc:
             with self.lock:
-                self._abandoned(entry, exc)
+                self._upload_ended()
+                if isinstance(exc, errors.SourceChanged):
+                    self._abandoned(entry, exc)
+                elif isinstance(exc, Exception):
+                    errors.set_action(exc, KEPT)
             raise
-        except Exception as exc:
-            errors.set_action(exc, KEPT)
-            raise
-        finally:
-            with self.lock:
-                self._uploading = False
-                self._idle.notify_all()
         with self.lock:
-            return self._uploaded(entry, etag)
+            try:
+                return self._uploaded(entry, etag, current=self.sealed)
+            finally:
+                self._upload_ended()
+
+    def _upload_ended(self):
+        self._uploading = False
+        self._idle.notify_all()
 
     def _commit_now(self):
         """Durable close: stage, record and upload under the lock (held by the caller)."""
@@ -351,13 +354,19 @@ class OpenFile:
         self._pending = self._sealed = None
         self.failed = exc
 
-    def _uploaded(self, entry: Entry, etag: str):
+    def _uploaded(self, entry: Entry, etag: str, current: bool = True):
+        """``entry`` is in the bucket as ``etag`` (under the lock).  ``current``: the record
+        still holds the file's content, metadata and key; only then is the file clean.  A
+        sealed record may not (its key moved by a directory rename, which does not wait for
+        the file's upload): the file stays dirty for its next commit."""
         self.journal.remove(entry.id, durable=False)
-        self._pending = self._sealed = None
-        self.dirty = self.meta_dirty = False
+        if self._pending is entry:
+            self._pending = self._sealed = None
+        if current:
+            self.dirty = self.meta_dirty = False
         self._streamable = False
         self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
-        if entry.plan:
+        if entry.plan and current:
             self.sparse.edited(etag)
         return etag, entry
 
