@@ -62,12 +62,19 @@ class AttrOps:
         if f is not None:
             # a writeback upload of it in progress ends first (after it the file is clean,
             # or discarded: its staging file closed), so the change is never lost between
+            queue = False
             with f.settled():
                 if f.dirty:
                     f.set_attr(change(f.attr))
-                    if self.parts.writeback is not None and f.refs <= 0:
-                        self.files.writeback_close(f)     # closed, upload pending: durable again
-                    return
+                    if f.refs <= 0:      # closed, upload pending: recorded again with the change
+                        queue = self.files.pending.reseal(f)
+                    changed = True
+                else:
+                    changed = False
+            if queue:
+                self.files.pending.submit(f)
+            if changed:
+                return
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:
             attr = self.ns.lookup(path)

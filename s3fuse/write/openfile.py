@@ -9,6 +9,9 @@ Invariants
   and leaves a CLOSED journal record so the upload is finished later: nothing accepted
   is dropped.  A failed write (ENOSPC...) poisons the file: it is never uploaded
   truncated; commit raises instead.
+- A file made from a CLOSED journal record of an earlier mount (``record``: its upload
+  still pending) is that version: staging file, size, metadata, and (an edit in place)
+  the old version it copies from; its upload resumes that record.
 - A file written sequentially from offset 0 streams: each full part is uploaded as soon
   as it is written (journal state WRITING), so close() waits for little more than the
   last part.  A later write into a streamed part marks it for re-upload; a truncate
@@ -28,15 +31,17 @@ import time
 from concurrent.futures import Future
 from typing import Optional
 
-from .. import errors
+from .. import errors, metrics
 from ..meta.attrs import Attr, object_metadata
 from ..s3.objects import new_object_headers
 from .hashing import SequentialMD5
 from . import recovery
-from .journal import CLOSED, WRITING, Entry, Journal
+from .journal import WRITING, Entry, Journal
 from .parts import PartPlan
 from .ranges import RangeSet
+from .records import FileRecords
 from .sparse import SparseStaging
+from .uploader import abort_unrecorded
 
 log = logging.getLogger(__name__)
 KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
@@ -44,7 +49,8 @@ KEPT = "upload kept in the journal for resume (retried every 30 s, and by the ne
 
 class OpenFile:
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
-                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None):
+                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None,
+                 record: Optional[Entry] = None):
         self.path = path
         self.key = key
         self.attr = attr
@@ -55,10 +61,16 @@ class OpenFile:
         self._base_end = 0 if self.base is None else self.base.size   # original bytes still wanted
         self._reader = None                  # data.reader.Reader of the base (reads of unstaged bytes)
         self.sparse = SparseStaging(self)    # reads and fills of the staging file (sparse.py)
+        self.records = FileRecords(self)     # its journal records (records.py)
         self.lock = threading.RLock()
         self.refs = 0
-        self.staging = os.path.join(staging_dir, journal.new_id())
-        self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if record is None:
+            self.staging = os.path.join(staging_dir, journal.new_id())
+            self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            self.staging = record.staging
+            self._fd = os.open(self.staging, os.O_RDWR)
+        self._discarded = False
         self.present = RangeSet()
         self.size = 0 if (truncate or new) else attr.size
         if truncate or new:
@@ -91,6 +103,12 @@ class OpenFile:
         self._sealed: Optional[tuple] = None
         self._uploading = False                  # a sealed record's upload runs (without the lock)
         self._idle = threading.Condition(self.lock)
+        # made from a record of an earlier mount: its upload is a resume (parts the server
+        # may have, an upload created but never recorded); the key may hold an older version
+        self.adopted = False
+        self._resumes: Optional[Entry] = None
+        if record is not None:
+            self.records.adopt(record)
 
     def read(self, offset: int, size: int):
         return self.sparse.read(offset, size)
@@ -258,9 +276,9 @@ class OpenFile:
                 return True
             plan = self.sparse.stage_for_upload()
             os.fsync(self._fd)
-            entry = self._closed_entry(plan)
+            entry = self.records.closed_entry(plan)
             self.journal.save(entry, durable=True)
-            self._drop_pending()        # a record of the same file sealed before (other key or content)
+            self.records.drop_pending()        # a record of the same file sealed before (other key or content)
             self._pending = entry
             self._sealed = (self._changes, self.key)
             return True
@@ -303,7 +321,13 @@ class OpenFile:
             # clean with the record it never was in (and never uploaded)
             entry, self._uploading = self._pending, True
         try:
-            etag = self.uploader.upload(entry, verify_server_parts=False)
+            resumed = entry is self._resumes
+            if resumed and abort_unrecorded(self.uploader.client, entry):
+                self.journal.save(entry)        # ``creating`` cleared: a new upload is begun
+            etag = self.uploader.upload(entry, verify_server_parts=resumed)
+            if resumed:
+                metrics.UPLOADS_RESUMED.inc()
+                log.warning("resumed upload of %r completed (%d bytes): it is in the bucket", entry.key, entry.size)
         except BaseException as exc:
             with self.lock:
                 self._upload_ended()
@@ -333,9 +357,9 @@ class OpenFile:
         durable = self.size >= self.uploader.threshold or self._stream is not None
         if durable and not self._md5_known():
             os.fsync(self._fd)
-        entry = self._closed_entry(plan)
+        entry = self.records.closed_entry(plan)
         self.journal.save(entry, durable=durable)
-        self._drop_pending()        # the new record replaces the one of a failed commit
+        self.records.drop_pending()        # the new record replaces the one of a failed commit
         self._pending = entry
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
@@ -373,61 +397,15 @@ class OpenFile:
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
 
-    def _closed_entry(self, plan=None) -> Entry:
-        metadata, headers = self._object_fields()
-        md5 = self._hasher.hexdigest() if self._md5_known() else None
-        if self._stream is not None:
-            # close() is reached and self.lock is held: the staging file is final, so the
-            # record turns CLOSED now, before waiting for the streamed parts - a crash while
-            # they upload must resume them, not treat the file as never closed.  Parts
-            # rewritten after they were streamed are waited for first: no MD5 of their old
-            # content may reach a CLOSED record.
-            entry, self._stream = self._stream, None
-            begin_failed = self._stream_begin.exception() is not None
-            self._wait_stream(only=set(self._redo_parts))
-            last = self._plan.number_at(self.size - 1) if self.size else 1
-
-            def close_record(e):       # under the uploader's bookkeeping lock (parts change under it)
-                if begin_failed:
-                    e.upload_id, e.parts = None, {}
-                for n in self._redo_parts:
-                    e.parts.pop(str(n), None)
-                for n in [int(k) for k in e.parts if int(k) > last]:
-                    e.parts.pop(str(n))
-                if self._plan.range_of(last)[1] != self.size or self.size == 0:
-                    e.parts.pop(str(last), None)    # the last part changed size
-                e.state, e.size, e.md5, e.metadata, e.headers = CLOSED, self.size, md5, metadata, headers
-                e.verify_md5 = md5 is not None
-            self.uploader.save_record(entry, close_record)
-            self._wait_stream()
-            with self.uploader.lock:
-                for n in self._redo_parts:          # streamed parts that failed
-                    entry.parts.pop(str(n), None)
-            self._redo_parts.clear()
-            return entry
-        source = {"key": self.base.key, "etag": self.base.etag} if plan else None
-        return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
-                     md5=md5, verify_md5=md5 is not None, metadata=metadata, headers=headers,
-                     part_size=self._plan.base, created=time.time(), source=source,
-                     plan=[list(p) for p in plan] if plan else None)
-
-    def _drop_pending(self):
-        old, self._pending = self._pending, None
-        if old is None:
-            return
-        if old.upload_id:
-            try:
-                self.uploader.client.abort_multipart(old.key, old.upload_id)
-            except Exception:
-                log.warning("%s: could not abort upload %s", self.path, old.upload_id)
-        self.journal.remove(old.id)
-
     # -- end of life ---------------------------------------------------------------------------
     def discard(self):
         """Close the staging file and delete it, unless a failed upload still needs it:
         then the journal keeps both and that upload's record is returned (the caller
         retries it later); else None."""
         with self._changing():
+            if self._discarded:        # twice (a writeback upload ending as the file is released)
+                return None
+            self._discarded = True
             self._stop_stream()        # a stream never handed to close(): abort it
             if self._hasher is not None:
                 self._drop_hasher()
