@@ -25,6 +25,12 @@ def _waiting(cond) -> int:
     return len(cond._waiters)
 
 
+def _key_lock_users(fs, key: str) -> int:
+    with fs.parts.commits._lock:
+        slot = fs.parts.commits._key_locks.get(key)
+        return slot[1] if slot else 0
+
+
 def _wait_until(predicate, what: str, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -106,7 +112,10 @@ def test_a_change_while_a_sealed_upload_ends_is_not_dropped(make_fs, monkeypatch
     t = threading.Thread(target=make_change)
     t.start()
     try:
-        _wait_until(lambda: _waiting(f._idle) >= 1, "the change to wait for the upload")
+        # the change waits for the upload: on the file's lock (a write), or on the key's
+        # lock, which the upload holds (a chmod)
+        _wait_until(lambda: _waiting(f._idle) >= 1 or _key_lock_users(fs, "f") >= 2,
+                    "the change to wait for the upload")
     finally:
         put.gate.set()
         t.join(20)
