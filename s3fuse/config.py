@@ -201,6 +201,8 @@ OPTIONS = {
     "writeback_bytes": ("writeback_bytes", _positive(parse_size),
                         "bytes waiting for upload (staging disk) before close() waits (1G)"),
     "writeback_threads": ("writeback_threads", _positive(int), "uploads of closed files at once (16)"),
+    "retry_interval": ("retry_interval", _positive(_finite_float),
+                       "seconds between tries of an upload that failed and waits in the journal (default 30)"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
     "log_level": ("log_level", _choice("debug", "info", "warning", "error"),
                   "default warning; info adds one line per finished upload (size, parts, seconds, MiB/s)"),
@@ -275,6 +277,7 @@ class MountConfig:
     writeback_files: int = 4096
     writeback_bytes: int = 1 << 30
     writeback_threads: int = 16
+    retry_interval: float = 30.0
     log_file: Optional[str] = None
     log_level: str = "warning"
     metrics: Optional[tuple] = None       # (host, port) of the Prometheus endpoint

@@ -121,7 +121,7 @@ def serve(cfg: MountConfig, ready_fd=None) -> int:
 
     def on_init():
         status.start()
-        fs.start_background()
+        fs.start_background(cfg.retry_interval)
         threading.Thread(target=_tune_kernel_readahead, args=(cfg.mountpoint,), daemon=True).start()
         if ready_fd is not None:
             os.write(ready_fd, READY)

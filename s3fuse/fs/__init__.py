@@ -44,9 +44,11 @@ class Filesystem:
         self.names = NameOps(parts, self.files)
         self.attrs = AttrOps(parts, self.files)
         if self.cfg.writeback:
-            parts.writeback = Writeback(self.files.commit, self.files.writeback_done,
+            parts.writeback = Writeback(self.files.commit, self.files.pending.writeback_done,
                                         threads=self.cfg.writeback_threads, max_files=self.cfg.writeback_files,
                                         max_bytes=self.cfg.writeback_bytes)
+        parts.commits.retry_file = self.files.pending.retry_file
+        self.files.pending.adopt_records()       # uploads an earlier mount's closes accepted
         f, n, a = self.files, self.names, self.attrs
         # the operations, as the FUSE adapter calls them
         self.getattr, self.readdir, self.readlink = f.getattr, f.readdir, f.readlink
@@ -75,6 +77,9 @@ class Filesystem:
             for entry in p.writing_leftovers:
                 recovery.abort_writing(p.client, p.journal, entry)
             p.writing_leftovers = []
+            if p.writeback is not None:
+                for f in p.commits.pending_files():     # closed files of an earlier mount
+                    p.writeback.submit(f)
         p.commits.start(retry_interval, leftovers)
 
     def retry_pending(self) -> int:

@@ -4,14 +4,20 @@
   resume of one key never overlap, and once a commit succeeds every older pending upload
   of that key is superseded (its staging file to ``recovery/``, never resumed over the
   newer object).
-- Uploads that failed stay pending (``add_pending``): retried in the background every
-  ``interval`` seconds, and at the next mount from the journal.
+- Uploads that failed stay pending: retried in the background every ``interval`` seconds
+  (``retry_interval``), and at the next mount from the journal.  A pending upload of a
+  path below the mount is a *file* (``add_pending_file``: an OpenFile that stays in the
+  handle table, so lookups, reads and listings show the version its close accepted, and
+  every later operation on the path acts on it); a bare record (``add_pending``) is only
+  what cannot be a file (a key outside the mount's prefix).
+- ``cancel(key)``: the key is deleted or taken by another object; its bare pending
+  records never happen (record, multipart upload and staging file go).
 - ``wait_idle`` lets unmount and SIGTERM wait for commits in progress.
 
 Locks: a key lock (one per key with a commit or resume running or waiting; the map
 entry is dropped when the last user leaves, so the map stays as small as the work in
 progress) is taken before ``OpenFile.lock``.  ``_lock`` is a leaf guarding
-``_key_locks`` and ``_pending``; ``_busy`` is a leaf counting commits in progress.
+``_key_locks``, ``_pending`` and ``_files``; ``_busy`` is a leaf counting commits in progress.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ class CommitScheduler:
         self._lock = threading.Lock()
         self._key_locks: dict = {}            # key -> [Lock, users]
         self._pending: dict = {}              # journal id -> Entry waiting for a retry
+        self._files: dict = {}                # id(OpenFile) -> OpenFile whose upload failed
+        self.retry_file: Callable = None      # retry_file(f): FileOps.retry_file (raises if it failed again)
         self._busy = threading.Condition()
         self._commits = 0
         self._stop = threading.Event()
@@ -98,9 +106,42 @@ class CommitScheduler:
         with self._lock:
             self._pending[entry.id] = entry
 
+    def add_pending_file(self, f):
+        with self._lock:
+            self._files[id(f)] = f
+
+    def drop_file(self, f):
+        with self._lock:
+            self._files.pop(id(f), None)
+
+    def pending_files(self) -> list:
+        with self._lock:
+            return list(self._files.values())
+
+    def take_records(self) -> list:
+        """The bare pending records, handed over (to become files: ``adopt``)."""
+        with self._lock:
+            return list(self._pending.values())
+
+    def adopt(self, entry, f):
+        """Pending record ``entry`` is file ``f`` from now on."""
+        with self._lock:
+            self._pending.pop(entry.id, None)
+            self._files[id(f)] = f
+
     def pending_count(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._files)
+
+    def cancel(self, key: str):
+        """``key`` is deleted or taken by another object (the caller holds its lock): its
+        bare pending records must never be resumed over that."""
+        with self._lock:
+            gone = [e for e in self._pending.values() if e.key == key]
+            for e in gone:
+                del self._pending[e.id]
+        for e in gone:
+            recovery.cancel(self.client, self.journal, e)
 
     def retry_pending(self) -> int:
         """Try every pending upload once; returns how many are still pending."""
@@ -127,6 +168,17 @@ class CommitScheduler:
             with self._lock:
                 self._pending.pop(entry.id, None)
             self._on_uploaded(entry, etag)
+        for f in self.pending_files():
+            if self._stop.is_set():
+                break
+            try:
+                self.retry_file(f)
+            except Exception as exc:
+                log.error("upload of %r failed again: %s; kept in the journal, next try in %.0f s",
+                          f.path, errors.describe(exc), self._interval)
+                log.debug("upload of %r: traceback", f.path, exc_info=True)
+                continue
+            self.drop_file(f)
         return self.pending_count()
 
     def start(self, interval: float, first: Callable[[], None]):

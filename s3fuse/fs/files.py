@@ -2,9 +2,11 @@
 handle (open/create, read, write, truncate, flush, release).
 
 A path's attributes come from, in order: its OpenFile while open for writing (size and
-times move with each write), nothing if it waits for a deferred delete (hidden), the
-namespace (caches, then S3).  Writes go to the OpenFile's staging file and reach S3 at
-flush/fsync/last close through the commit scheduler.
+times move with each write) or while its upload is pending (writeback, a failed upload
+waiting for its retry, a record of an earlier mount: ``adopt_records``), nothing if it
+waits for a deferred delete (hidden), the namespace (caches, then S3).  Writes go to the
+OpenFile's staging file and reach S3 at flush/fsync/last close through the commit
+scheduler.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..s3.objects import KEY_MAX
 from ..paths import NAME_MAX, is_utf8, split, valid_name
 from ..write.openfile import OpenFile
 from .handles import Handle
+from .pending import PendingUploads
 from .builder import Parts
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class FileOps:
         self.uploader = parts.uploader
         self.cfg = parts.cfg
         self.handles = parts.handles
+        self.pending = PendingUploads(parts, self)
 
     # -- lookups ---------------------------------------------------------------------------
     def attr(self, path: str) -> Attr:
@@ -322,7 +326,7 @@ class FileOps:
         handle = self.handles.get(fh)
         if handle.writable:
             if self.parts.writeback is not None:
-                self.writeback_close(handle.file)
+                self.pending.writeback_close(handle.file)
             else:
                 self.commit(handle.file)
 
@@ -336,18 +340,6 @@ class FileOps:
         """Writeback: wait until every closed file is uploaded (sync of the mount)."""
         if self.parts.writeback is not None:
             self.parts.writeback.drain(timeout=float("inf"), report=log.info)
-
-    def writeback_close(self, f: OpenFile):
-        """Writeback: ``f`` is durable on local disk (sealed) and its upload queued."""
-        if f.seal():
-            self.parts.writeback.submit(f)
-
-    def writeback_done(self, f: OpenFile):
-        """Writeback: the last queued upload of ``f`` is done (or it was unlinked)."""
-        if self.handles.forget_file(f):
-            pending = f.discard()
-            if pending is not None:          # cannot happen after a successful upload
-                self.commits.add_pending(pending)
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)
@@ -364,26 +356,30 @@ class FileOps:
             self._release_file(handle.file)
 
     def _release_file(self, f: OpenFile):
-        queue = self.parts.writeback is not None and (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None
-        if not self.handles.drop_file_ref(f, keep=queue):
+        """The last reference of ``f`` is gone.  A file with something to upload stays in
+        the handle table until it is in the bucket: queued (writeback), or uploaded now and,
+        if that fails, kept as a pending file (seen by lookups, retried) - never a record
+        the mount does not show."""
+        upload = (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None
+        if not self.handles.drop_file_ref(f, keep=upload):
             return
-        if queue:
+        if upload and self.parts.writeback is not None:
             try:
-                self.writeback_close(f)
+                self.pending.writeback_close(f)
                 return
             except Exception:
                 log.error("%s: could not seal at release; uploading now", f.path, exc_info=True)
-                self.handles.forget_file(f, force=True)
-        if (f.dirty or f.meta_dirty) and not f.unlinked and f.failed is None:
+        if upload:
             try:
                 self.commit(f)
             except Exception as exc:
                 log.error("release %r: upload failed: %s; %s", f.path, errors.describe(exc),
                           getattr(exc, "action", None) or "not kept")
                 log.debug("release %r: traceback", f.path, exc_info=True)
-        pending = f.discard()
-        if pending is not None:
-            self.commits.add_pending(pending)
+                if f.failed is None:
+                    self.commits.add_pending_file(f)
+                    return
+        self.pending.finished(f, force=True)
         if not f.unlinked and f.dirty:
             self.cache.invalidate(f.path)
 
@@ -393,11 +389,14 @@ class FileOps:
         with self.commits.key_lock(key):
             self.client.delete(key)
 
-    def delete_or_defer(self, path: str, key: str):
+    def delete_or_defer(self, path: str, key: str, replaced: Optional[OpenFile] = None):
         """Delete the object of ``path`` now, or when the last descriptor reading it closes
-        (its name is hidden from then on)."""
-        if not self.handles.defer_delete(path, key):
-            self.delete_key(key)
+        (its name is hidden from then on).  Either way the pending uploads of ``key`` (and
+        of ``replaced``, the unlinked file that had it) are cancelled now, under its lock."""
+        with self.commits.key_lock(key):
+            self.pending.cancel_uploads(key, replaced)
+            if not self.handles.defer_delete(path, key):
+                self.client.delete(key)
 
     def commit_all(self):
         """Unmount: commit what is still open (best effort); failures stay in the journal."""

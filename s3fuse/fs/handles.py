@@ -136,6 +136,16 @@ class HandleTable:
         made.discard()
         return other
 
+    def adopt_file(self, path: str, f) -> bool:
+        """A file with no descriptor (its upload pending, from the journal) takes ``path``
+        if no other file has it.  True if it did."""
+        with self._lock:
+            if path in self._files:
+                return False
+            f.refs = 0
+            self._files[path] = f
+            return True
+
     def drop_file_ref(self, f, keep: bool = False) -> bool:
         """One reference less; True if it was the last.  The file then leaves the table,
         unless ``keep`` (writeback: it stays, for lookups and reads, until uploaded)."""

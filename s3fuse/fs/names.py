@@ -4,7 +4,10 @@ S3 has no rename and no directories: a directory is a ``dir/`` marker or a prefi
 keys imply; a rename is a server-side copy then a delete (a directory rename copies every
 key below it, with a crash record, see write/copy.py); a hard link is a copy.  Names of
 objects still read by open descriptors are hidden and deleted at their last close
-(``FileOps.delete_or_defer``).
+(``FileOps.delete_or_defer``).  Every operation that deletes a key or puts another object
+at it cancels the key's pending uploads under its lock (``PendingUploads.cancel_uploads``):
+a failed upload kept for its retry never brings a deleted file back or overwrites what
+replaced it.
 """
 from __future__ import annotations
 
@@ -80,11 +83,11 @@ class NameOps:
             raise errors.IsADirectory(path)
         key = self.mapper.key(path)
         f = self.handles.unlink_file(path)
-        if f is not None:
+        if f is not None and f.refs > 0:
             # Its descriptors keep working on the old content, like an unlinked inode: take
             # what is still only on the server now, before a new file can take the key.
             f.detach_from_base()
-        self.files.delete_or_defer(path, key)
+        self.files.delete_or_defer(path, key, replaced=f)
         self.cache.forget(*split(path), path)
         self.handles.forget_kernel_cache(path)
         self.files.parent_changed(path)
@@ -109,7 +112,9 @@ class NameOps:
         key = self.mapper.key(path)
         self.handles.claim_name(path, same_key=True)
         started = self.client.server_now()
-        etag = self.client.put(key, body, to_metadata(attr))
+        with self.parts.commits.key_lock(key):
+            self.files.pending.cancel_uploads(key)
+            etag = self.client.put(key, body, to_metadata(attr))
         self.files.wrote(key, etag, to_metadata(attr), None, started)
         self.cache.add(parent, name, path, attr.copy(etag=etag))
         self.files.parent_changed(path)
@@ -146,7 +151,9 @@ class NameOps:
         self.handles.claim_name(path, same_key=True)
         started = self.client.server_now()
         # a copy of that version with everything it has (metadata, headers, tags)
-        etag = copy_object(self.client, src_key, dst_key, src.size, etag=src.etag, pool=self.mover.pool)
+        with self.parts.commits.key_lock(dst_key):
+            self.files.pending.cancel_uploads(dst_key)
+            etag = copy_object(self.client, src_key, dst_key, src.size, etag=src.etag, pool=self.mover.pool)
         if known is not None:
             self.files.wrote(dst_key, etag, known.metadata, known.headers, started)
         self.cache.add(parent, name, path, src.copy(etag=etag, modified=None))
@@ -184,7 +191,22 @@ class NameOps:
         self.files.parent_changed(old, new)
 
     def _rename_file(self, old: str, new: str, src: Attr):
+        """Under the lock of the new key (an upload to it in progress ends first): the file
+        that had the new name is replaced - its pending uploads cancelled once the move is
+        done - then the old key is deleted (under its own lock, never both at once)."""
         old_key, new_key = self.mapper.key(old), self.mapper.key(new)
+        with self.parts.commits.key_lock(new_key):
+            replaced = self.handles.live_file(new)
+            dirty, queue = self._move_file(old, new, old_key, new_key, src)
+            self.files.pending.cancel_uploads(new_key, replaced)
+        if dirty is None or src.etag or dirty.adopted:     # else: the old key has no object
+            self.files.delete_or_defer(old, old_key)
+        if queue is not None:
+            self.files.pending.submit(queue)
+
+    def _move_file(self, old: str, new: str, old_key: str, new_key: str, src: Attr):
+        """Returns (the file moved while dirty, or None: copied on the server; the file to
+        queue for its upload, or None)."""
         f = self.handles.live_file(old)
         if f is not None:
             # a writeback upload of it in progress (to the old key) ends first: then the file
@@ -195,16 +217,13 @@ class NameOps:
                     # Open for writing with unsent data: the upload lands under the new name.
                     f.detach_from_base(stop_stream=True)
                     self.handles.retarget_file(old, new, new_key)
-                    if self.parts.writeback is not None and f.refs <= 0:
-                        self.files.writeback_close(f)     # closed, upload pending: sealed under the new key
-                    attr = f.attr
-                else:
-                    attr = None
-            if attr is not None:
-                if src.etag:
-                    self.files.delete_or_defer(old, old_key)
-                self.cache.add(*split(new), new, attr)
-                return
+                    queue = None
+                    if f.refs <= 0:      # closed, upload pending: recorded under the new key
+                        queue = f if self.files.pending.reseal(f) else None
+                    else:
+                        f.records.drop_other_key()
+                    self.cache.add(*split(new), new, f.attr)
+                    return f, queue
             src = self.files.attr(old)         # after that upload: its new version is copied
         f = self.handles.retarget_file(old, new, new_key)
         known = self.known.get(old_key, src.etag or "", src.modified)
@@ -223,8 +242,8 @@ class NameOps:
             etag = copy_object(self.client, old_key, new_key, src.size, etag=src.etag, pool=self.mover.pool)
         if f is not None:
             f.rebase(new_key, etag)
-        self.files.delete_or_defer(old, old_key)
         self.cache.add(*split(new), new, src.copy(etag=etag, modified=None))
+        return None, None
 
     def _rename_dir(self, old: str, new: str, src: Attr):
         if old == "/":

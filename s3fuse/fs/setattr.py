@@ -59,6 +59,20 @@ class AttrOps:
 
     def _setattr(self, path: str, change):
         self.files.check_writable(path)
+        if path == "/" or self.files.attr(path).is_dir:
+            self._set_object_attr(path, change, None)
+            return
+        # A file: under its key's lock, so that no upload, rename over it or delete of it by
+        # this mount comes between the attributes read here and the copy that changes them
+        # (the copy, pinned to the version read, failed with ESTALE when another process of
+        # this mount replaced the file meanwhile).
+        with self.parts.commits.key_lock(self.mapper.key(path)):
+            queue = self._set_file_attr(path, change)
+        if queue is not None:
+            self.files.pending.submit(queue)
+
+    def _set_file_attr(self, path: str, change):
+        """Under the key's lock.  Returns a file to queue for its upload (writeback), or None."""
         f = self.handles.live_file(path)
         if f is not None:
             # a writeback upload of it in progress ends first (after it the file is clean,
@@ -67,9 +81,13 @@ class AttrOps:
                 f.release.settle()       # parts released to a full disk wait in an upload: it ends first
                 if f.dirty:
                     f.set_attr(change(f.attr))
-                    if self.parts.writeback is not None and f.refs <= 0:
-                        self.files.writeback_close(f)     # closed, upload pending: durable again
-                    return
+                    # closed, upload pending: recorded again with the change
+                    return f if f.refs <= 0 and self.files.pending.reseal(f) else None
+        self._set_object_attr(path, change, f)
+        return None
+
+    def _set_object_attr(self, path: str, change, f):
+        """The change as a metadata-only copy of the object onto itself (a directory: its marker)."""
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:
             attr = self.ns.lookup(path)

@@ -7,7 +7,8 @@ Guarantees (docs/SEMANTICS.md, tests/mount/test_writeback.py):
   next mount or ``s3fuse resume``; an upload that fails is tried again after a growing
   delay (2 s doubling to 5 min), reported in ``s3fuse status`` and the log, never dropped.
 - This mount sees pending files at once: each stays in the handle table (attributes,
-  reads, listings come from it) until its upload is done.
+  reads, listings come from it) until its upload is done; after a crash the next mount
+  too (pending.py adopts the journal's records as files and queues them here).
 - Order per key: an upload runs under its key's lock (commits.py), holding the file's
   lock, so a later write, rename or unlink of that file waits for it or finds it not
   started; a delete of the key takes the same key lock.  A file changed again after its

@@ -9,6 +9,9 @@ Invariants
   and leaves a CLOSED journal record so the upload is finished later: nothing accepted
   is dropped.  A failed write (ENOSPC...) poisons the file: it is never uploaded
   truncated; commit raises instead.
+- A file made from a CLOSED journal record of an earlier mount (``record``: its upload
+  still pending) is that version: staging file, size, metadata, and (an edit in place)
+  the old version it copies from; its upload resumes that record.
 - A file written sequentially from offset 0 streams: each full part is uploaded as soon
   as it is written (journal state WRITING), so close() waits for little more than the
   last part.  A later write into a streamed part marks it for re-upload; a truncate
@@ -28,18 +31,19 @@ import time
 from concurrent.futures import Future
 from typing import Optional
 
-from .. import errors
+from .. import errors, metrics
 from ..data.diskspace import pwrite_all
 from ..meta.attrs import Attr, object_metadata
 from ..s3.objects import new_object_headers
 from .hashing import SequentialMD5
 from . import recovery
-from .journal import CLOSED, WRITING, Entry, Journal
+from .journal import WRITING, Entry, Journal
 from .parts import PartPlan
 from .ranges import RangeSet
+from .records import FileRecords
 from .release import Release
 from .sparse import SparseStaging
-from .streaming import close_stream
+from .uploader import abort_unrecorded
 
 log = logging.getLogger(__name__)
 KEPT = "upload kept in the journal for resume (retried every 30 s, and by the next mount)"
@@ -47,7 +51,8 @@ KEPT = "upload kept in the journal for resume (retried every 30 s, and by the ne
 
 class OpenFile:
     def __init__(self, path: str, key: str, attr: Attr, staging_dir: str, uploader, journal: Journal,
-                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None, space=None):
+                 fetcher=None, base=None, truncate: bool = False, new: bool = False, origin=None, space=None,
+                 record: Optional[Entry] = None):
         self.path = path
         self.key = key
         self.attr = attr
@@ -59,10 +64,16 @@ class OpenFile:
         self._reader = None                  # data.reader.Reader of the base (reads of unstaged bytes)
         self.sparse = SparseStaging(self)    # reads and fills of the staging file (sparse.py)
         self.release = Release(self, space)  # staging given back to a full disk (release.py)
+        self.records = FileRecords(self)     # its journal records (records.py)
         self.lock = threading.RLock()
         self.refs = 0
-        self.staging = os.path.join(staging_dir, journal.new_id())
-        self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if record is None:
+            self.staging = os.path.join(staging_dir, journal.new_id())
+            self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            self.staging = record.staging
+            self._fd = os.open(self.staging, os.O_RDWR)
+        self._discarded = False
         self.present = RangeSet()
         self.size = 0 if (truncate or new) else attr.size
         if truncate or new:
@@ -95,6 +106,12 @@ class OpenFile:
         self._sealed: Optional[tuple] = None
         self._uploading = False                  # a sealed record's upload runs (without the lock)
         self._idle = threading.Condition(self.lock)
+        # made from a record of an earlier mount: its upload is a resume (parts the server
+        # may have, an upload created but never recorded); the key may hold an older version
+        self.adopted = False
+        self._resumes: Optional[Entry] = None
+        if record is not None:
+            self.records.adopt(record)
 
     def read(self, offset: int, size: int):
         return self.sparse.read(offset, size)
@@ -273,8 +290,8 @@ class OpenFile:
                 return True
             plan = self.sparse.stage_for_upload()
             os.fsync(self._fd)
-            entry = self._record_closed(plan, durable=True)
-            self._drop_pending()        # a record of the same file sealed before (other key or content)
+            entry = self.records.record_closed(plan, durable=True)
+            self.records.drop_pending()        # a record of the same file sealed before (other key or content)
             self._pending = entry
             self._sealed = (self._changes, self.key)
             return True
@@ -309,29 +326,38 @@ class OpenFile:
             self._check_not_failed()
             if self.unlinked or not (self.dirty or self.meta_dirty):
                 return None
-            if self.sealed:
-                # sealed at close (writeback): upload that record without holding the lock,
-                # so reads go on; changes wait for the upload (``_changing``)
-                entry, self._uploading = self._pending, True
-            else:
-                entry = None
-            if entry is None:
+            if not self.sealed:
                 return self._commit_now()
+            # sealed at close (writeback): upload that record without holding the lock, so
+            # reads go on; changes wait (``_changing``) until the upload AND its bookkeeping
+            # are done - one locked step, or a change slipping in between would be marked
+            # clean with the record it never was in (and never uploaded)
+            entry, self._uploading = self._pending, True
         try:
-            etag = self.uploader.upload(entry, verify_server_parts=False)
-        except errors.NeverCompletes as exc:
+            resumed = entry is self._resumes
+            if resumed and abort_unrecorded(self.uploader.client, entry):
+                self.journal.save(entry)        # ``creating`` cleared: a new upload is begun
+            etag = self.uploader.upload(entry, verify_server_parts=resumed)
+            if resumed:
+                metrics.UPLOADS_RESUMED.inc()
+                log.warning("resumed upload of %r completed (%d bytes): it is in the bucket", entry.key, entry.size)
+        except BaseException as exc:
             with self.lock:
-                self._abandoned(entry, exc)
+                self._upload_ended()
+                if isinstance(exc, errors.NeverCompletes):
+                    self._abandoned(entry, exc)
+                elif isinstance(exc, Exception):
+                    errors.set_action(exc, KEPT)
             raise
-        except Exception as exc:
-            errors.set_action(exc, KEPT)
-            raise
-        finally:
-            with self.lock:
-                self._uploading = False
-                self._idle.notify_all()
         with self.lock:
-            return self._uploaded(entry, etag)
+            try:
+                return self._uploaded(entry, etag, current=self.sealed)
+            finally:
+                self._upload_ended()
+
+    def _upload_ended(self):
+        self._uploading = False
+        self._idle.notify_all()
 
     def _commit_now(self):
         """Durable close: stage, record and upload under the lock (held by the caller)."""
@@ -344,8 +370,8 @@ class OpenFile:
         durable = self.size >= self.uploader.threshold or self._stream is not None
         if durable and (not self._md5_known() or self.release.ranges):
             os.fsync(self._fd)
-        entry = self._record_closed(plan, durable)
-        self._drop_pending()        # the new record replaces the one of a failed commit
+        entry = self.records.record_closed(plan, durable)
+        self.records.drop_pending()        # the new record replaces the one of a failed commit
         self._pending = entry
         try:
             etag = self.uploader.upload(entry, verify_server_parts=False)
@@ -364,13 +390,19 @@ class OpenFile:
         self._pending = self._sealed = None
         self.failed = exc
 
-    def _uploaded(self, entry: Entry, etag: str):
+    def _uploaded(self, entry: Entry, etag: str, current: bool = True):
+        """``entry`` is in the bucket as ``etag`` (under the lock).  ``current``: the record
+        still holds the file's content, metadata and key; only then is the file clean.  A
+        sealed record may not (its key moved by a directory rename, which does not wait for
+        the file's upload): the file stays dirty for its next commit."""
         self.journal.remove(entry.id, durable=False)
-        self._pending = self._sealed = None
-        self.dirty = self.meta_dirty = False
+        if self._pending is entry:
+            self._pending = self._sealed = None
+        if current:
+            self.dirty = self.meta_dirty = False
         self._streamable = False
         self.attr = self.attr.copy(etag=etag, size=self.size, exact=True)
-        if entry.plan or entry.released:
+        if (entry.plan or entry.released) and current:
             self.sparse.edited(etag)
             self.release.forget()
         return etag, entry
@@ -378,47 +410,15 @@ class OpenFile:
     def _md5_known(self) -> bool:
         return self._hasher is not None and self._hashed == self.size
 
-    def _record_closed(self, plan, durable: bool) -> Entry:
-        stream = self._stream
-        try:
-            entry = self._closed_entry(plan)
-            self.journal.save(entry, durable=durable)
-        except BaseException:
-            if stream is not None and self.release.ranges:    # no other record can have released parts
-                self._stream = stream
-                self.release.lost("its record could not be saved at close")
-            raise
-        return entry
-
-    def _closed_entry(self, plan=None) -> Entry:
-        metadata, headers = self._object_fields()
-        md5 = self._hasher.hexdigest() if self._md5_known() else None
-        if self._stream is not None:
-            return close_stream(self, md5, metadata, headers)
-        self.release.check_change(0, self.size, "a new record")     # never: the stream holds them
-        source = {"key": self.base.key, "etag": self.base.etag} if plan else None
-        return Entry(id=self.journal.new_id(), key=self.key, staging=self.staging, state=CLOSED, size=self.size,
-                     md5=md5, verify_md5=md5 is not None, metadata=metadata, headers=headers,
-                     part_size=self._plan.base, created=time.time(), source=source,
-                     plan=[list(p) for p in plan] if plan else None)
-
-    def _drop_pending(self):
-        old, self._pending = self._pending, None
-        if old is None:
-            return
-        if old.upload_id:
-            try:
-                self.uploader.client.abort_multipart(old.key, old.upload_id)
-            except Exception:
-                log.warning("%s: could not abort upload %s", self.path, old.upload_id)
-        self.journal.remove(old.id)
-
     # -- end of life ---------------------------------------------------------------------------
     def discard(self):
         """Close the staging file and delete it, unless a failed upload still needs it:
         then the journal keeps both and that upload's record is returned (the caller
         retries it later); else None."""
         with self._changing():
+            if self._discarded:        # twice (a writeback upload ending as the file is released)
+                return None
+            self._discarded = True
             self._stop_stream()        # a stream never handed to close(): abort it
             if self._hasher is not None:
                 self._drop_hasher()

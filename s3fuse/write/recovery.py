@@ -12,6 +12,8 @@
   WRITING record (its multipart upload, if it has one, is aborted).
 - CLOSED record of an edit in place whose old version is gone from the server: it can
   never complete (``abandon``): the record goes, the staging file to ``recovery/``.
+- a pending CLOSED record whose key is deleted or replaced (unlink, rename over it,
+  symlink, mknod, link) is cancelled (``cancel``): never resumed over what replaced it.
 - several CLOSED records for one key (uploads that failed, then a later close of the
   same path): only the newest is resumed - resuming them in any other order would let an
   older version overwrite a newer one; the older staging files go to ``recovery/``.
@@ -183,6 +185,23 @@ def supersede(client, journal: Journal, entry, recovery_dir: str):
         except Exception:
             log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
     journal.remove(entry.id)
+
+
+def cancel(client, journal: Journal, entry):
+    """The key of pending upload ``entry`` was deleted or taken by another object: the
+    upload must never happen.  Its record goes first (a crash right after cannot resume
+    it), then its multipart upload is aborted and its staging file removed."""
+    journal.remove(entry.id)
+    if entry.upload_id:
+        try:
+            client.abort_multipart(entry.key, entry.upload_id)
+        except Exception:
+            log.warning("could not abort upload %s of %r", entry.upload_id, entry.key, exc_info=True)
+    try:
+        os.unlink(entry.staging)
+    except FileNotFoundError:
+        pass
+    log.warning("pending upload of %r cancelled: the key was deleted or replaced meanwhile", entry.key)
 
 
 def abandon(journal: Journal, entry, why: str):

@@ -17,7 +17,8 @@ A fault applies per HTTP request (a request starts when a connection that is idl
 received response bytes sends data beginning with an HTTP method), so connections kept
 alive in a client pool see mode changes at their next request.  ``count`` limits the
 fault to the next ``count`` requests, after which the proxy passes again (a one-shot
-fault that client retries must overcome).  ``reset_all()`` cuts every open connection
+fault that client retries must overcome); ``methods`` (e.g. ``{"PUT", "POST"}``: uploads,
+copies and completes) limits it to requests of those HTTP methods, the others pass.  ``reset_all()`` cuts every open connection
 now.  ``stats`` counts connections, requests, injected faults per mode, and the bytes
 forwarded each way (``bytes_up``: requests with their bodies, ``bytes_down``: answers).
 
@@ -60,10 +61,11 @@ def _hard_close(sock: socket.socket):
 
 
 class _Fault:
-    __slots__ = ("mode", "arg")
+    __slots__ = ("mode", "arg", "methods")
 
-    def __init__(self, mode="pass", arg=None):
+    def __init__(self, mode="pass", arg=None, methods=None):
         self.mode, self.arg = mode, arg
+        self.methods = None if methods is None else {m.encode() if isinstance(m, str) else m for m in methods}
 
 
 class FaultProxy:
@@ -94,13 +96,13 @@ class FaultProxy:
         self._threads.append(t)
 
     # -- control ----------------------------------------------------------------------------
-    def set(self, mode: str, arg=None, count: Optional[int] = None):
+    def set(self, mode: str, arg=None, count: Optional[int] = None, methods=None):
         if mode not in MODES:
             raise ValueError(mode)
         if mode in ("delay", "truncate") and not isinstance(arg, int):
             raise ValueError(f"{mode} needs an int argument")
         with self._lock:
-            self._fault = _Fault(mode, arg)
+            self._fault = _Fault(mode, arg, methods)
             self._count = count
 
     def clear(self):
@@ -144,13 +146,15 @@ class FaultProxy:
     def _stopped(self) -> bool:
         return self._stop.is_set() or time.monotonic() > self._deadline
 
-    def _take_fault(self) -> _Fault:
-        """The fault for a request starting now (consumes one of ``count``)."""
+    def _take_fault(self, method: bytes = b"") -> _Fault:
+        """The fault for a request of ``method`` starting now (consumes one of ``count``)."""
         with self._lock:
             self.stats["requests"] += 1
             fault = self._fault
             if fault.mode == "pass":
                 return fault
+            if fault.methods is not None and method not in fault.methods:
+                return _Fault()
             self.stats["faults"][fault.mode] += 1
             if self._count is not None:
                 self._count -= 1
@@ -210,7 +214,7 @@ class FaultProxy:
                         continue
                     if awaiting and data.startswith(_METHODS):
                         awaiting = False
-                        fault = self._take_fault()
+                        fault = self._take_fault(data.split(b" ", 1)[0])
                         response_bytes = 0
                         if fault.mode == "reset":
                             _hard_close(client)
