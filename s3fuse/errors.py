@@ -91,7 +91,12 @@ class NotSupported(FsError):
     """An extended attribute namespace that is never stored, a rename flag S3 cannot honour."""
 
 
-class TooLarge(FsError):
+class NeverCompletes(FsError):
+    """An upload that can never complete as recorded (its record is abandoned: the
+    staging file goes to ``recovery/``).  A marker: each kind keeps its own errno."""
+
+
+class TooLarge(NeverCompletes):
     """Beyond what S3 can hold (10,000 parts, EntityTooLarge)."""
 
 
@@ -105,11 +110,6 @@ class Stale(FsError):
 
 class ObjectChanged(Stale):
     """The object's ETag is no longer the one pinned at open (412 on If-Match, or 404)."""
-
-
-class NeverCompletes(FsError):
-    """An upload that can never complete as recorded (its record is abandoned: the
-    staging file goes to ``recovery/``).  A marker: each kind keeps its own errno."""
 
 
 class SourceChanged(ObjectChanged, NeverCompletes):
@@ -177,6 +177,12 @@ class BackendError(FsError):
 
 class UploadGone(BackendError):
     """A multipart upload id the server no longer knows (NoSuchUpload)."""
+
+
+class Refused(BackendError, NeverCompletes):
+    """S3 refused the request for good (400 InvalidArgument, KeyTooLongError,
+    InvalidRequest...): sent again it is refused again, so an upload refused so is
+    abandoned (its bytes kept in ``recovery/``), never retried every interval."""
 
 
 class UploadLost(BackendError, NeverCompletes):

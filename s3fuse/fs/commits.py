@@ -186,9 +186,17 @@ class CommitScheduler:
         every ``interval`` seconds until ``stop``."""
         self._interval = interval
         def loop():
-            first()
+            # one failed pass (a bug, a full disk) is logged and the loop goes on: a dead
+            # retry thread would leave every pending upload waiting for the next mount
+            try:
+                first()
+            except Exception:
+                log.exception("recovery of a crash's leftovers failed unexpectedly; retries go on")
             while not self._stop.is_set():
-                self.retry_pending()
+                try:
+                    self.retry_pending()
+                except Exception:
+                    log.exception("retry of pending uploads failed unexpectedly; next try in %.0f s", interval)
                 self._stop.wait(interval)
         threading.Thread(target=loop, name="resume", daemon=True).start()
 

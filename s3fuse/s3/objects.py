@@ -40,6 +40,9 @@ _CHANGED = {"PreconditionFailed", "412"}
 _NO_UPLOAD = {"NoSuchUpload"}
 _TOO_LARGE = {"EntityTooLarge"}
 _METADATA_TOO_LARGE = {"MetadataTooLarge"}
+# refused for good: the same request is refused again (an upload so refused is abandoned)
+_REFUSED = {"InvalidArgument", "KeyTooLongError", "InvalidRequest", "InvalidStorageClass",
+            "InvalidEncryptionAlgorithmError", "InvalidTag", "UserKeyMustBeSpecified"}
 _NOT_IMPLEMENTED = {"NotImplemented"}      # e.g. RGW 16 copying an encrypted object (501)
 _BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
          "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
@@ -90,6 +93,8 @@ def error_kind(code: str, status: int):
         return errors.TooLarge
     if code in _NOT_IMPLEMENTED:
         return errors.NotSupported
+    if code in _REFUSED:
+        return errors.Refused
     if code in _BUSY or status >= 500 or status == 429:
         return errors.ServerBusy
     return errors.BackendError
