@@ -311,7 +311,8 @@ class FileOps:
             self._release_file(f)
 
     def commit(self, f: OpenFile):
-        """Upload ``f`` now (flush, fsync, last close, before a rename or link)."""
+        """Upload ``f`` now (flush, fsync, last close, before a rename or link); returns
+        (etag, entry), or None if there was nothing to upload."""
         result = self.commits.commit(f)
         if result is None:
             return
@@ -320,6 +321,7 @@ class FileOps:
         if not f.unlinked:
             parent, name = split(f.path)
             self.cache.add(parent, name, f.path, f.attr)
+        return result
 
     def flush(self, fh: int):
         """close(): upload now (durable close), or seal and queue (writeback)."""
@@ -338,8 +340,13 @@ class FileOps:
 
     def fsyncdir(self, path: str):
         """Writeback: wait until every closed file is uploaded (sync of the mount)."""
-        if self.parts.writeback is not None:
-            self.parts.writeback.drain(timeout=float("inf"), report=log.info)
+        wb = self.parts.writeback
+        if wb is not None:
+            before = len(wb.abandoned)
+            wb.drain(timeout=float("inf"), report=log.info)
+            lost = wb.abandoned[before:]
+            if lost:      # failed for good meanwhile: say so, naming them (s3fuse sync exits 1)
+                raise errors.WriteFailed(f"sync: not uploaded, kept in recovery/: {', '.join(lost[:10])}")
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)

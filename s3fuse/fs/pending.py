@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from .. import metrics
 from ..meta.attrs import apply_metadata, default_attr
 from ..write.openfile import OpenFile
 from .builder import Parts
@@ -75,7 +76,11 @@ class PendingUploads:
         """The commit scheduler's retry of a file whose upload failed (raises if it fails again)."""
         try:
             if not f.unlinked and f.failed is None:
-                self.files.commit(f)
+                # an adopted record's upload logs its own line (openfile.commit)
+                adopted = f._pending is not None and f._pending is f._resumes
+                if self.files.commit(f) is not None and not adopted:
+                    metrics.UPLOADS_RESUMED.inc()
+                    log.warning("resumed upload of %r completed (%d bytes): it is in the bucket", f.key, f.size)
         except Exception:
             if f.failed is None:
                 raise

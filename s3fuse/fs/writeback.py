@@ -49,6 +49,7 @@ class Writeback:
         self._failures: dict = {}         # id(file) -> (attempts, last error, next try, path)
         self._stop = False
         self.uploaded = 0
+        self.abandoned: list = []         # paths whose upload failed for good (bytes in recovery/)
         self._busy_since = None           # when the queue last became non-empty (rate, ETA)
         self._done_bytes = 0              # bytes uploaded since then
         self._threads = [threading.Thread(target=self._work, name=f"writeback-{n}", daemon=True)
@@ -139,6 +140,8 @@ class Writeback:
                 self._running.discard(id(f))
                 self._failures.pop(id(f), None)
                 self.uploaded += not abandoned
+                if abandoned:
+                    self.abandoned.append(f.path)
                 done = id(f) not in self._again
                 if done:
                     counted = self._queued.pop(id(f))[1]
@@ -149,7 +152,10 @@ class Writeback:
                     self._schedule(f, time.monotonic())
                 self._cond.notify_all()
             if done:
-                self._finished(f)
+                try:
+                    self._finished(f)
+                except Exception:        # the worker must outlive it: the queue waits on it
+                    log.exception("writeback: bookkeeping after the upload of %s failed unexpectedly", f.path)
 
     def _failed(self, f, exc: BaseException):
         with self._cond:

@@ -87,3 +87,20 @@ def test_the_retry_loop_survives_a_failed_pass(make_fs, monkeypatch, caplog):
         commits.stop()
     assert len(passes) >= 3, "the loop died after its first failed pass"
     assert "retries go on" in caplog.text and "a bug in one pass" in caplog.text
+
+
+def test_sync_of_a_writeback_mount_names_a_file_refused_for_good(make_fs):
+    """fsyncdir (``s3fuse sync``) returns - with an error naming the file - instead of
+    waiting for an upload that can never land."""
+    fake = FakeS3()
+    fs = make_fs(fake, writeback=True)
+    fake.fail_when = _refuse(errors.MetadataTooLarge)
+    fh = fs.create("/big-meta", 0o644, 0, 0)
+    fs.write(fh, b"x", 0)
+    fs.flush(fh)                        # writeback: queued
+    fs.release(fh)
+    with pytest.raises(errors.WriteFailed) as exc:
+        fs.fsyncdir("/")
+    assert "/big-meta" in str(exc.value)
+    assert len(os.listdir(fs.parts.recovery_dir)) == 1
+    fs.fsyncdir("/")                    # nothing new failed since: a plain success

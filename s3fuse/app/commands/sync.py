@@ -3,6 +3,7 @@
 upload queue is empty (sync(1) and syncfs(2) do not reach FUSE daemons)."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -18,6 +19,8 @@ def run(parsed: Parsed) -> int:
         finally:
             os.close(fd)
     except OSError as exc:
-        sys.stderr.write(f"s3fuse sync: {target}: {exc.strerror}\n")
+        sys.stderr.write(f"s3fuse sync: {target}: {exc.strerror}"
+                         + (" (an upload failed for good: the mount's log names the file, its bytes are in "
+                            "cache_dir/recovery/)" if exc.errno == errno.EIO else "") + "\n")
         return 1
     return 0
