@@ -3,10 +3,10 @@
 upload queue is empty (sync(1) and syncfs(2) do not reach FUSE daemons)."""
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
+from ... import errors
 from ..commandline import Parsed
 
 
@@ -21,6 +21,6 @@ def run(parsed: Parsed) -> int:
     except OSError as exc:
         sys.stderr.write(f"s3fuse sync: {target}: {exc.strerror}"
                          + (" (an upload failed for good: the mount's log names the file, its bytes are in "
-                            "cache_dir/recovery/)" if exc.errno == errno.EIO else "") + "\n")
+                            "cache_dir/recovery/)" if exc.errno == errors.ERRNO[errors.WriteFailed][0] else "") + "\n")
         return 1
     return 0
