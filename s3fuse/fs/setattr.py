@@ -87,7 +87,20 @@ class AttrOps:
         return None
 
     def _set_object_attr(self, path: str, change, f):
-        """The change as a metadata-only copy of the object onto itself (a directory: its marker)."""
+        """The change as a metadata-only copy of the object onto itself (a directory: its marker).
+        The copy is pinned to the version the attributes were read from; if the cached
+        attributes were stale (a rename away or a replace whose cache update had not landed
+        yet, another client), the current version is looked up and changed instead, and a
+        name that is gone answers ENOENT - never ESTALE for a chmod of an existing path."""
+        try:
+            self._copy_with_attr(path, change, f)
+        except (errors.ObjectChanged, errors.NotFound):
+            if path == "/" or f is not None:
+                raise
+            self.cache.invalidate(path)
+            self._copy_with_attr(path, change, f)
+
+    def _copy_with_attr(self, path: str, change, f):
         attr = self.files.attr(path)
         if attr.is_dir and not attr.exact:
             attr = self.ns.lookup(path)

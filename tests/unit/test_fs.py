@@ -202,3 +202,23 @@ def test_a_stale_listing_is_revalidated_by_one_list_not_per_name(make_fs):
     assert fake.count("list_page") - before[0] == 1 and fake.count("head") == before[1], \
         "one LIST for twenty missing names, no HEAD"
     assert fs.getattr("/d/new").size == len(b"by another client")
+
+
+def test_chmod_through_a_stale_cached_version_changes_the_current_one(make_fs):
+    """A chmod reads the attributes from the cache (attr_ttl) and copies the object onto
+    itself pinned to that version.  When the cached version is stale (the object replaced
+    by another client, or - on this mount - a rename over it whose cache update had not
+    landed yet), the pinned copy fails: the chmod must change the current version, and a
+    name that is gone must answer ENOENT, never ESTALE (seen in CI as 'chmod f1: ESTALE')."""
+    fake = FakeS3()
+    fake.seed("a", b"old a")
+    fake.seed("b", b"old b")
+    fs = make_fs(fake, attr_ttl=3600, dir_ttl=3600)
+    assert fs.getattr("/a").size == 5 and fs.getattr("/b").size == 5       # both cached
+    fake.seed("a", b"the new a")          # replaced behind the cache's back
+    fs.chmod("/a", 0o600)
+    data, meta, _ = fake.objects["a"]
+    assert data == b"the new a" and int(meta["mode"]) & 0o7777 == 0o600
+    del fake.objects["b"]                 # deleted behind the cache's back
+    with pytest.raises(errors.NotFound):
+        fs.chmod("/b", 0o600)
