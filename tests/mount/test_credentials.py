@@ -35,7 +35,7 @@ import pytest
 from botocore.config import Config
 
 from ..support.mounts import Mount
-from ..support.probes import daemon_stats, wait_for
+from ..support.probes import daemon_stats, delta, requests, wait_for
 
 pytestmark = pytest.mark.servers("rgw")
 
@@ -228,7 +228,8 @@ class Workload:
     compared with the bucket), files the test put in the bucket read back, listings, and
     one large file written slowly (a multipart upload in flight all along)."""
 
-    def __init__(self, m, s3, bucket, big_chunks=0):
+    def __init__(self, m, s3, bucket, big_chunks=0, big_pause=0.4):
+        self.big_pause, self.big_closed = big_pause, None
         self.m, self.s3, self.bucket = m, s3, bucket
         self.written: dict = {}
         self.failures: list = []
@@ -266,6 +267,9 @@ class Workload:
                 f.write(data)
             self.written[name] = data
             self.ops += 1
+            if n % 5 == 0:                    # a metadata rewrite: CopyObject, through botocore
+                os.chmod(self.m.p(name), 0o640)
+                self.ops += 1
             n += 1
 
     def _reads(self):
@@ -285,7 +289,8 @@ class Workload:
         with open(self.m.p("big.bin"), "wb") as f:
             for i in range(0, len(self.big), 1 << 20):
                 f.write(self.big[i:i + (1 << 20)])
-                time.sleep(0.25)
+                time.sleep(self.big_pause)
+        self.big_closed = time.monotonic()
         self.written["big.bin"] = self.big
 
     def check_bucket(self):
@@ -297,6 +302,10 @@ class Workload:
 def total_requests(m) -> tuple:
     st = daemon_stats(m)
     return sum(st["requests"].values()), st["errors"]
+
+
+def log_lines(m, text) -> int:
+    return sum(text in line for line in m.log().splitlines())
 
 
 def rotate(server, source, bucket, old, keys, m):
@@ -316,23 +325,29 @@ def test_credential_process_keys_rotated_on_the_server_while_the_mount_is_busy(s
     key_a = keys(bucket)
     source.hand_out(key_a)
     m = chain_mount(bucket, source, ["profile=rotating", "part_size=5M"] + FRESH)
-    work = Workload(m, s3, bucket, big_chunks=16).start()
+    before = requests(m)
+    work = Workload(m, s3, bucket, big_chunks=30).start()      # 30 MiB written over 12 s: 6 parts
     time.sleep(3)
     runs_before = source.run_count()
     key_b = rotate(s3_server, source, bucket, key_a, keys, m)
+    a_removed = time.monotonic()
     assert not works(s3_server, key_a, bucket) and works(s3_server, key_b, bucket)
     time.sleep(4)                        # busy on key B alone, A refused by the server
     key_c = rotate(s3_server, source, bucket, key_b, keys, m)
     time.sleep(2)
     work.stop()
     assert work.failures == []
+    assert work.big_closed > a_removed, "the multipart upload was in flight across the rotation"
+    made = delta(requests(m), before)
+    assert made["upload_part"] >= 5 and made["complete_multipart_upload"] >= 1 and made["copy_object"] > 3, made
     with open(m.p("w", "after"), "wb") as f:           # and afterwards, with key C only
         f.write(b"after the rotations")
     work.written["w/after"] = b"after the rotations"
     work.check_bucket()
     assert len(work.written) > 20 and "big.bin" in work.written
-    requests, failed = total_requests(m)
-    print(f"\nrotation run: {requests} requests, {work.ops} file operations, {failed} failed; credential_process "
+    sent, failed = total_requests(m)
+    print(f"\nrotation run: {sent} requests ({made}), {work.ops} file operations, {failed} failed; "
+          f"{log_lines(m, 'sent again')} requests refused mid-rotation and sent again; credential_process "
           f"ran {source.run_count()} times ({source.run_count() - runs_before} since the first rotation); "
           f"keys A={key_a[0][-4:]} B={key_b[0][-4:]} C={key_c[0][-4:]}")
     assert failed == 0
@@ -414,8 +429,8 @@ def test_container_credentials_rotated_while_the_mount_is_busy(s3_server, s3, bu
         work.stop()
         assert work.failures == []
         work.check_bucket()
-        requests, failed = total_requests(m)
-        print(f"\ncontainer rotation: {requests} requests, {work.ops} file operations, {failed} failed; "
+        sent, failed = total_requests(m)
+        print(f"\ncontainer rotation: {sent} requests, {work.ops} file operations, {failed} failed; "
               f"endpoint served {source.served} times, refused {source.refused}; B={key_b[0][-4:]}")
         assert failed == 0 and source.served > 2 and source.refused == 0
         assert "container credentials endpoint" in m.log()
