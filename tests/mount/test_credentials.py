@@ -8,8 +8,8 @@ the mount is busy; the mount gets its keys from botocore's chain only:
   rewrites), with an ``Expiration`` 13 minutes ahead: inside botocore's advisory window
   (15 minutes), so every request asks the process again and a rotation is seen at once;
 - the container credentials endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI`` on
-  127.0.0.1, with ``AWS_CONTAINER_AUTHORIZATION_TOKEN``), as ECS and EKS Pod Identity
-  serve them, from a tiny HTTP server in the test.
+  127.0.0.1, with ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE``), as ECS and EKS Pod
+  Identity serve them, from a tiny HTTP server in the test (keys and token rotated).
 
 A rotation (issue key B, hand out B, remove key A) under reads, writes, listings and a
 multipart upload in flight loses nothing (bytes compared, no failed operation); keys
@@ -143,19 +143,21 @@ class ProcessSource:
 
 
 class ContainerSource:
-    """The container credentials endpoint of ECS / EKS Pod Identity: GET with the
-    authorization token answers the current keys as JSON."""
+    """The container credentials endpoint of ECS / EKS Pod Identity: GET with a valid
+    authorization token (read by botocore from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE at
+    each fetch, as the Pod Identity agent's projected token is) answers the current keys."""
 
-    TOKEN = "pod-identity-token-" + uuid.uuid4().hex
-
-    def __init__(self):
+    def __init__(self, root):
         self.body = b"{}"
         self.served = self.refused = 0
+        self.token_file = os.path.join(root, "pod-identity-token")
+        self.tokens: set = set()
+        self.new_token()
         source = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                if self.path != "/v1/credentials" or self.headers.get("Authorization") != source.TOKEN:
+                if self.path != "/v1/credentials" or self.headers.get("Authorization") not in source.tokens:
                     source.refused += 1
                     self.send_response(403)
                     self.end_headers()
@@ -178,9 +180,18 @@ class ContainerSource:
         self.body = json.dumps({"AccessKeyId": key[0], "SecretAccessKey": key[1], "Token": "",
                                 "Expiration": expiration(minutes)}).encode()
 
+    def new_token(self) -> str:
+        """A new token in the file (the old one stays valid until ``tokens`` is changed)."""
+        token = "pod-identity-token-" + uuid.uuid4().hex
+        self.tokens.add(token)
+        with open(self.token_file + ".tmp", "w") as f:
+            f.write(token)
+        os.replace(self.token_file + ".tmp", self.token_file)
+        return token
+
     def env(self):
         return {"AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{self.httpd.server_port}/v1/credentials",
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.TOKEN}
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": self.token_file}
 
     def close(self):
         self.httpd.shutdown()
@@ -417,7 +428,7 @@ def test_a_failing_source_in_the_mandatory_window_gives_eacces_and_one_line(s3_s
 
 @pytest.mark.long(25)
 def test_container_credentials_rotated_while_the_mount_is_busy(s3_server, s3, bucket, keys, chain_mount, tmp_path):
-    source = ContainerSource()
+    source = ContainerSource(str(tmp_path))
     try:
         key_a = keys(bucket)
         source.hand_out(key_a)
@@ -425,7 +436,10 @@ def test_container_credentials_rotated_while_the_mount_is_busy(s3_server, s3, bu
         work = Workload(m, s3, bucket).start()
         time.sleep(2)
         key_b = rotate(s3_server, source, bucket, key_a, keys, m)
+        served = source.served
+        source.tokens = {source.new_token()}             # the agent's token rotated too
         time.sleep(3)
+        assert source.served > served, "fetched with the new token"
         work.stop()
         assert work.failures == []
         work.check_bucket()
