@@ -35,7 +35,7 @@ import pytest
 from botocore.config import Config
 
 from ..support.mounts import Mount
-from ..support.probes import daemon_stats, delta, requests, wait_for
+from ..support.probes import bucket_md5, daemon_stats, delta, requests, wait_for
 
 pytestmark = pytest.mark.servers("rgw")
 
@@ -370,12 +370,17 @@ def test_revoked_keys_give_eacces_and_one_line_then_work_again(s3_server, s3, bu
     source = ProcessSource(str(tmp_path))
     key = keys(bucket)
     source.hand_out(key)
-    m = chain_mount(bucket, source, ["profile=rotating"])
+    m = chain_mount(bucket, source, ["profile=rotating", "retry_interval=1"])
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"r{i}", Body=b"data %d" % i)
     with open(m.p("r0"), "rb") as f:
         assert f.read() == b"data 0"
+    kept = open(m.p("kept.txt"), "wb")               # opened before, closed after the revocation
     remove_key(s3_server, key, bucket)               # revoked; the source still hands it out
+    kept.write(b"written while the key was revoked")
+    with pytest.raises(PermissionError) as info:
+        kept.close()
+    assert info.value.errno == errno.EACCES
     started = time.monotonic()
     for attempt in range(5):
         with pytest.raises(PermissionError) as info:
@@ -385,7 +390,7 @@ def test_revoked_keys_give_eacces_and_one_line_then_work_again(s3_server, s3, bu
             with open(m.p(f"new{attempt}"), "wb") as f:
                 f.write(b"x")
     assert time.monotonic() - started < 30, "refusals must be quick"
-    lines = [line for line in m.log().splitlines() if "refuses the credentials" in line]
+    lines = [line for line in m.log().splitlines() if "s3fuse.s3: the server refuses the credentials" in line]
     assert len(lines) == 1, m.log()[-4000:]
     assert "credential_process" in lines[0] and f"...{key[0][-4:]}" in lines[0] and "EACCES" in lines[0]
     assert key[1] not in m.log()
@@ -394,6 +399,9 @@ def test_revoked_keys_give_eacces_and_one_line_then_work_again(s3_server, s3, bu
     time.sleep(5.5)                                  # past chain.RETRY_AFTER
     with open(m.p("r2"), "rb") as f:
         assert f.read() == b"data 2"
+    # the upload refused at close was kept in the journal and is sent with the new key
+    wait_for(lambda: bucket_md5(s3, bucket, "kept.txt") is not None, 20, "the kept upload in the bucket")
+    assert s3.get_object(Bucket=bucket, Key="kept.txt")["Body"].read() == b"written while the key was revoked"
     print("\n" + "\n".join(lines))
 
 
