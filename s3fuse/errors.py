@@ -160,11 +160,25 @@ class ClockSkewed(AccessDenied):
     hint = "the server refused the request time: check the local clock (NTP)"
 
 
-class CredentialsExpired(AccessDenied):
+class CredentialsRefused(AccessDenied):
+    """The server refuses the request's credentials themselves (InvalidAccessKeyId,
+    SignatureDoesNotMatch, InvalidToken): a key revoked or rotated away.  Reported in one
+    line per access key by ``s3fuse.s3.chain`` (quiet here: not one line per request)."""
+
+    hint = "the server refuses the credentials: renew or fix them"
+
+
+class CredentialsExpired(CredentialsRefused):
     """Temporary credentials whose session token has expired (ExpiredToken) and that
     their source could not refresh."""
 
     hint = "the credentials have expired: renew them (and remount if they came from the environment)"
+
+
+class CredentialsUnavailable(CredentialsRefused):
+    """The credentials' source (credential_process, container endpoint, web identity, SSO,
+    instance role) failed to give keys when new ones were needed; its one line is logged
+    by ``s3fuse.s3.chain``."""
 
 
 class NoSuchBucket(NotFound):
@@ -238,7 +252,7 @@ ERRNO = {
     ReleasedRead: (_errno.EIO, False),
     AccessDenied: (_errno.EACCES, True),
     ClockSkewed: (_errno.EACCES, False),
-    CredentialsExpired: (_errno.EACCES, False),
+    CredentialsRefused: (_errno.EACCES, True),      # logged once by s3.chain, not per request
     ChecksumFailedBefore: (_errno.EIO, True),
     BackendError: (_errno.EIO, False),
     FsError: (_errno.EIO, False),

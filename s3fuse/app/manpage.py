@@ -65,7 +65,10 @@ def render(date: str = "") -> str:
                  "such bucket, bad credentials, an unreachable endpoint, a missing or busy mountpoint, a bad",
                  "option) exits non-zero within seconds with one line saying why, and leaves no mount behind.",
                  "Credentials come from -o passwd_file=, -o profile=, or the standard AWS chain",
-                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws files, the instance role).",
+                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws files, credential_process, SSO,",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CONTAINER_CREDENTIALS_FULL_URI, the instance role);",
+                 "temporary credentials are renewed for the life of the mount. Credentials the server",
+                 "refuses, or a source that cannot renew them, give EACCES and one log line.",
                  "Unmount with umount(8) or fusermount3 -u; unmounting waits for uploads in progress.")
     out += [".SH OPTIONS"]
     for flag, text in FLAGS:

@@ -25,6 +25,7 @@ from botocore.config import Config
 
 from .. import errors
 from . import strict_http
+from .chain import Credentials
 from .objects import CONTENT_HEADERS, error_kind, refusal_time
 
 strict_http.install()     # a response cut inside its headers is an error, not an empty answer
@@ -141,7 +142,9 @@ class Botocore:
         except botocore.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None
         try:
-            self.credentials = self.session.get_credentials()
+            found = self.session.get_credentials()
+            # every request path takes its keys from this one (refreshable) object
+            self.credentials = Credentials(found, profile) if found is not None else None
             self.chain_ca_bundle = self.session._session.get_config_variable("ca_bundle")   # AWS_CA_BUNDLE, profile
         except botocore.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None

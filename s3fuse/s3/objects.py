@@ -32,8 +32,8 @@ CONTENT_HEADERS = ("content-type", "cache-control", "content-disposition", "cont
 # Error codes, as S3 and S3-compatible servers spell them.
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-           "InvalidToken", "AccountProblem", "AllAccessDisabled"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AccountProblem", "AllAccessDisabled"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
 _SKEWED = {"RequestTimeTooSkewed", "RequestInTheFuture", "RequestExpired"}
 _EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 _CHANGED = {"PreconditionFailed", "412"}
@@ -81,6 +81,8 @@ def error_kind(code: str, status: int):
         return errors.ClockSkewed
     if code in _EXPIRED:
         return errors.CredentialsExpired
+    if code in _BAD_CREDENTIALS:
+        return errors.CredentialsRefused
     if code in _DENIED or status == 403:
         return errors.AccessDenied
     if code in _CHANGED or status == 412:

@@ -42,6 +42,7 @@ class Requests:
         self._timeouts = (connect_timeout, read_timeout)
         self._max_connections = max_connections
         self.boto.connect(self.endpoint, self.ca_bundle, self._timeouts, max_connections)
+        self.credentials = self.boto.credentials      # chain.Credentials, None for anonymous access
         # fast: the data path; probe_fast: the mount-time probe, which fails within seconds
         # even against a server that accepts connections and never answers.  None without
         # credentials (anonymous access goes through botocore).
@@ -58,6 +59,7 @@ class Requests:
             for t in (self.fast, self.probe_fast):
                 t.common_headers = self.options.common()
                 t.read_headers = self.options.customer_key()
+            self.credentials.probe = lambda: self.probe_fast.list_objects({"max-keys": "1"})
 
     def _region_moved(self, region: str):
         log.warning("bucket %r is in region %s: requests go there from now on", self.bucket, region)
@@ -71,14 +73,31 @@ class Requests:
         """``attempt()``, once more if it was refused for the local clock: a 403 (or
         RequestTimeTooSkewed) whose answer shows the server's clock minutes away from the
         time signed corrects the signing clock (``stats.server_time_is`` warns), and the
-        request is sent again, once."""
+        request is sent again, once.  Likewise once more with other keys when it was
+        refused for its credentials and they were renewed meanwhile or at once
+        (``chain.Credentials.renewed_after_refusal``); a refusal that stays is logged
+        once per access key (``chain.Credentials.refused``)."""
         signed_offset = self.stats.signing_offset
+        creds = self.credentials
+        signed_access = creds.last_access if creds is not None else None
         try:
-            return attempt()
+            result = attempt()
         except errors.AccessDenied as exc:
             if not self.stats.clock_refused(exc, signed_offset):
+                why = creds.diagnose(exc) if creds is not None else exc
+                if creds is None or not creds.renewed_after_refusal(signed_access, why):
+                    if creds is not None:
+                        creds.refused(why)
+                    raise
+            try:
+                result = attempt()
+            except errors.AccessDenied as again:
+                if creds is not None:
+                    creds.refused(again)
                 raise
-        return attempt()
+        if creds is not None:
+            creds.worked()
+        return result
 
     def run(self, op: str, what: str, attempt: Callable):
         """``attempt`` (requests of S3 operation ``op``) under the retry policy (and the

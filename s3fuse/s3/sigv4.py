@@ -31,7 +31,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 class Signer:
     def __init__(self, credentials, clock: Callable[[], float] = time.time):
-        self.credentials = credentials      # botocore Credentials (refreshable)
+        self.credentials = credentials      # chain.Credentials: botocore's, refreshed in its windows
         self.clock = clock                  # seconds since the epoch, as the server counts them
         self._keys: dict = {}
 
