@@ -6,8 +6,10 @@ ConfigError with a one-line message naming the option.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
+import time
 import os
 import re
 from fractions import Fraction
@@ -120,6 +122,27 @@ def parse_min_free(text: str):
     return parse_size(text)
 
 
+def parse_time(text: str) -> float:
+    """A moment as Unix seconds: ISO 8601 (2026-12-01T10:00:00Z, an offset, fractions;
+    without a zone it is UTC) or Unix seconds (1764583200, 1764583200.5).  Not in the future."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"not a time: {text!r} (ISO 8601 like 2026-12-01T10:00:00Z, or Unix seconds)") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        value = moment.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a time: {text!r}")
+    if value > time.time():
+        raise ValueError(f"{text!r} is in the future (a snapshot shows the bucket as it was)")
+    return value
+
+
 def _part_size(text) -> int:
     value = parse_size(text)
     if not 5 << 20 <= value <= 5 << 30:
@@ -161,6 +184,11 @@ OPTIONS = {
     "allow_other": ("allow_other", None, "let other users use the mount (implies default_permissions)"),
     "default_permissions": ("default_permissions", None, "kernel checks permissions against mode/uid/gid"),
     "ro": ("ro", None, "read-only mount"),
+    "snapshot": ("snapshot", parse_time,
+                 "mount a versioned bucket read-only as it was at TIME (ISO 8601 like 2026-12-01T10:00:00Z, or "
+                 "Unix seconds): for each key its newest version up to TIME, none after a delete marker; "
+                 "listings page through every version under the directory (ListObjectVersions); a bucket "
+                 "without versioning fails the mount"),
     "cache_dir": ("cache_dir", str, "directory for block cache, metadata store, staging and journal "
                                     "(default: one per endpoint, bucket and prefix under /var/cache/s3fuse, "
                                     "or ~/.cache/s3fuse for other users)"),
@@ -252,6 +280,7 @@ class MountConfig:
     allow_other: bool = False
     default_permissions: bool = False
     ro: bool = False
+    snapshot: Optional[float] = None    # -o snapshot=TIME: the bucket as it was then (read-only)
     cache_dir: str = ""                 # "" until resolve_cache_dir(): one per mount under the root
     cache_root: Optional[str] = None    # set when cache_dir is the default
     cache_size: int = 10 << 30
@@ -305,6 +334,8 @@ def resolve_cache_dir(cfg: MountConfig):
         return
     cfg.cache_root = default_cache_root()
     ident = "\n".join((cfg.endpoint or "aws", cfg.bucket, cfg.prefix)).encode()
+    if cfg.snapshot is not None:          # its own, beside the live mount's (which it never locks)
+        ident += f"\nsnapshot={cfg.snapshot!r}".encode()
     cfg.cache_dir = os.path.join(cfg.cache_root, f"{cfg.bucket}-{hashlib.sha1(ident).hexdigest()[:10]}")
 
 

@@ -10,6 +10,7 @@ from ..config import MountConfig, apply_option, parse_source, resolve_cache_dir
 from ..s3 import ObjectClient
 from ..s3.credentials import read_passwd_file
 from ..s3.object_options import ObjectOptions
+from ..s3.snapshot import SnapshotClient
 from .commandline import Parsed
 
 
@@ -26,6 +27,8 @@ def mount_config(parsed: Parsed) -> MountConfig:
         apply_option(cfg, option)
     if cfg.allow_other:
         cfg.default_permissions = True
+    if cfg.snapshot is not None:
+        cfg.ro = True                     # a bucket as it was: nothing written (also the kernel's ro)
     resolve_cache_dir(cfg)
     return cfg
 
@@ -39,15 +42,18 @@ def check_credentials_files(cfg: MountConfig):
         raise errors.ConfigError(f"ca_bundle {cfg.ca_bundle}: no such file")
 
 
-def build_client(cfg: MountConfig, max_connections: int = 64) -> ObjectClient:
+def build_client(cfg: MountConfig, max_connections: int = 64):
+    """The ObjectClient of ``cfg``; with ``-o snapshot=`` the bucket as it was then
+    (``s3.snapshot.SnapshotClient``: its probe also checks that the bucket keeps versions)."""
     access = secret = None
     if cfg.passwd_file:
         access, secret = read_passwd_file(cfg.passwd_file, cfg.bucket)
-    return ObjectClient(cfg.bucket, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile,
-                        access_key=access, secret_key=secret, path_style=cfg.addressing_path_style,
-                        max_connections=max_connections, max_attempts=cfg.retries,
-                        connect_timeout=cfg.connect_timeout, read_timeout=cfg.request_timeout,
-                        ca_bundle=cfg.ca_bundle, options=ObjectOptions.from_config(cfg))
+    client = ObjectClient(cfg.bucket, endpoint=cfg.endpoint, region=cfg.region, profile=cfg.profile,
+                          access_key=access, secret_key=secret, path_style=cfg.addressing_path_style,
+                          max_connections=max_connections, max_attempts=cfg.retries,
+                          connect_timeout=cfg.connect_timeout, read_timeout=cfg.request_timeout,
+                          ca_bundle=cfg.ca_bundle, options=ObjectOptions.from_config(cfg))
+    return SnapshotClient(client, cfg.snapshot, ttl=cfg.dir_ttl) if cfg.snapshot is not None else client
 
 
 def describe_error(exc: Exception, cfg: MountConfig) -> str:

@@ -12,7 +12,7 @@ from .commandline import parse
 
 # command name -> module under s3fuse.app.commands (imported only when run)
 _MODULES = {"status": "status", "sync": "sync", "resume": "resume", "uploads": "uploads",
-            "demo": "demo", "install-helper": "install_helper", "man": "man"}
+            "versions": "versions", "demo": "demo", "install-helper": "install_helper", "man": "man"}
 
 
 def main(argv=None) -> int:

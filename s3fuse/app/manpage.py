@@ -105,6 +105,21 @@ def render(date: str = "") -> str:
                     "WantedBy=remote-fs.target")
     out += _para("Add x-systemd.automount to the fstab options (or a mnt-s3.automount unit) to mount on",
                  "first access.")
+    out += [".SH SNAPSHOTS AND VERSIONS"]
+    out += _para("-o snapshot=TIME mounts a versioned bucket read-only as it stood at TIME (ISO 8601 such as",
+                 "2026-12-01T10:00:00Z, or Unix seconds): for each key its newest version up to TIME, none",
+                 "where a delete marker is that newest entry; directories come from the keys that remain.",
+                 "Data and attributes are those of that version (GetObject and HEAD with its VersionId), and",
+                 "the block cache is keyed by version. Every change answers EROFS. A bucket whose versioning",
+                 "was never enabled fails the mount at once with one line (exit 1); a TIME that cannot be read",
+                 "or lies in the future is a usage error (exit 2).")
+    out += _para("Cost: ListObjectVersions cannot skip later versions or deleted keys, so listing a",
+                 "directory pages through every version of every key below it, subdirectories included",
+                 "(1,000 per request); listing the root pages through the bucket's whole history.")
+    out += _para("s3fuse versions PATH lists the versions of a file on a mount (a deleted file by its old",
+                 "path); s3fuse versions --restore VERSION_ID PATH copies that version over the file on the",
+                 "server (a new version; the old ones stay) and the mount shows it at once. Both go through",
+                 "the mount by the reserved extended attributes user.s3fuse.versions and user.s3fuse.restore.")
     out += [".SH METRICS"]
     out += _para("With -o metrics=[ADDR:]PORT the daemon serves Prometheus text format at",
                  "http://ADDR:PORT/metrics (ADDR is 127.0.0.1 unless given: 0.0.0.0:9101 listens on every",

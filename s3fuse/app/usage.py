@@ -31,6 +31,12 @@ COMMANDS = {
                               Flag("--older-than", "older_than", seconds, "only uploads started that long ago",
                                    metavar="SECONDS"),
                               Flag("--force", "force", help="abort resumable uploads of this cache_dir too"))),
+    "versions": Command("versions", ("PATH",), required=1,
+                        help="list the versions of a file on a mount of a versioned bucket (version id, time, "
+                             "size, delete markers); --restore makes one the file's content again (a "
+                             "server-side copy); a deleted file is reached by its old path",
+                        flags=(Flag("--restore", "restore", text, "restore this version", metavar="VERSION_ID"),
+                               Flag("--json", "json", help="print the versions as JSON"))),
     "demo": Command("demo", ("MOUNTPOINT",), required=0,
                     help="start a local S3 server (moto) with a demo bucket and mount it"),
     "install-helper": Command(

@@ -7,6 +7,7 @@ facade only routes: the work is done by
 - ``files.FileOps``    lookups, listings, open/read/write/truncate/flush/release
 - ``names.NameOps``    mkdir, rmdir, unlink, symlink, link, rename
 - ``setattr.AttrOps``  chmod, chown, utimens, extended attributes
+- ``versions.VersionOps``  a file's versions and their restore (reserved xattr names)
 - ``handles.HandleTable``       open handles, files, deferred deletes, kernel-cache map
 - ``commits.CommitScheduler``   key locks, pending uploads and their retries, wait_idle
 - ``builder.build``             builds the subsystems (meta/, data/, write/) for a mount
@@ -25,6 +26,7 @@ from .names import NameOps
 from .builder import Parts, build
 from .cachedir import CacheDir, lock_cache_dir
 from .setattr import UTIME_NOW, UTIME_OMIT, AttrOps
+from .versions import VersionOps
 from .writeback import Writeback
 
 __all__ = ["CacheDir", "Filesystem", "StatFs", "build", "lock_cache_dir"]
@@ -48,7 +50,8 @@ class Filesystem:
                                         threads=self.cfg.writeback_threads, max_files=self.cfg.writeback_files,
                                         max_bytes=self.cfg.writeback_bytes)
         parts.commits.retry_file = self.files.pending.retry_file
-        self.files.pending.adopt_records()       # uploads an earlier mount's closes accepted
+        if self.cfg.snapshot is None:
+            self.files.pending.adopt_records()   # uploads an earlier mount's closes accepted
         f, n, a = self.files, self.names, self.attrs
         # the operations, as the FUSE adapter calls them
         self.getattr, self.readdir, self.readlink = f.getattr, f.readdir, f.readlink
@@ -59,8 +62,9 @@ class Filesystem:
         self.mkdir, self.rmdir, self.unlink = n.mkdir, n.rmdir, n.unlink
         self.symlink, self.link, self.rename, self.mknod = n.symlink, n.link, n.rename, n.mknod
         self.chmod, self.chown, self.utimens = a.chmod, a.chown, a.utimens
-        self.getxattr, self.listxattr = a.getxattr, a.listxattr
-        self.setxattr, self.removexattr = a.setxattr, a.removexattr
+        self.versions = VersionOps(parts, f, a)
+        self.getxattr, self.listxattr = self.versions.getxattr, a.listxattr
+        self.setxattr, self.removexattr = self.versions.setxattr, a.removexattr
 
     @classmethod
     def for_mount(cls, cfg, client) -> "Filesystem":
@@ -69,8 +73,10 @@ class Filesystem:
     # -- life cycle --------------------------------------------------------------------------
     def start_background(self, retry_interval: float = 30.0):
         """After mount: finish what a crash left (renames, abandoned writes), then retry
-        failed uploads every ``retry_interval`` seconds."""
+        failed uploads every ``retry_interval`` seconds (a snapshot mount: nothing to do)."""
         p = self.parts
+        if self.cfg.snapshot is not None:
+            return
 
         def leftovers():
             p.mover.recover()

@@ -147,7 +147,10 @@ def build(cfg: MountConfig, client) -> Parts:
 
     commits = CommitScheduler(client, uploader, journal, layout.recovery, on_uploaded=uploaded)
     _warn_of_legacy_journal(cfg)
-    closed, writing = recovery.sort_out(journal, layout.staging, layout.recovery)
+    # A snapshot mount writes nothing: the journal of a live mount sharing its cache_dir
+    # stays as it is, for that mount (or s3fuse resume) to finish.
+    closed, writing = ([], []) if cfg.snapshot is not None else \
+        recovery.sort_out(journal, layout.staging, layout.recovery)
     for entry in closed:
         commits.add_pending(entry)
     readahead = ListingReadAhead(cache, fetcher, mapper) if cfg.small_file_readahead else None

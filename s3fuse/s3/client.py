@@ -15,7 +15,8 @@ Every request runs through one ``retry.RetryPolicy`` and raises only error kinds
 ``s3fuse.errors``.  The mount's ``object_options.ObjectOptions`` (encryption, storage
 class, ACL, requester-pays) go with every request that takes them, on both paths.
 Ranged GETs live in ``reads.RangeReads``, multipart requests in
-``multipart.MultipartRequests``; this class is their one public face.
+``multipart.MultipartRequests``, the requests of versions in ``versions.VersionRequests``;
+this class is their one public face.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .objects import (ListPage, ObjectInfo, check_headers, datetime_timestamp, h
                       strip_etag)
 from .reads import RangeReads
 from .requests import Requests
+from .versions import VersionPage, VersionRequests
 
 
 class ObjectClient:
@@ -43,6 +45,7 @@ class ObjectClient:
         self._fast = r.fast
         self._reads = RangeReads(r)
         self._multipart = MultipartRequests(r, self.head)
+        self._versions = VersionRequests(r)
 
     # -- what status and metrics show ----------------------------------------------------
     @property
@@ -253,3 +256,21 @@ class ObjectClient:
 
     def list_uploads(self, prefix: str = "") -> list:
         return self._multipart.list_uploads(prefix)
+
+    # -- versions (versions.py; a bucket as it was: snapshot.py) -------------------------
+    def versioning(self) -> str:
+        return self._versions.versioning()
+
+    def list_versions_page(self, prefix: str, key_marker: Optional[str] = None,
+                           version_marker: Optional[str] = None, max_keys: int = 1000) -> VersionPage:
+        return self._versions.list_versions_page(prefix, key_marker, version_marker, max_keys)
+
+    def head_version(self, key: str, version_id: str) -> ObjectInfo:
+        return self._versions.head_version(key, version_id)
+
+    def get_version_range(self, key: str, version_id: str, start: int, end: int, chunk_size: int = 1 << 20,
+                          sink: Optional[Callable[[int, bytes], None]] = None) -> bytes:
+        return self._versions.get_version_range(key, version_id, start, end, chunk_size, sink)
+
+    def copy_version(self, key: str, version_id: str, dst: str) -> str:
+        return self._versions.copy_version(key, version_id, dst)

@@ -17,6 +17,7 @@ import time
 
 from s3fuse import errors
 from s3fuse.s3.objects import ListPage, ObjectInfo, Part
+from s3fuse.s3.versions import ObjectVersion, VersionPage
 
 from .probes import md5  # noqa: F401  (the unit tests import it from here)
 
@@ -40,7 +41,9 @@ S3_OPERATION = {"list_page": "list_objects_v2", "head": "head_object", "get_rang
                 "delete_many": "delete_objects", "create_multipart": "create_multipart_upload",
                 "upload_part": "upload_part", "upload_part_copy": "upload_part_copy",
                 "complete_multipart": "complete_multipart_upload", "abort_multipart": "abort_multipart_upload",
-                "list_parts": "list_parts", "list_uploads": "list_multipart_uploads"}
+                "list_parts": "list_parts", "list_uploads": "list_multipart_uploads",
+                "list_versions_page": "list_object_versions", "head_version": "head_object",
+                "get_version_range": "get_object", "copy_version": "copy_object"}
 
 
 class FakeS3:
@@ -64,13 +67,30 @@ class FakeS3:
         self.max_active_gets = 0
         self._lock = threading.Lock()
         self._ids = 0
+        self.versioning_status = ""      # "Enabled": every seed/put/copy/delete adds a version
+        self.history: dict = {}          # key -> [ObjectVersion, newest first]
+        self.version_data: dict = {}     # version id -> (data, metadata, etag)
 
     # -- setup and inspection ----------------------------------------------------------------
     def seed(self, key, data=b"", metadata=None, mtime=MTIME, etag=None) -> str:
         meta = dict(metadata or {})
         self.objects[key] = (data, meta, etag or content_etag(data, meta))
         self.mtimes[key] = mtime
+        if self.versioning_status == "Enabled":
+            self._add_version(key, mtime, self.objects[key])
         return self.objects[key][2]
+
+    def _add_version(self, key, mtime, content=None):
+        self._ids += 1
+        version_id = f"v{self._ids}"
+        for v in self.history.get(key, ()):
+            v.latest = False
+        entry = ObjectVersion(key=key, version_id=version_id, mtime=mtime, latest=True, deleted=content is None,
+                              size=len(content[0]) if content else 0, etag=content[2] if content else "")
+        self.history.setdefault(key, []).insert(0, entry)
+        if content is not None:
+            self.version_data[version_id] = content
+        return version_id
 
     def count(self, method=None, detail=None) -> int:
         return sum(1 for m, d in self.calls if (method is None or m == method) and (detail is None or d == detail))
@@ -222,11 +242,59 @@ class FakeS3:
         self._enter("delete", key)
         with self._lock:
             self.objects.pop(key, None)
+            if self.versioning_status == "Enabled":
+                self._add_version(key, time.time())
 
     def delete_many(self, keys):
         self._enter("delete_many", len(keys))
         for k in keys:
             self.objects.pop(k, None)
+            if self.versioning_status == "Enabled":
+                self._add_version(k, time.time())
+
+    # -- versions -------------------------------------------------------------------------------
+    def versioning(self):
+        return self.versioning_status
+
+    def list_versions_page(self, prefix, key_marker=None, version_marker=None, max_keys=1000):
+        self._enter("list_versions_page", (prefix, key_marker, version_marker))
+        flat = [v for key in sorted(self.history) if key.startswith(prefix) for v in self.history[key]]
+        start = 0
+        if key_marker:
+            start = next((i for i, v in enumerate(flat) if v.key > key_marker), len(flat))
+            if version_marker:
+                start = next((i + 1 for i, v in enumerate(flat) if (v.key, v.version_id) == (key_marker, version_marker)),
+                             start)
+        page = VersionPage(versions=[ObjectVersion(**vars(v)) for v in flat[start:start + min(max_keys, self.page_size)]])
+        if start + len(page.versions) < len(flat):
+            page.next_key, page.next_version = page.versions[-1].key, page.versions[-1].version_id
+        return page
+
+    def _version(self, key, version_id):
+        entry = next((v for v in self.history.get(key, ()) if v.version_id == version_id), None)
+        if entry is None or entry.deleted:
+            raise errors.NotFound(f"{key!r} version {version_id}")
+        return entry, self.version_data[version_id]
+
+    def head_version(self, key, version_id):
+        self._enter("head_version", (key, version_id))
+        entry, (data, meta, etag) = self._version(key, version_id)
+        return ObjectInfo(key=key, size=len(data), etag=etag, mtime=entry.mtime, metadata=dict(meta), headers={})
+
+    def get_version_range(self, key, version_id, start, end, chunk_size=1 << 20, sink=None):
+        self._enter("get_version_range", (key, version_id, start, end))
+        _, (data, _, _) = self._version(key, version_id)
+        body = data[start:end]
+        if sink is None:
+            return body
+        for off in range(0, len(body), chunk_size):
+            sink(start + off, body[off:off + chunk_size])
+        return b""
+
+    def copy_version(self, key, version_id, dst):
+        self._enter("copy_version", (key, version_id, dst))
+        _, (data, meta, etag) = self._version(key, version_id)
+        return self.seed(dst, data, meta, mtime=time.time(), etag=etag)
 
     # -- multipart -------------------------------------------------------------------------------
     def create_multipart(self, key, metadata=None, headers=None):
