@@ -144,7 +144,7 @@ class Supervisor:
             cause = describe_exit(status)
             pid = self._restart(pid, cause)
             if pid is None:
-                return 1 if not self.stopping else 0
+                return 0 if self.stopping or top_mount(self.path) is None else 1
 
     def _restart(self, dead: int, cause: str):
         """After a death: the next serving process (live or failed), or None (down for good)."""
@@ -174,6 +174,10 @@ class Supervisor:
             self._sleep(delay)
             if self.stopping:
                 continue
+            if self._ours(top) and top_mount(self.path) is None:
+                log.warning("%s: the dead mount was unmounted meanwhile (umount, fusermount3 -u): not mounting "
+                            "again", self.path)
+                return None
             pid, message = self._start()
             if message is None:
                 log.warning("%s: serving again (pid %d), %.2f s after the death", self.path, pid, time.monotonic() - died)

@@ -298,6 +298,18 @@ def test_umount_ends_the_supervisor_and_status_shows_restarts(mounter, bucket):
     assert m.log().count("mounting again") == 1
 
 
+def test_an_unmount_during_the_backoff_is_not_undone(mounter, bucket):
+    m = mounter(bucket, options=HEAL)
+    supervisor = m.supervisor_pid()
+    kill_and_heal(m)
+    os.kill(m.daemon_pid(), signal.SIGKILL)       # the second death within 60 s: 1 s before the restart
+    wait_for(lambda: "mounting again in 1 s" in m.log(), 10, "the second restart to be announced")
+    cleanup_dead_mount(m.path)                    # the user unmounts the dead mount meanwhile
+    wait_for(lambda: not pid_alive(supervisor), 10, "the supervisor to exit")
+    assert not is_mounted(m.path)
+    assert "unmounted meanwhile" in m.log()
+
+
 def test_sigterm_to_the_supervisor_unmounts_cleanly(mounter, bucket):
     m = mounter(bucket, options=HEAL)
     supervisor, serving = m.supervisor_pid(), m.daemon_pid()
