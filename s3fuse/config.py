@@ -231,6 +231,11 @@ OPTIONS = {
     "writeback_threads": ("writeback_threads", _positive(int), "uploads of closed files at once (16)"),
     "retry_interval": ("retry_interval", _positive(_finite_float),
                        "seconds between tries of an upload that failed and waits in the journal (default 30)"),
+    "heal": ("heal", None, "a daemonized mount whose serving process dies (SIGKILL, OOM kill, a crash) is "
+                           "mounted again at once by a supervisor process, with the same options and cache_dir "
+                           "(default on; heal=0 turns it off; not with -f)"),
+    "heal_limit": ("heal_limit", _positive(int), "deaths within 60 s after which a healing mount stays down "
+                                                 "(default 5; restarts wait 0, 1, 2, 4... s)"),
     "log_file": ("log_file", str, "log to this file (default: syslog, or stderr with -f)"),
     "log_level": ("log_level", _choice("debug", "info", "warning", "error"),
                   "default warning; info adds one line per finished upload (size, parts, seconds, MiB/s)"),
@@ -307,6 +312,8 @@ class MountConfig:
     writeback_bytes: int = 1 << 30
     writeback_threads: int = 16
     retry_interval: float = 30.0
+    heal: bool = True
+    heal_limit: int = 5
     log_file: Optional[str] = None
     log_level: str = "warning"
     metrics: Optional[tuple] = None       # (host, port) of the Prometheus endpoint

@@ -84,8 +84,11 @@ def _fuse_arguments(cfg: MountConfig) -> dict:
     return kwargs
 
 
-def serve(cfg: MountConfig, ready_fd=None) -> int:
-    """Check the bucket, mount, serve until unmounted.  Returns the exit code."""
+def serve(cfg: MountConfig, ready_fd=None, supervised=None) -> int:
+    """Check the bucket, mount, serve until unmounted.  Returns the exit code.
+    ``supervised`` (a mount started again by app/supervisor.py): its ``status()`` goes
+    into the status file, its ``before_mount()`` detaches the dead mount just before
+    the new one is made (everything that can fail without a mount is done by then)."""
     os.umask(0o077)
     tune_malloc()       # freed data buffers go back to the system (data/memory.py)
     _raise_open_file_limit()
@@ -117,7 +120,8 @@ def serve(cfg: MountConfig, ready_fd=None) -> int:
         metrics.REGISTRY.add_collector(metrics.mount_collector(fs, cfg.mountpoint, __version__, describe()))
         endpoint.start()
         log.warning("metrics at %s", endpoint.url)
-    status = StatusWriter(cfg.mountpoint, lambda: dict(fs.stats(), metrics=endpoint and endpoint.url))
+    status = StatusWriter(cfg.mountpoint, lambda: dict(fs.stats(), metrics=endpoint and endpoint.url,
+                                                       heal=supervised.status() if supervised else None))
 
     def on_init():
         status.start()
@@ -145,6 +149,8 @@ def serve(cfg: MountConfig, ready_fd=None) -> int:
         os.dup2(fd, 2)
         os.close(fd)
     try:
+        if supervised is not None:
+            supervised.before_mount()
         FUSE(ops, cfg.mountpoint, **kwargs)
     except Exception as exc:
         detail = ""

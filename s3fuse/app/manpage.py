@@ -70,6 +70,14 @@ def render(date: str = "") -> str:
                  "temporary credentials are renewed for the life of the mount. Credentials the server",
                  "refuses, or a source that cannot renew them, give EACCES and one log line.",
                  "Unmount with umount(8) or fusermount3 -u; unmounting waits for uploads in progress.")
+    out += _para("A daemonized mount heals itself (-o heal, on by default): a small supervisor process",
+                 "(the one mount.s3fuse leaves behind) watches the process serving the mount; when that",
+                 "process dies (SIGKILL, an OOM kill, a crash) it logs the cause, detaches the dead",
+                 "connection and mounts again on the same mountpoint with the same options and cache_dir,",
+                 "whose journal finishes the uploads close() had started. Descriptors opened before the death",
+                 "fail with ENOTCONN (ECONNABORTED for a call in progress); new opens work. Restarts wait 0,",
+                 "1, 2, 4... s; more than heal_limit deaths within 60 s leave the mount down. umount, or",
+                 "SIGTERM to either process, ends both. Not with -f; s3fuse status shows the restarts.")
     out += [".SH OPTIONS"]
     for flag, text in FLAGS:
         out += _tagged(_bold(flag), text)

@@ -1,7 +1,8 @@
 """``mount.s3fuse SOURCE MOUNTPOINT``: the checks that need no network, then the daemon.
 
 The mount daemonizes by default and exits 0 only once the mount is live: the child checks
-the bucket, mounts, and reports "ready" (or one readable error line) through a pipe.  A
+the bucket, mounts, and reports "ready" (or one readable error line) through a pipe.  With
+``heal`` (the default) the child is a supervisor (supervisor.py) and its own child serves.  A
 mount that cannot work exits non-zero within seconds and leaves no mount behind.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from ..config import MountConfig
 from ..errors import ConfigError
 from ..fs.cachedir import CacheDir
-from . import daemon
+from . import daemon, supervisor
 from .commandline import Parsed
 from .connect import check_credentials_files, mount_config
 
@@ -96,7 +97,10 @@ def run(parsed: Parsed) -> int:
         os.setsid()
         code = 1
         try:
-            code = daemon.serve(cfg, write_fd)
+            if cfg.heal:        # a supervisor that mounts again when the serving process dies
+                code = supervisor.Supervisor(cfg, write_fd).run()
+            else:
+                code = daemon.serve(cfg, write_fd)
         except BaseException as exc:   # a bug: say what it was in one line, not silently
             try:
                 os.write(write_fd, f"s3fuse: internal error: {exc.__class__.__name__}: {exc}\n".encode())

@@ -32,6 +32,19 @@ def upload_line(u: dict) -> str:
             f"{human(rate)}/s ETA {eta(done, total, rate)}")
 
 
+def heal_lines(heal) -> list:
+    """The supervisor of a healing mount and the restarts it made (app/supervisor.py)."""
+    if not heal:
+        return ["  heal: off (no supervisor: -f, or heal=0)"]
+    restarts = heal.get("restarts") or []
+    lines = [f"  heal: on (supervisor pid {heal.get('supervisor')}, down after more than "
+             f"{heal.get('heal_limit')} deaths in 60 s); restarts: {len(restarts)}"]
+    for r in restarts[-5:]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("time", 0)))
+        lines.append(f"    {when}: pid {r.get('pid')} died ({r.get('cause')}), mounted again")
+    return lines
+
+
 def render_status(entry: dict) -> str:
     lines = [f"{entry.get('mountpoint')}: bucket {entry.get('bucket')}"
              + (f" prefix {entry.get('prefix')}" if entry.get("prefix") else "") + f" (pid {entry.get('pid')})"]
@@ -56,6 +69,7 @@ def render_status(entry: dict) -> str:
                      + (f" ({', '.join(f'{k} {v}' for k, v in sorted(falls.items()))})" if falls else ""))
     if entry.get("metrics"):
         lines.append(f"  metrics: {entry['metrics']}")
+    lines.extend(heal_lines(entry.get("heal")))
     uploads = entry.get("uploads") or []
     lines.append(f"  uploads in progress: {len(uploads)}; pending in journal: {entry.get('journal_pending', 0)}")
     lines.extend(upload_line(u) for u in uploads)

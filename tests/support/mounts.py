@@ -2,11 +2,14 @@
 
 ``Mount`` runs the project's mount.s3fuse (the helper mount(8) runs) with a cache_dir and
 log file of its own; ``unmount``/``cleanup_dead_mount`` take a mount down, also one whose
-daemon died.  ``wanted_servers`` reads ``S3FUSE_TEST_SERVERS``; ``make_boto`` is the
+daemon died.  A ``Mount`` does not heal (``heal=0``) unless its options name ``heal``:
+the tests that kill a daemon remount it themselves (tests/mount/test_heal.py tests
+healing).  ``wanted_servers`` reads ``S3FUSE_TEST_SERVERS``; ``make_boto`` is the
 test's own S3 client of a server (path-style, no extra checksums)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +82,14 @@ def cleanup_dead_mount(path: str, timeout: float = 20.0):
     wait_for(lambda: not is_mounted(path), timeout, f"{path} to be unmounted")
 
 
+def _ppid(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Mount:
     def __init__(self, server, bucket, root, prefix="", options=(), name="mnt"):
         self.server, self.bucket, self.prefix = server, bucket, prefix
@@ -94,8 +105,9 @@ class Mount:
         return env
 
     def args(self):
+        heal = [] if any(o.split("=")[0] == "heal" for o in self.options) else ["heal=0"]
         opts = [f"endpoint={self.server.endpoint}", f"log_file={self.log_file}", "log_level=info"] + \
-            ([f"cache_dir={self.cache_dir}"] if self.cache_dir else []) + self.options
+            ([f"cache_dir={self.cache_dir}"] if self.cache_dir else []) + heal + self.options
         source = self.bucket + (f":/{self.prefix}" if self.prefix else "")
         return [sys.executable, MOUNT_HELPER, source, self.path, "-o", ",".join(opts)]
 
@@ -115,10 +127,32 @@ class Mount:
         except FileNotFoundError:
             return ""
 
+    def _pids(self) -> list:
+        """The processes of this mount (as ``pgrep -f 'mount.s3fuse .* PATH '``, read from
+        /proc: a fork of the test would flush, hence upload, every FUSE file it holds open)."""
+        pattern = re.compile(f"mount.s3fuse .* {re.escape(self.path)} ")
+        pids = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != os.getpid():
+                try:
+                    with open(f"/proc/{name}/cmdline", "rb") as f:
+                        cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if pattern.search(cmdline):
+                    pids.append(int(name))
+        return sorted(pids)
+
     def daemon_pid(self):
-        out = subprocess.run(["pgrep", "-f", f"mount.s3fuse .* {self.path} "], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        return pids[0] if pids else None
+        """The process serving the mount (under a supervisor: the supervisor's child)."""
+        pids = self._pids()
+        served = [p for p in pids if _ppid(p) in pids]
+        return (served or pids or [None])[0]
+
+    def supervisor_pid(self):
+        """The supervisor of a healing mount (the first process of the mount's tree)."""
+        pids = self._pids()
+        return next((p for p in pids if _ppid(p) not in pids), None)
 
     def p(self, *parts) -> str:
         return os.path.join(self.path, *parts)
