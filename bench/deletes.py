@@ -63,7 +63,8 @@ def one(args, s3: S3, proxy: LatencyProxy, mode: str, work: Path) -> dict:
         after = _requests(str(mnt), binary.parent)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], timeout=120)
-    sent = {op: after.get(op, 0) - before.get(op, 0) for op in ("delete_object", "delete_objects")}
+    sent = {op: after.get(op, 0) - before.get(op, 0) for op in sorted(set(after) | set(before))}
+    sent = {op: n for op, n in sent.items() if n or op in ("delete_object", "delete_objects")}
     return {"mode": mode, "files": args.files, "rtt_ms": args.rtt, "rm_seconds": round(t_cmd, 3),
             "until_gone_seconds": round(t_gone, 3), **sent}
 

@@ -13,8 +13,8 @@ Guarantees (docs/SEMANTICS.md "Writes", tests/mount/test_batched_deletes.py):
   dropped (record first), one in a request is waited for - a delete never lands after
   the new object.  (``cancel`` waits without any key lock of the queue's: the worker takes
   none, so it cannot deadlock.)
-- Batched: a key waits up to ``linger`` seconds for others to share its request (``flush``
-  sends at once); 1,000 waiting keys go at once.
+- Batched: queued keys go once no new one came for ``QUIET`` seconds, or the oldest
+  waited ``MAX_WAIT``, or 1,000 are waiting, or a ``flush`` (sync, rmdir) asks.
 - Errors: a request that fails as a whole, and keys the answer says failed transiently
   (InternalError, SlowDown...), are tried again after a growing delay (2 s doubling to
   5 min), logged, shown by ``s3fuse status``; a key refused for good (AccessDenied...) is
@@ -41,15 +41,14 @@ from .writeback import FIRST_RETRY, LAST_RETRY
 
 log = logging.getLogger(__name__)
 
-LINGER = 0.3        # seconds a queued key waits for others to share its request
+QUIET = 0.2         # a request goes once no unlink came for this long (the end of an rm -rf) ...
+MAX_WAIT = 2.0      # ... or once its oldest key waited this long (a long rm -rf: a request per 2 s)
 
 
 class DeleteQueue:
-    def __init__(self, client, directory: str, linger: float = LINGER,
-                 on_refused: Optional[Callable[[list], None]] = None):
+    def __init__(self, client, directory: str, on_refused: Optional[Callable[[list], None]] = None):
         self.client = client
         self.dir = directory
-        self.linger = linger
         self.on_refused = on_refused      # on_refused(keys): their deletes were refused for good
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._cond = threading.Condition()
@@ -57,6 +56,7 @@ class DeleteQueue:
         self._sending: set = set()        # keys in the request on its way
         self._failures: dict = {}         # key -> (attempts, last error, next try wall time)
         self._rush = 0                    # flushes waiting: send what is ready at once
+        self._last_add = 0.0              # monotonic time of the last ``add``
         self._stop = False
         self._thread = None
         self.deleted = 0
@@ -106,7 +106,8 @@ class DeleteQueue:
         os.replace(path + ".tmp", path)
         fsync_dir(self.dir)
         with self._cond:
-            self._queued.setdefault(key, time.monotonic())
+            self._last_add = time.monotonic()
+            self._queued.setdefault(key, self._last_add)
             if len(self._queued) == 1 or len(self._queued) >= DELETE_BATCH:
                 self._cond.notify_all()
 
@@ -146,7 +147,7 @@ class DeleteQueue:
             now = time.monotonic()
             for k in self._queued:
                 if k.startswith(prefix):
-                    self._queued[k] = min(self._queued[k], now) - self.linger
+                    self._queued[k] = min(self._queued[k], now)
             self._rush += 1
             self._cond.notify_all()
             try:
@@ -177,14 +178,14 @@ class DeleteQueue:
                 ready = [(t, k) for k, t in self._queued.items() if t <= now]
                 wait = None
                 if ready:
-                    oldest = min(ready)[0]
-                    if len(ready) >= DELETE_BATCH or self._rush or now - oldest >= self.linger:
+                    due = min(min(ready)[0] + MAX_WAIT, self._last_add + QUIET)
+                    if len(ready) >= DELETE_BATCH or self._rush or now >= due:
                         batch = [k for _, k in sorted(ready)[:DELETE_BATCH]]
                         for k in batch:
                             del self._queued[k]
                             self._sending.add(k)
                         return batch
-                    wait = self.linger - (now - oldest)
+                    wait = due - now
                 elif self._queued:
                     wait = min(self._queued.values()) - now
                 self._cond.wait(wait)
