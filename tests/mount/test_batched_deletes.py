@@ -59,7 +59,8 @@ def test_names_go_at_once_and_sync_sends_the_deletes(s3, bucket, mounter):
 
 
 @pytest.mark.servers("moto")
-def test_a_kill_after_rm_returned_still_deletes(s3, s3_server, bucket, tmp_path):
+@pytest.mark.parametrize("after", ["mount", "resume"])
+def test_a_kill_after_rm_returned_still_deletes(s3, s3_server, bucket, tmp_path, after):
     _seed(s3, bucket, "k/", 50)
     proxy = FaultProxy(s3_server.endpoint)
     try:
@@ -79,6 +80,15 @@ def test_a_kill_after_rm_returned_still_deletes(s3, s3_server, bucket, tmp_path)
         proxy.close()
     assert len(bucket_keys(s3, bucket)) == 50
     assert len(os.listdir(os.path.join(m.cache_dir, "deletes"))) == 50
+    if after == "resume":
+        env = dict(os.environ, PYTHONPATH=os.getcwd(), **s3_server.env())
+        out = subprocess.run([sys.executable, "-m", "s3fuse", "resume", bucket, "-o",
+                              f"endpoint={s3_server.endpoint},cache_dir={m.cache_dir}"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "sent 50 delete(s), 0 refused" in out.stdout
+        assert bucket_keys(s3, bucket) == [] and os.listdir(os.path.join(m.cache_dir, "deletes")) == []
+        return
     again = Mount(s3_server, bucket, str(tmp_path), options=["dir_ttl=60"], name="wb").mount()   # not writeback
     try:
         assert not os.path.exists(again.p("k", "f007"))     # hidden until sent, then gone
