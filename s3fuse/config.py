@@ -224,7 +224,9 @@ OPTIONS = {
     "retries": ("retries", _positive(int), "attempts per request for transient errors (default 5)"),
     "hardlinks": ("hardlinks", _choice("copy", "off"), "copy: link() makes a server-side copy; off: EPERM"),
     "writeback": ("writeback", None, "close() returns once the file is durable on local disk; uploads run in "
-                                     "the background (default off: close() returns once the object is in S3)"),
+                                     "the background (default off: close() returns once the object is in S3); "
+                                     "unlink returns once its delete is recorded, deletes go in DeleteObjects "
+                                     "of up to 1,000 keys"),
     "writeback_files": ("writeback_files", _positive(int), "files waiting for upload before close() waits (4096)"),
     "writeback_bytes": ("writeback_bytes", _positive(parse_size),
                         "bytes waiting for upload (staging disk) before close() waits (1G)"),

@@ -82,6 +82,13 @@ def render_status(entry: dict) -> str:
         for fail in wb.get("failing") or []:
             lines.append(f"    failing: {fail['path']}: {fail['attempts']} attempt(s), last error {fail['error']}; "
                          f"next try in {max(0, fail['next_try'] - time.time()):.0f} s")
+    dq = entry.get("deletes")
+    if dq and (dq.get("pending") or dq.get("requests") or dq.get("refused")):
+        lines.append(f"  deletes: {dq['pending']} queued; {dq['deleted']} deleted in {dq['requests']} request(s)"
+                     + (f"; refused: {', '.join(dq['refused'])}" if dq.get("refused") else ""))
+        for fail in dq.get("failing") or []:
+            lines.append(f"    failing: {fail['key']}: {fail['attempts']} attempt(s), last error {fail['error']}; "
+                         f"next try in {max(0, fail['next_try'] - time.time()):.0f} s")
     return "\n".join(lines)
 
 

@@ -77,6 +77,8 @@ class Filesystem:
         p = self.parts
         if self.cfg.snapshot is not None:
             return
+        if p.deletes is not None:
+            p.deletes.start()         # queued deletes, an earlier mount's first
 
         def leftovers():
             p.mover.recover()
@@ -104,6 +106,10 @@ class Filesystem:
         if wb is not None and not wb.drain(self.DRAIN_SECONDS):
             log.warning("unmount: uploads still queued after %d s; they stay in the journal and the next "
                         "mount (or s3fuse resume) finishes them", self.DRAIN_SECONDS)
+        deletes = self.parts.deletes
+        if deletes is not None and deletes.pending_below("") and not deletes.flush("", self.DRAIN_SECONDS):
+            log.warning("unmount: deletes still queued after %d s; they stay in %s and the next mount (or "
+                        "s3fuse resume) sends them", self.DRAIN_SECONDS, deletes.dir)
         if not self.wait_idle(300):
             log.warning("unmount: uploads still running after 300 s; they stay in the journal")
         self.shutdown()
@@ -140,4 +146,5 @@ class Filesystem:
                 "parts_copied": p.uploader.parts_copied, "bytes_copied": p.uploader.bytes_copied,
                 "bytes_sent": metrics.S3_SENT.total(), "bytes_received": metrics.S3_RECEIVED.total(),
                 "writeback": p.writeback.status() if p.writeback is not None else None,
+                "deletes": p.deletes.status() if p.deletes is not None else None,
                 "memory": dict(p.budget.snapshot(), pool=p.buffers.snapshot(), **process_rss())}

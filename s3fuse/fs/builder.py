@@ -29,6 +29,7 @@ from ..write.journal import Journal
 from ..write.uploader import Uploader
 from .cachedir import CacheDir
 from .commits import CommitScheduler
+from .deletes import DeleteQueue
 from .handles import HandleTable
 from .prefetch import ListingReadAhead
 
@@ -72,8 +73,11 @@ class Parts:
     writing_leftovers: list = field(default_factory=list)   # WRITING records found at start
     writeback: Optional[object] = None    # fs.writeback.Writeback with -o writeback (made by Filesystem)
     readahead: Optional[object] = None    # fs.prefetch.ListingReadAhead
+    deletes: Optional[DeleteQueue] = None  # deletes not sent yet (writeback's unlinks, an earlier mount's)
 
     def close(self):
+        if self.deletes is not None:
+            self.deletes.close()
         if self.writeback is not None:
             self.writeback.close()
         self.uploader.close()
@@ -146,6 +150,10 @@ def build(cfg: MountConfig, client) -> Parts:
             cache.invalidate(mapper.path(entry.key))
 
     commits = CommitScheduler(client, uploader, journal, layout.recovery, on_uploaded=uploaded)
+    # records of an earlier mount: hidden at once (a snapshot mount shows the past: none)
+    deletes = DeleteQueue(client, layout.deletes) if cfg.snapshot is None else None
+    if deletes is not None:
+        commits.before_put = deletes.cancel
     _warn_of_legacy_journal(cfg)
     # A snapshot mount writes nothing: the journal of a live mount sharing its cache_dir
     # stays as it is, for that mount (or s3fuse resume) to finish.
@@ -158,4 +166,4 @@ def build(cfg: MountConfig, client) -> Parts:
                  budget=budget, buffers=buffers, blocks=blocks, space=space,
                  fetcher=fetcher, journal=journal, uploader=uploader, mover=writer.mover,
                  handles=HandleTable(), commits=commits, staging_dir=layout.staging, recovery_dir=layout.recovery,
-                 lockfile=lockfile, writing_leftovers=writing, readahead=readahead)
+                 lockfile=lockfile, writing_leftovers=writing, readahead=readahead, deletes=deletes)

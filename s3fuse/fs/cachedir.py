@@ -7,12 +7,13 @@
         recovery/         bytes written that can never be uploaded as they were (kept for the user)
         blocks/           the disk block cache (data/blockcache.py)
         meta/             what this mount knows of keys it wrote (meta/known.py)
+        deletes/          one record per delete not yet sent (writeback: fs/deletes.py)
 
 ``journal/`` and ``recovery/`` are siblings: ``write/recovery.py`` finds the latter from
 the former.  The mount, ``s3fuse resume`` and the tests all take these paths from here.
 
 Modes: the directories s3fuse makes - a cache_dir that did not exist, the default one per
-mount under the cache root, and the five below - are 0700.  A cache_dir given that exists
+mount under the cache root, and the six below - are 0700.  A cache_dir given that exists
 keeps its mode (``cache_dir=/var/tmp`` must not make /var/tmp 0700); it must belong to the
 user and be writable by nobody else, or anyone could swap the journal or staging files
 the mount uploads (a world-writable /tmp or /var/tmp is refused, naming a way out).
@@ -57,6 +58,10 @@ class CacheDir:
     def meta(self) -> str:
         return os.path.join(self.root, "meta")
 
+    @property
+    def deletes(self) -> str:
+        return os.path.join(self.root, "deletes")
+
     def prepare_root(self):
         """The cache_dir itself: made 0700 when missing (its parents as ``makedirs`` makes
         them); one that exists keeps its mode unless it is s3fuse's ``own``.  Raises
@@ -89,11 +94,11 @@ class CacheDir:
                               "made 0700), or chmod go-w it")
 
     def prepare(self):
-        """The cache_dir and its five directories, made 0700 where missing; those that
+        """The cache_dir and its six directories, made 0700 where missing; those that
         exist must be directories of this user (not links) and are made 0700 (staging
         files are the user's data, journal records say what to upload)."""
         self.prepare_root()
-        for path in (self.journal, self.staging, self.recovery, self.blocks, self.meta):
+        for path in (self.journal, self.staging, self.recovery, self.blocks, self.meta, self.deletes):
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:

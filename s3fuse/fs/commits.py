@@ -45,6 +45,7 @@ class CommitScheduler:
         self._pending: dict = {}              # journal id -> Entry waiting for a retry
         self._files: dict = {}                # id(OpenFile) -> OpenFile whose upload failed
         self.retry_file: Callable = None      # retry_file(f): FileOps.retry_file (raises if it failed again)
+        self.before_put: Callable = None      # before_put(key): DeleteQueue.cancel (a pending delete of it)
         self._busy = threading.Condition()
         self._commits = 0
         self._stop = threading.Event()
@@ -79,6 +80,8 @@ class CommitScheduler:
             self._commits += 1
         try:
             with self.key_lock(f.key):
+                if self.before_put is not None and not f.unlinked and (f.dirty or f.meta_dirty):
+                    self.before_put(f.key)       # a delete of the key queued before must not follow
                 result = f.commit()
                 if result is not None:
                     self._supersede(f.key)

@@ -4,7 +4,8 @@ handle (open/create, read, write, truncate, flush, release).
 A path's attributes come from, in order: its OpenFile while open for writing (size and
 times move with each write) or while its upload is pending (writeback, a failed upload
 waiting for its retry, a record of an earlier mount: ``adopt_records``), nothing if it
-waits for a deferred delete (hidden), the namespace (caches, then S3).  Writes go to the
+waits for a deferred delete or, in writeback, its queued delete (hidden: deletes.py),
+the namespace (caches, then S3).  Writes go to the
 OpenFile's staging file and reach S3 at flush/fsync/last close through the commit
 scheduler.
 """
@@ -57,6 +58,9 @@ class FileOps:
         self.cfg = parts.cfg
         self.handles = parts.handles
         self.pending = PendingUploads(parts, self)
+        self.deletes = parts.deletes
+        if self.deletes is not None:
+            self.deletes.on_refused = self._delete_refused
 
     # -- lookups ---------------------------------------------------------------------------
     def attr(self, path: str) -> Attr:
@@ -64,7 +68,7 @@ class FileOps:
         f = self.handles.live_file(path)
         if f is not None:
             return f.attr
-        if self.handles.is_hidden(path):
+        if self.handles.is_hidden(path) or (self.deletes is not None and self.deletes.hidden(self.mapper.key(path))):
             raise errors.NotFound(path)
         return self.ns.lookup(path)
 
@@ -111,7 +115,9 @@ class FileOps:
         yield ".", stat.S_IFDIR
         yield "..", stat.S_IFDIR
         base = path.rstrip("/") + "/"
-        entries = [(n, d) for n, d in listing.entries.items() if n not in view.hidden]
+        # files whose delete is queued (writeback) and no new file took over
+        queued = self.deletes.names_below(self.mapper.dir_prefix(path)) - set(view.new) if self.deletes else ()
+        entries = [(n, d) for n, d in listing.entries.items() if n not in view.hidden and (d or n not in queued)]
         attrs = self.cache.get_attrs([base + name for name, _ in entries])
         for (name, is_dir), attr in zip(entries, attrs):
             if attr is not None and attr.exact and name not in view.writing:
@@ -123,7 +129,7 @@ class FileOps:
                 yield name, stat.S_IFREG
 
     def readlink(self, path: str) -> str:
-        attr = self.ns.lookup(path)
+        attr = self.attr(path)
         if not attr.is_link:
             raise errors.InvalidArgument(f"{path}: not a symbolic link")
         data = self.client.get_range(self.mapper.key(path), 0, attr.size) if attr.size else b""
@@ -133,7 +139,7 @@ class FileOps:
         return StatFs()
 
     def access(self, path: str, mode: int):
-        self.ns.lookup(path)
+        self.attr(path)
 
     # -- open / create -----------------------------------------------------------------------
     def _acquire(self, path: str, attr: Attr, truncate: bool = False, new: bool = False,
@@ -339,14 +345,22 @@ class FileOps:
             self.commit(handle.file)
 
     def fsyncdir(self, path: str):
-        """Writeback: wait until every closed file is uploaded (sync of the mount)."""
+        """Writeback: wait until every closed file is uploaded and every queued delete
+        sent (sync of the mount)."""
         wb = self.parts.writeback
         if wb is not None:
             before = len(wb.abandoned)
+            refused_before = len(self.deletes.refused) if self.deletes is not None else 0
             wb.drain(timeout=float("inf"), report=log.info)
+            if self.deletes is not None:
+                self.deletes.flush()
             lost = wb.abandoned[before:]
             if lost:      # failed for good meanwhile: say so, naming them (s3fuse sync exits 1)
                 raise errors.WriteFailed(f"sync: not uploaded, kept in recovery/: {', '.join(lost[:10])}")
+            kept = [self._path_of(k) for k in self.deletes.refused[refused_before:]] if self.deletes else []
+            if kept:
+                raise errors.WriteFailed(f"sync: delete refused by the server, still in the bucket: "
+                                         f"{', '.join(kept[:10])}")
 
     def release(self, fh: int):
         handle, key, ended = self.handles.release(fh)
@@ -396,14 +410,29 @@ class FileOps:
         with self.commits.key_lock(key):
             self.client.delete(key)
 
-    def delete_or_defer(self, path: str, key: str, replaced: Optional[OpenFile] = None):
+    def delete_or_defer(self, path: str, key: str, replaced: Optional[OpenFile] = None, batch: bool = False):
         """Delete the object of ``path`` now, or when the last descriptor reading it closes
         (its name is hidden from then on).  Either way the pending uploads of ``key`` (and
-        of ``replaced``, the unlinked file that had it) are cancelled now, under its lock."""
+        of ``replaced``, the unlinked file that had it) are cancelled now, under its lock.
+        ``batch`` (unlink) with writeback: the delete is queued (deletes.py), not sent."""
         with self.commits.key_lock(key):
             self.pending.cancel_uploads(key, replaced)
             if not self.handles.defer_delete(path, key):
-                self.client.delete(key)
+                if batch and self.parts.writeback is not None and self.deletes is not None:
+                    self.deletes.add(key)      # durable in deletes/, sent in a batch (deletes.py)
+                else:
+                    self.client.delete(key)
+
+    def _path_of(self, key: str) -> str:
+        return self.mapper.path(key) if key.startswith(self.mapper.prefix) else key
+
+    def _delete_refused(self, keys: list):
+        """The server refused to delete ``keys`` for good: their objects stay, their names show again."""
+        for key in keys:
+            if key.startswith(self.mapper.prefix):
+                path = self.mapper.path(key)
+                self.cache.invalidate(path)
+                self.cache.invalidate(split(path)[0])      # its listing left the name out
 
     def commit_all(self):
         """Unmount: commit what is still open (best effort); failures stay in the journal."""

@@ -22,6 +22,7 @@ from .files import FileOps
 from .builder import Parts
 
 RENAME_NOREPLACE = 1
+DELETE_WAIT = 120.0      # seconds rmdir / a directory rename waits for queued deletes below it
 
 
 class NameOps:
@@ -61,6 +62,7 @@ class NameOps:
         if not self.files.attr(path).is_dir:
             raise errors.NotADirectory(path)
         prefix = self.mapper.dir_prefix(path)
+        self._send_deletes_below(prefix)
         page = self.client.list_page(prefix, None, delimiter="", max_keys=2)
         if any(o.key != prefix for o in page.objects) or self.handles.files_below(path):
             raise errors.NotEmpty(path)
@@ -68,6 +70,13 @@ class NameOps:
         self._drop_folder_marker(path)
         self.cache.forget(*split(path), path)
         self.files.parent_changed(path)
+
+    def _send_deletes_below(self, prefix: str):
+        """Writeback: the queued deletes of keys below ``prefix`` are sent now (rmdir and
+        directory renames list the keys on the server)."""
+        deletes = self.parts.deletes
+        if deletes is not None and deletes.pending_below(prefix) and not deletes.flush(prefix, DELETE_WAIT):
+            raise errors.Busy(f"{prefix!r}: deletes of entries still pending after {DELETE_WAIT} s")
 
     def _drop_folder_marker(self, path: str) -> bool:
         """Delete the ``dir_$folder$`` object another tool made for directory ``path``."""
@@ -87,7 +96,7 @@ class NameOps:
             # Its descriptors keep working on the old content, like an unlinked inode: take
             # what is still only on the server now, before a new file can take the key.
             f.detach_from_base()
-        self.files.delete_or_defer(path, key, replaced=f)
+        self.files.delete_or_defer(path, key, replaced=f, batch=True)
         self.cache.forget(*split(path), path)
         self.handles.forget_kernel_cache(path)
         self.files.parent_changed(path)
@@ -197,7 +206,14 @@ class NameOps:
         old_key, new_key = self.mapper.key(old), self.mapper.key(new)
         with self.parts.commits.key_lock(new_key):
             replaced = self.handles.live_file(new)
-            dirty, queue = self._move_file(old, new, old_key, new_key, src)
+            # a queued delete of the new key is sent before (or dropped): never after the move
+            requeue = self.parts.deletes is not None and self.parts.deletes.cancel(new_key)
+            try:
+                dirty, queue = self._move_file(old, new, old_key, new_key, src)
+            except BaseException:
+                if requeue:
+                    self.parts.deletes.add(new_key)
+                raise
             self.files.pending.cancel_uploads(new_key, replaced)
         if dirty is None or src.etag or dirty.adopted:     # else: the old key has no object
             self.files.delete_or_defer(old, old_key)
@@ -250,6 +266,8 @@ class NameOps:
             raise errors.Busy("the mount root")
         for f in self.handles.files_below(old):
             self.files.commit(f)
+        self._send_deletes_below(self.mapper.dir_prefix(old))     # deleted keys are not moved
+        self._send_deletes_below(self.mapper.dir_prefix(new))     # nor deleted after the move
         started = self.client.server_now()
         moves = self.mover.move_tree(self.mapper.dir_prefix(old), self.mapper.dir_prefix(new))
         for src_key, src_etag, src_modified, dst_key, dst_etag in moves:

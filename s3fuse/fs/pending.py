@@ -113,8 +113,11 @@ class PendingUploads:
         """Under ``key``'s lock: the object of ``key`` is deleted or replaced; no pending
         upload of it may happen afterwards (the retry would bring a deleted file back, or
         put an old version over the new one): bare records of the key, and the record of
-        ``replaced`` (the unlinked or replaced file that had the key), are cancelled."""
+        ``replaced`` (the unlinked or replaced file that had the key), are cancelled; so is
+        a queued delete of it (writeback: the new object must survive it, deletes.py)."""
         self.commits.cancel(key)
+        if self.parts.deletes is not None:
+            self.parts.deletes.cancel(key)       # a queued delete of the old object goes first or never
         if replaced is not None:
             replaced.records.cancel()
             if replaced.refs <= 0:

@@ -25,8 +25,8 @@ from typing import Callable, Iterator, Optional
 from .. import errors
 from .boto import content_headers, header_params, http_headers
 from .multipart import MultipartRequests
-from .objects import (ListPage, ObjectInfo, check_headers, datetime_timestamp, http_timestamp, parse_list_page,
-                      strip_etag)
+from .objects import (DELETE_BATCH, ListPage, ObjectInfo, check_headers, datetime_timestamp, error_kind,
+                      http_timestamp, parse_list_page, strip_etag)
 from .reads import RangeReads
 from .requests import Requests
 from .versions import VersionPage, VersionRequests
@@ -220,13 +220,31 @@ class ObjectClient:
         self.requests.run("delete_object", f"delete {key!r}", once)
 
     def delete_many(self, keys: list):
-        for i in range(0, len(keys), 1000):
-            chunk = keys[i:i + 1000]
-            resp = self.requests.op("delete_objects", f"delete {len(chunk)} keys",
-                            Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
-            failed = resp.get("Errors") or []
+        for i in range(0, len(keys), DELETE_BATCH):
+            failed = self.delete_batch(keys[i:i + DELETE_BATCH])
             if failed:
-                raise errors.BackendError(f"delete {failed[0].get('Key')!r}: {failed[0].get('Code')}")
+                key, exc = next(iter(failed.items()))
+                raise errors.BackendError(f"delete {key!r}: {exc.code}")
+
+    def delete_batch(self, keys: list) -> dict:
+        """One DeleteObjects request (Quiet) of at most 1,000 keys.  Returns the keys the
+        server did not delete, each with the error of its kind (``error_kind`` of the
+        <Code> the answer gave it, as ``.code``); a key that did not exist is deleted.  A
+        failure of the whole request raises, as any request does."""
+        if len(keys) > DELETE_BATCH:
+            raise ValueError(f"DeleteObjects takes at most {DELETE_BATCH} keys, not {len(keys)}")
+        resp = self.requests.op("delete_objects", f"delete {len(keys)} keys",
+                                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        failed = {}
+        for e in resp.get("Errors") or []:
+            code = e.get("Code") or ""
+            kind = error_kind(code, 0)
+            if kind is errors.NotFound:
+                continue
+            exc = kind(f"delete {e.get('Key')!r}: {code} {e.get('Message') or ''}".rstrip())
+            exc.code = code
+            failed[e.get("Key")] = exc
+        return failed
 
     # -- ranged reads and multipart uploads (reads.py, multipart.py) ---------------------
     def get_range(self, key: str, start: int, end: int, etag: Optional[str] = None,

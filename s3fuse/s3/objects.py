@@ -20,6 +20,7 @@ MAX_PART = 5 << 30            # one part, one PutObject, one CopyObject
 MAX_PARTS = 10_000
 KEY_MAX = 1024                # bytes of an object key
 USER_METADATA_MAX = 2048      # bytes of user metadata: names (without x-amz-meta-) and values, UTF-8
+DELETE_BATCH = 1000           # keys of one DeleteObjects request
 
 
 # Headers that describe an object's content besides its user metadata: a metadata

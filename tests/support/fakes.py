@@ -16,7 +16,7 @@ import threading
 import time
 
 from s3fuse import errors
-from s3fuse.s3.objects import ListPage, ObjectInfo, Part
+from s3fuse.s3.objects import ListPage, ObjectInfo, Part, error_kind
 from s3fuse.s3.versions import ObjectVersion, VersionPage
 
 from .probes import md5  # noqa: F401  (the unit tests import it from here)
@@ -38,7 +38,7 @@ def content_etag(data: bytes, metadata: dict) -> str:
 # ObjectClient method -> the S3 operation it counts in request_counts (as ``s3fuse status``)
 S3_OPERATION = {"list_page": "list_objects_v2", "head": "head_object", "get_range": "get_object",
                 "put": "put_object", "copy": "copy_object", "delete": "delete_object",
-                "delete_many": "delete_objects", "create_multipart": "create_multipart_upload",
+                "delete_many": "delete_objects", "delete_batch": "delete_objects", "create_multipart": "create_multipart_upload",
                 "upload_part": "upload_part", "upload_part_copy": "upload_part_copy",
                 "complete_multipart": "complete_multipart_upload", "abort_multipart": "abort_multipart_upload",
                 "list_parts": "list_parts", "list_uploads": "list_multipart_uploads",
@@ -62,6 +62,7 @@ class FakeS3:
         self.fail_when = None
         self.block = None
         self.fail_gets = 0
+        self.delete_errors: dict = {}    # key -> [S3 error code, ...] DeleteObjects answers for it
         self.part_etags = "md5"          # "kms": part ETags are not MD5s (SSE-KMS, SSE-C on AWS)
         self.active_gets = 0
         self.max_active_gets = 0
@@ -295,6 +296,26 @@ class FakeS3:
         self._enter("copy_version", (key, version_id, dst))
         _, (data, meta, etag) = self._version(key, version_id)
         return self.seed(dst, data, meta, mtime=time.time(), etag=etag)
+
+    def delete_batch(self, keys):
+        """DeleteObjects: ``delete_errors[key]`` is a list of S3 error codes the next
+        requests answer for that key (the key stays); NoSuchKey counts as deleted."""
+        self._enter("delete_batch", len(keys))
+        assert len(keys) <= 1000
+        failed = {}
+        with self._lock:
+            for k in keys:
+                codes = self.delete_errors.get(k)
+                code = codes.pop(0) if codes else None
+                if code is not None and code != "NoSuchKey":
+                    exc = error_kind(code, 0)(f"delete {k!r}: {code}")
+                    exc.code = code
+                    failed[k] = exc
+                    continue
+                self.objects.pop(k, None)
+                if self.versioning_status == "Enabled":
+                    self._add_version(k, time.time())
+        return failed
 
     # -- multipart -------------------------------------------------------------------------------
     def create_multipart(self, key, metadata=None, headers=None):

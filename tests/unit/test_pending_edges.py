@@ -330,6 +330,7 @@ def test_after_a_crash_pending_uploads_are_what_the_mount_shows(tmp_path):
         assert fs.retry_pending() == 0
         assert fake.objects["k"][0] == b"version 1, closed before the crash"
         assert fake.objects["renamed"][0] == b"a new file" and "fresh" not in fake.objects
+        assert fs.parts.deletes.flush(timeout=10)      # writeback: the unlink's delete is queued (deletes.py)
         assert "gone" not in fake.objects, "the unlinked file came back"
         assert fake.objects["big"][0] == patched
         assert fs.parts.journal.count() == 0 and _staged(fs) == []

@@ -10,6 +10,7 @@ from ...errors import ConfigError
 from ...data.memory import MemoryBudget, accounted_limit
 from ...fs.builder import build_writer
 from ...fs.cachedir import CacheDir
+from ...fs.deletes import DeleteQueue
 from ...write import recovery
 from ..commandline import Parsed
 from ..connect import CommandFailed, describe_error, offline_client
@@ -35,6 +36,15 @@ def run(parsed: Parsed) -> int:
     for entry in writing:
         recovery.abort_writing(client, journal, entry)
     writer.mover.recover()
+    # deletes first: an upload record of a key with a queued delete is the newer of the two
+    deletes = DeleteQueue(client, layout.deletes)
+    queued = deletes.status()["pending"]
+    sent = deletes.flush("", timeout=600) if queued else True
+    deletes.close()
+    deletes_failed = not sent or bool(deletes.refused)
+    if queued:
+        print(f"sent {deletes.deleted} delete(s), {len(deletes.refused)} refused"
+              f"{'' if sent else ', the rest still queued'}")
     failed = 0
     try:
         for entry in closed:
@@ -46,7 +56,7 @@ def run(parsed: Parsed) -> int:
         lock.close()
     print(f"resumed {len(closed) - failed} upload(s), {failed} failed, {len(writing)} unfinished write(s) "
           f"moved to {layout.recovery}")
-    return 1 if failed else 0
+    return 1 if failed or deletes_failed else 0
 
 
 def _resume_one(uploader, journal, entry, cfg) -> bool:
