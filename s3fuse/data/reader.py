@@ -81,11 +81,14 @@ class BlockFetcher:
             future = self._schedule(obj, [index])[index]
         return future.result()
 
-    def prefetch(self, obj: PinnedObject, first: int, last: int):
-        """Start fetching blocks first..last (inclusive) that are neither cached nor in flight."""
+    def prefetch(self, obj: PinnedObject, first: int, last: int, skip=None):
+        """Start fetching blocks first..last (inclusive) that are neither cached nor in flight,
+        but those in ``skip`` (a range a reader handed to prefetch before: not asked again)."""
         last = min(last, self.last_index(obj))
+        skip = skip or range(0)
         with self._lock:
-            fresh = [i for i in range(first, last + 1) if (obj.key, obj.etag, i) not in self._inflight]
+            fresh = [i for i in range(first, last + 1)
+                     if i not in skip and (obj.key, obj.etag, i) not in self._inflight]
         # In-flight blocks are skipped before asking the cache: a cache miss is an sqlite
         # query, and the read-ahead window is re-offered on every top-up.
         wanted = [i for i in fresh if not self.cache.contains(obj.key, obj.etag, i)]
@@ -196,9 +199,21 @@ class Reader:
         return len(data) if index >= 0 else 0
 
     def read(self, offset: int, size: int) -> bytes:
+        """The bytes at [offset, offset + size): one buffer (a block, or a view of one), or
+        the pieces joined when the read spans blocks."""
+        pieces = self.read_pieces(offset, size)
+        if not pieces:
+            return b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self, offset: int, size: int) -> list:
+        """The bytes at [offset, offset + size) as a list of buffers in order, one per block
+        touched (blocks or views of them, never copies): the FUSE adapter copies each into
+        libfuse's buffer.  The kernel's 1 MiB requests start half a block in, so most
+        sequential reads span two blocks, and joining them would copy 1 MiB under the GIL."""
         obj = self.obj
         if offset >= obj.size or size <= 0:
-            return b""
+            return []
         end = min(offset + size, obj.size)
         bs = self.fetcher.block_size
         first, last = offset // bs, (end - 1) // bs
@@ -224,13 +239,14 @@ class Reader:
                 self._ahead_upto = last
                 ahead_from, ahead_to = 1, 0
         if ahead_to >= ahead_from:
-            # The blocks this read needs go first, then the read-ahead window.
-            self.fetcher.prefetch(obj, first, ahead_to)
+            # The blocks this read needs go first, then the read-ahead window; the blocks
+            # between were handed out before (each check may be an sqlite query).
+            self.fetcher.prefetch(obj, first, ahead_to, skip=range(last + 1, ahead_from))
         elif (not sequential and first == last and end - offset <= self.SMALL_READ
               and self.fetcher.block_size >= 4 * self.PIECE_ALIGN):
             piece = self._small_random_read(first, offset, end)
             if piece is not None:
-                return piece
+                return [piece]
         pieces = []
         for index in range(first, last + 1):
             data = self._block(index)
@@ -238,7 +254,7 @@ class Reader:
             hi = min(end, (index + 1) * bs) - index * bs
             # a view, not a copy: blocks fetched by transport GETs are bytearrays
             pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return pieces
 
     SMALL_READ = 128 << 10
     PIECE_ALIGN = 64 << 10
