@@ -42,8 +42,9 @@ class PinnedObject:
 
 class BlockFetcher:
     def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8,
-                 pool=None, window_cap: int = 1 << 30):
+                 pool=None, window_cap: int = 1 << 30, fill_limit: int = 0):
         self.client = client
+        self.fill_limit = fill_limit             # objects up to this size: filled after random reads
         # block buffers come from the pool (memory.BufferPool) when its buffers are blocks
         self._alloc = pool.get if pool is not None and pool.size == block_size else None
         self.window_cap = max(1, window_cap)     # read-ahead blocks per reader (the budget's share)
@@ -101,6 +102,13 @@ class BlockFetcher:
         with self._lock:
             self.bytes_fetched += len(data)
         return data
+
+    def cached_part(self, obj: PinnedObject, index: int, lo: int, hi: int):
+        """Bytes [lo, hi) of block ``index`` if it is cached and not in flight, else None: a
+        random read copies only what it returns from the cache file, not the whole block."""
+        if self.in_flight(obj, index):
+            return None
+        return self.cache.get(obj.key, obj.etag, index, part=(lo, hi))
 
     def in_flight(self, obj: PinnedObject, index: int) -> bool:
         with self._lock:
@@ -191,6 +199,7 @@ class Reader:
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
+        self._random = 0           # random reads of this handle (the whole-object fill)
         fetcher._readers.add(self)
 
     def forget_current(self) -> int:
@@ -217,6 +226,7 @@ class Reader:
         end = min(offset + size, obj.size)
         bs = self.fetcher.block_size
         first, last = offset // bs, (end - 1) // bs
+        fill = False
         with self._lock:
             # The kernel sends read-ahead requests concurrently, so they arrive slightly out
             # of order: anything inside the window already handed out still counts as
@@ -238,6 +248,13 @@ class Reader:
                 self._window = 0
                 self._ahead_upto = last
                 ahead_from, ahead_to = 1, 0
+                self._random += 1
+                fill = self._random == self.RANDOM_FILL and obj.size <= self.fetcher.fill_limit
+        if not sequential and fill:
+            # Random reads all over an object that fits the cache well (an index, a database
+            # file, a data loader's shuffled samples): fetch all of it in the background, in
+            # spans, once per handle; the reads wait only for the span with their block.
+            self.fetcher.prefetch(obj, 0, self.fetcher.last_index(obj))
         if ahead_to >= ahead_from:
             # The blocks this read needs go first, then the read-ahead window; the blocks
             # between were handed out before (each check may be an sqlite query).
@@ -249,14 +266,20 @@ class Reader:
                 return [piece]
         pieces = []
         for index in range(first, last + 1):
-            data = self._block(index)
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
+            if not sequential and hi - lo < bs and self._current[0] != index:
+                part = self.fetcher.cached_part(obj, index, lo, hi)
+                if part is not None:
+                    pieces.append(part)
+                    continue
+            data = self._block(index)
             # a view, not a copy: blocks fetched by transport GETs are bytearrays
             pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return pieces
 
     SMALL_READ = 128 << 10
+    RANDOM_FILL = 8            # the random read that starts fetching a small enough object whole
     PIECE_ALIGN = 64 << 10
 
     def _small_random_read(self, index: int, offset: int, end: int):

@@ -74,3 +74,47 @@ def test_the_fuse_read_copies_pieces_in_order():
 def test_pieces_longer_than_the_request_fail(caplog):
     n, _ = _fuse_read([b"x" * 8, b"y" * 8], 10)
     assert n == -errors.errno_of(errors.FsError("x")), "an over-long answer is an error, not a buffer overrun"
+
+
+def _random_reader(tmp_path, fill_limit, blocks=24):
+    data = random.Random(9).randbytes(blocks * BS)
+    client = FakeS3()
+    etag = client.seed("obj", data)
+    cache = BlockCache(str(tmp_path / f"fill{fill_limit}"), 1 << 30, "b")
+    fetcher = BlockFetcher(client, cache, BS, threads=4, fill_limit=fill_limit)
+    return client, cache, fetcher, Reader(fetcher, PinnedObject("obj", etag, len(data))), data
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_random_reads_fill_a_small_object_in_the_background(tmp_path, fill):
+    """The RANDOM_FILL-th random read of a handle fetches an object up to fill_limit whole
+    (each block once, in spans); a bigger object goes on fetching only the blocks read."""
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, (24 * BS) if fill else (24 * BS - 1))
+    offsets = [(i * 5 % 23 + 1) * BS + 1000 for i in range(Reader.RANDOM_FILL + 4)]   # no two adjacent
+    for off in offsets:
+        assert reader.read(off, BS // 2) == data[off:off + BS // 2]
+    fetcher._pool.shutdown(wait=True)
+    got = []
+    for _, start, end, _ in client.details("get_range"):
+        got.extend(range(start // BS, -(-end // BS)))
+    if fill:
+        assert sorted(got) == list(range(24)), "every block fetched, exactly once"
+        assert max(end - start for _, start, end, _ in client.details("get_range")) > BS, "in spans"
+    else:
+        assert sorted(got) == sorted({off // BS for off in offsets}), "only the blocks read"
+    cache.close()
+
+
+def test_a_random_read_from_the_cache_reads_only_its_part(tmp_path):
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, 0)
+    assert reader.read(3 * BS, BS) == data[3 * BS:4 * BS]       # block 3 fetched and cached
+    cache.flush()
+    cache._recent.clear()                                       # on disk only
+    reader.forget_current()
+    reader.read(15 * BS, 10)                                    # elsewhere: random from now on
+    n = len(client.details("get_range"))
+    part = reader.read_pieces(3 * BS + 100, 1000)
+    assert b"".join(part) == data[3 * BS + 100:3 * BS + 1100] and len(part[0]) == 1000
+    assert len(client.details("get_range")) == n, "served from the cache file"
+    fetcher.close()
+    cache.close()
