@@ -200,6 +200,7 @@ class Reader:
         self._current = (-1, b"")  # the last block served, kept for the next small read
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
         self._random = 0           # random reads of this handle (the whole-object fill)
+        self._fill_next = -1       # the next block the fill hands to prefetch (-1: no fill)
         fetcher._readers.add(self)
 
     def forget_current(self) -> int:
@@ -249,12 +250,12 @@ class Reader:
                 self._ahead_upto = last
                 ahead_from, ahead_to = 1, 0
                 self._random += 1
-                fill = self._random == self.RANDOM_FILL and obj.size <= self.fetcher.fill_limit
-        if not sequential and fill:
-            # Random reads all over an object that fits the cache well (an index, a database
-            # file, a data loader's shuffled samples): fetch all of it in the background, in
-            # spans, once per handle; the reads wait only for the span with their block.
-            self.fetcher.prefetch(obj, 0, self.fetcher.last_index(obj))
+                if self._random == self.RANDOM_FILL and obj.size <= self.fetcher.fill_limit:
+                    self._fill_next = 0
+                fill = 0 <= self._fill_next <= self.fetcher.last_index(obj)
+                if fill:
+                    fill_from = self._fill_next
+                    self._fill_next += 2 * self.fetcher.span_blocks
         if ahead_to >= ahead_from:
             # The blocks this read needs go first, then the read-ahead window; the blocks
             # between were handed out before (each check may be an sqlite query).
@@ -263,6 +264,8 @@ class Reader:
               and self.fetcher.block_size >= 4 * self.PIECE_ALIGN):
             piece = self._small_random_read(first, offset, end)
             if piece is not None:
+                if fill:
+                    self.fetcher.prefetch(obj, fill_from, fill_from + 2 * self.fetcher.span_blocks - 1)
                 return [piece]
         pieces = []
         for index in range(first, last + 1):
@@ -276,6 +279,12 @@ class Reader:
             data = self._block(index)
             # a view, not a copy: blocks fetched by transport GETs are bytearrays
             pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        if fill:
+            # Random reads all over an object that fits the cache well (an index, a database
+            # file, a data loader's shuffled samples): each one, once this read has its bytes,
+            # fetches the next two spans of the whole object in the background, so the next
+            # read's own block waits behind two spans at most, never the whole object.
+            self.fetcher.prefetch(obj, fill_from, fill_from + 2 * self.fetcher.span_blocks - 1)
         return pieces
 
     SMALL_READ = 128 << 10

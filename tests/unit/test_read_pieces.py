@@ -90,7 +90,7 @@ def test_random_reads_fill_a_small_object_in_the_background(tmp_path, fill):
     """The RANDOM_FILL-th random read of a handle fetches an object up to fill_limit whole
     (each block once, in spans); a bigger object goes on fetching only the blocks read."""
     client, cache, fetcher, reader, data = _random_reader(tmp_path, (24 * BS) if fill else (24 * BS - 1))
-    offsets = [(i * 5 % 23 + 1) * BS + 1000 for i in range(Reader.RANDOM_FILL + 4)]   # no two adjacent
+    offsets = [(i * 5 % 23 + 1) * BS + 1000 for i in range(Reader.RANDOM_FILL + 6)]   # no two adjacent
     for off in offsets:
         assert reader.read(off, BS // 2) == data[off:off + BS // 2]
     fetcher._pool.shutdown(wait=True)
