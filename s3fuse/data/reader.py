@@ -252,7 +252,10 @@ class Reader:
                 self._random += 1
                 if self._random == self.RANDOM_FILL and obj.size <= self.fetcher.fill_limit:
                     self._fill_next = 0
-                fill = 0 <= self._fill_next <= self.fetcher.last_index(obj)
+                # the next two spans only once the last ones are in: a queue of fill spans
+                # growing faster than the reads would make every read wait behind all of it
+                fill = 0 <= self._fill_next <= self.fetcher.last_index(obj) and not (
+                    self._fill_next and self.fetcher.in_flight(obj, self._fill_next - 1))
                 if fill:
                     fill_from = self._fill_next
                     self._fill_next += 2 * self.fetcher.span_blocks
