@@ -200,20 +200,21 @@ class BlockCache:
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"
 
-    def get(self, key: str, etag: str, index: int) -> Optional[bytes]:
+    def get(self, key: str, etag: str, index: int, part: Optional[tuple] = None) -> Optional[bytes]:
+        """Block ``index``, or bytes [lo, hi) of it (``part``: a random read copies only those)."""
         k = self._k(key, etag, index)
         with self._lock:
             data = self._pending.get(k) or self._recent.get(k)
             gone = k in self._gone
-        if data is None and not gone:
-            data = self._from_disk(k)
+        if data is not None and part is not None:
+            data = memoryview(data)[part[0]:part[1]]
+        elif data is None and not gone:
+            data = self._from_disk(k, part)
             if data is None and self._cache.disk.take_bad() is not None:
                 self._forget_torn(k)
         with self._lock:
-            if data is None:
-                self.misses += 1
-            else:
-                self.hits += 1
+            self.hits += data is not None
+            self.misses += data is None and part is None    # a part's miss: the block's get counts it
         return data
 
     def _forget_torn(self, k: str):
@@ -247,16 +248,17 @@ class BlockCache:
                 log.warning("block cache: could not drop %r block %d", key, index, exc_info=True)
         return dropped
 
-    def _from_disk(self, k: str):
-        """A block from disk: into a pool buffer when it is a full block (a fresh 1 MiB
-        allocation costs 256 page faults and the kernel's zeroing, see data/memory.py)."""
+    def _from_disk(self, k: str, part: Optional[tuple] = None):
+        """A block from disk, a full one into a pool buffer (a fresh 1 MiB costs 256 page faults)."""
         pool = self._pool
-        if pool is None:
+        if pool is None and part is None:
             return self._cache.get(k)
         f = self._cache.get(k, read=True)
         if f is None or isinstance(f, (bytes, bytearray)):     # a small value kept in sqlite
-            return f
+            return f if f is None or part is None else memoryview(f)[part[0]:part[1]]
         with f:
+            if part is not None:
+                return os.pread(f.fileno(), part[1] - part[0], part[0])
             if os.fstat(f.fileno()).st_size == pool.size:
                 buf = pool.get()
                 if f.readinto(buf) == pool.size:
@@ -422,17 +424,15 @@ class BlockCache:
             with self._lock:
                 self._gone.pop(k, None)
 
-    def flush(self, timeout: float = 30.0):
+    def flush(self, timeout: float = 30.0) -> bool:
         """Wait until queued blocks are on disk (tests, unmount)."""
-        done = threading.Event()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._pending:
-                    done.set()
-                    break
+                    return True
             time.sleep(0.01)
-        return done.is_set()
+        return False
 
     def clear(self):
         self.flush()

@@ -42,8 +42,9 @@ class PinnedObject:
 
 class BlockFetcher:
     def __init__(self, client, cache, block_size: int, threads: int = 8, span_blocks: int = 8,
-                 pool=None, window_cap: int = 1 << 30):
+                 pool=None, window_cap: int = 1 << 30, fill_limit: int = 0):
         self.client = client
+        self.fill_limit = fill_limit             # objects up to this size: filled after random reads
         # block buffers come from the pool (memory.BufferPool) when its buffers are blocks
         self._alloc = pool.get if pool is not None and pool.size == block_size else None
         self.window_cap = max(1, window_cap)     # read-ahead blocks per reader (the budget's share)
@@ -81,11 +82,14 @@ class BlockFetcher:
             future = self._schedule(obj, [index])[index]
         return future.result()
 
-    def prefetch(self, obj: PinnedObject, first: int, last: int):
-        """Start fetching blocks first..last (inclusive) that are neither cached nor in flight."""
+    def prefetch(self, obj: PinnedObject, first: int, last: int, skip=None):
+        """Start fetching blocks first..last (inclusive) that are neither cached nor in flight,
+        but those in ``skip`` (a range a reader handed to prefetch before: not asked again)."""
         last = min(last, self.last_index(obj))
+        skip = skip or range(0)
         with self._lock:
-            fresh = [i for i in range(first, last + 1) if (obj.key, obj.etag, i) not in self._inflight]
+            fresh = [i for i in range(first, last + 1)
+                     if i not in skip and (obj.key, obj.etag, i) not in self._inflight]
         # In-flight blocks are skipped before asking the cache: a cache miss is an sqlite
         # query, and the read-ahead window is re-offered on every top-up.
         wanted = [i for i in fresh if not self.cache.contains(obj.key, obj.etag, i)]
@@ -98,6 +102,13 @@ class BlockFetcher:
         with self._lock:
             self.bytes_fetched += len(data)
         return data
+
+    def cached_part(self, obj: PinnedObject, index: int, lo: int, hi: int):
+        """Bytes [lo, hi) of block ``index`` if it is cached and not in flight, else None: a
+        random read copies only what it returns from the cache file, not the whole block."""
+        if self.in_flight(obj, index):
+            return None
+        return self.cache.get(obj.key, obj.etag, index, part=(lo, hi))
 
     def in_flight(self, obj: PinnedObject, index: int) -> bool:
         with self._lock:
@@ -188,6 +199,8 @@ class Reader:
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
+        self._random = 0           # random reads of this handle (the whole-object fill)
+        self._fill_next = -1       # the next block the fill hands to prefetch (-1: no fill)
         fetcher._readers.add(self)
 
     def forget_current(self) -> int:
@@ -196,12 +209,25 @@ class Reader:
         return len(data) if index >= 0 else 0
 
     def read(self, offset: int, size: int) -> bytes:
+        """The bytes at [offset, offset + size): one buffer (a block, or a view of one), or
+        the pieces joined when the read spans blocks."""
+        pieces = self.read_pieces(offset, size)
+        if not pieces:
+            return b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self, offset: int, size: int) -> list:
+        """The bytes at [offset, offset + size) as a list of buffers in order, one per block
+        touched (blocks or views of them, never copies): the FUSE adapter copies each into
+        libfuse's buffer.  The kernel's 1 MiB requests start half a block in, so most
+        sequential reads span two blocks, and joining them would copy 1 MiB under the GIL."""
         obj = self.obj
         if offset >= obj.size or size <= 0:
-            return b""
+            return []
         end = min(offset + size, obj.size)
         bs = self.fetcher.block_size
         first, last = offset // bs, (end - 1) // bs
+        fill = False
         with self._lock:
             # The kernel sends read-ahead requests concurrently, so they arrive slightly out
             # of order: anything inside the window already handed out still counts as
@@ -223,24 +249,49 @@ class Reader:
                 self._window = 0
                 self._ahead_upto = last
                 ahead_from, ahead_to = 1, 0
+                self._random += 1
+                if self._random == self.RANDOM_FILL and obj.size <= self.fetcher.fill_limit:
+                    self._fill_next = 0
+                # the next two spans only once the last ones are in: a queue of fill spans
+                # growing faster than the reads would make every read wait behind all of it
+                fill = 0 <= self._fill_next <= self.fetcher.last_index(obj) and not (
+                    self._fill_next and self.fetcher.in_flight(obj, self._fill_next - 1))
+                if fill:
+                    fill_from = self._fill_next
+                    self._fill_next += 2 * self.fetcher.span_blocks
         if ahead_to >= ahead_from:
-            # The blocks this read needs go first, then the read-ahead window.
-            self.fetcher.prefetch(obj, first, ahead_to)
+            # The blocks this read needs go first, then the read-ahead window; the blocks
+            # between were handed out before (each check may be an sqlite query).
+            self.fetcher.prefetch(obj, first, ahead_to, skip=range(last + 1, ahead_from))
         elif (not sequential and first == last and end - offset <= self.SMALL_READ
               and self.fetcher.block_size >= 4 * self.PIECE_ALIGN):
             piece = self._small_random_read(first, offset, end)
             if piece is not None:
-                return piece
+                if fill:
+                    self.fetcher.prefetch(obj, fill_from, fill_from + 2 * self.fetcher.span_blocks - 1)
+                return [piece]
         pieces = []
         for index in range(first, last + 1):
-            data = self._block(index)
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
+            if not sequential and hi - lo < bs and self._current[0] != index:
+                part = self.fetcher.cached_part(obj, index, lo, hi)
+                if part is not None:
+                    pieces.append(part)
+                    continue
+            data = self._block(index)
             # a view, not a copy: blocks fetched by transport GETs are bytearrays
             pieces.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if fill:
+            # Random reads all over an object that fits the cache well (an index, a database
+            # file, a data loader's shuffled samples): each one, once this read has its bytes,
+            # fetches the next two spans of the whole object in the background, so the next
+            # read's own block waits behind two spans at most, never the whole object.
+            self.fetcher.prefetch(obj, fill_from, fill_from + 2 * self.fetcher.span_blocks - 1)
+        return pieces
 
     SMALL_READ = 128 << 10
+    RANDOM_FILL = 8            # the random read that starts fetching a small enough object whole
     PIECE_ALIGN = 64 << 10
 
     def _small_random_read(self, index: int, offset: int, end: int):

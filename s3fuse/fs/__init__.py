@@ -57,6 +57,7 @@ class Filesystem:
         self.getattr, self.readdir, self.readlink = f.getattr, f.readdir, f.readlink
         self.statfs, self.access = f.statfs, f.access
         self.open, self.create, self.read, self.write = f.open, f.create, f.read, f.write
+        self.read_pieces = f.read_pieces
         self.truncate, self.flush, self.fsync, self.release = f.truncate, f.flush, f.fsync, f.release
         self.fsyncdir = f.fsyncdir
         self.mkdir, self.rmdir, self.unlink = n.mkdir, n.rmdir, n.unlink

@@ -256,18 +256,28 @@ class FileOps:
 
     # -- data ----------------------------------------------------------------------------------
     def read(self, fh: int, size: int, offset: int):
+        pieces = self.read_pieces(fh, size, offset)
+        if not pieces:
+            return b""
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self, fh: int, size: int, offset: int) -> list:
+        """``read`` as a list of buffers in order (views of cached blocks, no copies): what
+        the FUSE adapter copies into libfuse's buffer piece by piece."""
         handle = self.handles.get(fh)
         if handle.file is not None:
-            return handle.file.read(offset, size)
+            return [handle.file.read(offset, size)]
         try:
-            data = handle.reader.read(offset, size)
+            pieces = handle.reader.read_pieces(offset, size)
         except errors.ObjectChanged:
             # The object changed on the server since open: the next open must look again.
             self.cache.invalidate(handle.path)
             raise
         if handle.verify is not None:
-            self._verify(handle, offset, data)
-        return data
+            for piece in pieces:
+                self._verify(handle, offset, piece)
+                offset += len(piece)
+        return pieces
 
     def _verify(self, handle: Handle, offset: int, data):
         """-o verify: the read that completes a whole sequential read compares its MD5.

@@ -96,21 +96,27 @@ class FUSE(_fuse.FUSE):
 
     @_guarded
     def read(self, path, buf, size, offset, fip):
-        """As fusepy's, but the data may be any buffer (bytes, bytearray, memoryview): a
-        block cache block is copied into libfuse's buffer once, never sliced first."""
+        """As fusepy's, but the answer is any buffer (bytes, bytearray, memoryview) or a list
+        of them in order: each is copied into libfuse's buffer once (ctypes.memmove, which
+        releases the GIL), never sliced or joined first."""
         fh = fip.contents if self.raw_fi else fip.contents.fh
         data = self.operations.read(None if path is None else path.decode(self.encoding, self.errors),
                                     size, offset, fh)
         if not data:
             return 0
-        n = len(data) if type(data) is bytes else memoryview(data).nbytes
-        if n > size:
-            raise errors.FsError(f"read of {size} bytes answered {n}")
-        if type(data) is not bytes:
-            view = memoryview(data)
-            data = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
-        ctypes.memmove(buf, data, n)
-        return n
+        pieces = data if type(data) is list else (data,)
+        at = ctypes.cast(buf, ctypes.c_void_p).value
+        done = 0
+        for piece in pieces:
+            n = len(piece) if type(piece) is bytes else memoryview(piece).nbytes
+            if done + n > size:
+                raise errors.FsError(f"read of {size} bytes answered {done + n}")
+            if type(piece) is not bytes:
+                view = memoryview(piece)
+                piece = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
+            ctypes.memmove(at + done, piece, n)
+            done += n
+        return done
 
     @_guarded
     def write(self, path, buf, size, offset, fip):

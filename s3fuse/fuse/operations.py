@@ -120,7 +120,9 @@ class S3FuseOperations(Operations):
         return 0
 
     def read(self, path, size, offset, fi):
-        return self.fs.read(fi.fh, size, offset)
+        """A list of buffers (``Filesystem.read_pieces``): ``binding.FUSE.read`` copies
+        them into libfuse's buffer one after the other."""
+        return self.fs.read_pieces(fi.fh, size, offset)
 
     def release(self, path, fi):
         self.fs.release(fi.fh)
