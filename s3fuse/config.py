@@ -199,6 +199,10 @@ OPTIONS = {
                        "and caches no more while it cannot (reads then come from S3)"),
     "block_size": ("block_size", _positive(parse_size), "cache block and random-read size (default 1M)"),
     "readahead": ("readahead", _positive(parse_size), "largest sequential read-ahead window (default 64M)"),
+    "random_fill": ("random_fill", parse_size,
+                    "an object read at random (a descriptor's 8th random read) of at most this size is "
+                    "fetched whole into the block cache in the background (default 256M, at most an "
+                    "eighth of cache_size; 0 = never: only the blocks read are fetched)"),
     "read_threads": ("read_threads", _positive(int), "parallel ranged GETs (default 8)"),
     "max_memory": ("max_memory", _positive(parse_size),
                    "memory for data buffers: read-ahead, cached and queued blocks, upload parts (default 48M; "
@@ -291,6 +295,7 @@ class MountConfig:
     cache_dir: str = ""                 # "" until resolve_cache_dir(): one per mount under the root
     cache_root: Optional[str] = None    # set when cache_dir is the default
     cache_size: int = 10 << 30
+    random_fill: int = 256 << 20
     cache_min_free: object = Fraction(5, 100)     # bytes, or a Fraction of the cache disk
     block_size: int = 1 << 20
     readahead: int = 64 << 20

@@ -102,7 +102,7 @@ def _read_path(cfg: MountConfig, client, space: DiskSpace):
     space.add_reclaimer(blocks.evict)                 # a full disk: written files come first
     fetcher = BlockFetcher(client, blocks, cfg.block_size, threads=cfg.read_threads, pool=buffers,
                            window_cap=max(2, budget.limit // 2 // cfg.block_size),
-                           fill_limit=min(cfg.cache_size // 8, 1 << 30))
+                           fill_limit=min(cfg.cache_size // 8, cfg.random_fill))
     budget.add_reclaimer(blocks.reclaim)              # first the oldest in-memory blocks,
     budget.add_reclaimer(fetcher.reclaim_current)     # then the block each reader keeps
     return budget, buffers, blocks, fetcher
