@@ -26,6 +26,7 @@ from ..s3.objects import KEY_MAX
 from ..paths import NAME_MAX, is_utf8, split, valid_name
 from ..write.openfile import OpenFile
 from .handles import Handle
+from .verifyread import check_read
 from .pending import PendingUploads
 from .builder import Parts
 
@@ -275,30 +276,9 @@ class FileOps:
             raise
         if handle.verify is not None:
             for piece in pieces:
-                self._verify(handle, offset, piece)
+                check_read(self, handle, offset, piece)
                 offset += len(piece)
         return pieces
-
-    def _verify(self, handle: Handle, offset: int, data):
-        """-o verify: the read that completes a whole sequential read compares its MD5.
-        After a mismatch every read of the handle fails (the kernel asks again for a page
-        whose read failed: it must not get the bytes then)."""
-        digest = handle.verify
-        obj = handle.reader.obj
-        if digest.failed is not None:
-            raise errors.ChecksumFailedBefore(f"{handle.path}: its whole read failed -o verify before")
-        got = digest.feed(offset, data)
-        if got is None or got == digest.expected:
-            return
-        digest.failed = got
-        dropped = self.blocks.drop(obj.key, obj.etag, self.fetcher.last_index(obj) + 1)
-        self.handles.forget_kernel_cache(handle.path)
-        exc = errors.ChecksumMismatch(f"{handle.path}: MD5 of the whole read is {got}, the object's "
-                                      f"x-amz-meta-{MD5_HEADER} says {digest.expected} (ETag {obj.etag})")
-        errors.set_action(exc, f"the read failed; {dropped} cached blocks of this version dropped and the "
-                               f"kernel's pages not kept, so a re-read fetches from S3 again (if that fails "
-                               f"too, the bytes on the server do not match the object's MD5 header)")
-        raise exc
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         handle = self.handles.get(fh)

@@ -268,6 +268,9 @@ class SnapshotClient:
     def delete_many(self, keys: list):
         self._refuse(f"delete {len(keys)} keys")
 
+    def delete_batch(self, keys: list) -> dict:
+        self._refuse(f"delete {len(keys)} keys")
+
     def create_multipart(self, key: str, metadata: Optional[dict] = None, headers: Optional[dict] = None) -> str:
         self._refuse(f"upload {key!r}")
 
