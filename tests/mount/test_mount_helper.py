@@ -15,7 +15,7 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
-from ..support.mounts import REPO, is_mounted, unmount
+from ..support.mounts import REPO, is_mounted, kill_and_wait_for_heal, mount_pids, unmount
 
 HELPERS = ("/sbin/mount.s3fuse", "/sbin/mount.fuse.s3fuse")
 # one worker: mount_helpers may write HELPERS for the module, and removes what it wrote
@@ -73,6 +73,37 @@ def test_fstab_mount_write_umount(form, mount_helpers, s3_server, s3, bucket, tm
         assert not is_mounted(str(mnt))
         body = s3.get_object(Bucket=bucket, Key="sub/written.txt")["Body"].read()
         assert body == b"written through fstab mount\n"
+    finally:
+        unmount(str(mnt))
+
+
+def test_an_fstab_mount_heals_after_sigkill(mount_helpers, s3_server, s3, bucket, tmp_path):
+    """#23: a mount made by mount(8) from fstab is supervised: SIGKILL of the serving process,
+    and the mountpoint serves again by itself (the file written before is there, a new one
+    can be written); umount then ends every process of the mount."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    opts = ",".join(["_netdev", "defaults", f"endpoint={s3_server.endpoint}",
+                     f"passwd_file={_passwd_file(tmp_path, s3_server)}", f"cache_dir={tmp_path / 'cache'}",
+                     f"log_file={tmp_path / 'log'}"])
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{bucket} {mnt} fuse.s3fuse {opts} 0 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    try:
+        proc = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        (mnt / "before.txt").write_bytes(b"written before the kill\n")
+        kill_and_wait_for_heal(str(mnt), lambda: (mnt / "before.txt").read_bytes() == b"written before the kill\n")
+        (mnt / "after.txt").write_bytes(b"written after the heal\n")
+        proc = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 10
+        while mount_pids(str(mnt)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not mount_pids(str(mnt)), "umount must end the supervisor too"
+        assert s3.get_object(Bucket=bucket, Key="after.txt")["Body"].read() == b"written after the heal\n"
+        assert "died (killed by SIGKILL)" in (tmp_path / "log").read_text()
     finally:
         unmount(str(mnt))
 

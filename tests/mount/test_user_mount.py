@@ -10,10 +10,11 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
-from ..support.mounts import REPO, is_mounted, unmount
+from ..support.mounts import REPO, is_mounted, kill_and_wait_for_heal, mount_pids, unmount
 
 # one worker: one test user and one venv for it (created by the module's first test)
 pytestmark = [pytest.mark.servers("moto"), pytest.mark.xdist_group("user-mount")]
@@ -89,9 +90,19 @@ def test_a_user_mounts_writes_and_unmounts(s3_server, s3, bucket, user):
         # root may not enter a user's mount without allow_other
         with pytest.raises(PermissionError):
             os.listdir(mp)
+        # #23: SIGKILL of the serving process: the user's mount serves again by itself
+        kill_and_wait_for_heal(mp, lambda: as_user(user, s3_server, "cat", f"{mp}/hello").stdout == "from-a-user\n")
+        w = as_user(user, s3_server, "sh", "-c", f"echo after-the-heal > {mp}/healed")
+        assert w.returncode == 0, w.stderr
+        assert s3.get_object(Bucket=bucket, Key="healed")["Body"].read() == b"after-the-heal\n"
         u = as_user(user, s3_server, "fusermount3", "-u", mp)
         assert u.returncode == 0, u.stderr
         assert not is_mounted(mp)
+        for _ in range(100):
+            if not mount_pids(mp):
+                break
+            time.sleep(0.1)
+        assert not mount_pids(mp), "fusermount3 -u must end the supervisor too"
     finally:
         if is_mounted(mp):
             unmount(mp)

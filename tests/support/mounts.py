@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,50 @@ def _ppid(pid: int):
         return None
 
 
+def mount_pids(path: str) -> list:
+    """The processes of the mount on ``path`` (as ``pgrep -f 'mount.s3fuse .* PATH '``, read
+    from /proc: a fork of the test would flush, hence upload, every FUSE file it holds open)."""
+    pattern = re.compile(rf"mount\.(fuse\.)?s3fuse .* {re.escape(path)} ")
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if pattern.search(cmdline):
+                pids.append(int(name))
+    return sorted(pids)
+
+
+def serving_pid(path: str):
+    """The process serving the mount on ``path`` (under a supervisor: the supervisor's child)."""
+    pids = mount_pids(path)
+    served = [p for p in pids if _ppid(p) in pids]
+    return (served or pids or [None])[0]
+
+
+def kill_and_wait_for_heal(path: str, check, timeout: float = 30.0) -> float:
+    """SIGKILL the process serving ``path``; wait until ``check()`` (a call through the mount)
+    succeeds from a new serving process.  Returns the seconds it took."""
+    dead = serving_pid(path)
+    assert dead is not None and len(mount_pids(path)) == 2, f"no supervised mount on {path}: {mount_pids(path)}"
+    os.kill(dead, signal.SIGKILL)
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        pid = serving_pid(path)
+        if pid not in (None, dead):
+            try:
+                if check():
+                    return time.monotonic() - t0
+            except OSError as exc:
+                last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{path} not serving again {timeout}s after SIGKILL of {dead} (last: {last!r})")
+
+
 class Mount:
     def __init__(self, server, bucket, root, prefix="", options=(), name="mnt"):
         self.server, self.bucket, self.prefix = server, bucket, prefix
@@ -128,26 +173,11 @@ class Mount:
             return ""
 
     def _pids(self) -> list:
-        """The processes of this mount (as ``pgrep -f 'mount.s3fuse .* PATH '``, read from
-        /proc: a fork of the test would flush, hence upload, every FUSE file it holds open)."""
-        pattern = re.compile(f"mount.s3fuse .* {re.escape(self.path)} ")
-        pids = []
-        for name in os.listdir("/proc"):
-            if name.isdigit() and int(name) != os.getpid():
-                try:
-                    with open(f"/proc/{name}/cmdline", "rb") as f:
-                        cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if pattern.search(cmdline):
-                    pids.append(int(name))
-        return sorted(pids)
+        return mount_pids(self.path)
 
     def daemon_pid(self):
         """The process serving the mount (under a supervisor: the supervisor's child)."""
-        pids = self._pids()
-        served = [p for p in pids if _ppid(p) in pids]
-        return (served or pids or [None])[0]
+        return serving_pid(self.path)
 
     def supervisor_pid(self):
         """The supervisor of a healing mount (the first process of the mount's tree)."""
