@@ -20,7 +20,7 @@ from .peers import FS_CLASSES, Fs, Mount, do_mount, do_unmount
 from .run import close_mount_force
 from .s3 import S3
 from .servers import ProxyProc, start_moto, start_rgw
-from .system import drop_caches
+from .system import drop_caches, pids_for_mountpoint
 
 
 def add_common_args(ap: argparse.ArgumentParser, default_fs: str) -> None:
@@ -134,7 +134,14 @@ class Session:
     def fresh_mount(self, fs: Fs) -> Mount:
         """A fresh mountpoint and an empty cache dir, after the page cache is dropped."""
         drop_caches(not self.args.no_drop_caches)
-        return do_mount(self.ctx, fs)
+        m = do_mount(self.ctx, fs)
+        # a daemonizing mount command may still be alive beside its daemon: let it exit, so
+        # that m.status() (a sum over m.pids) is the daemon's alone
+        deadline = time.monotonic() + 10
+        while m.proc.poll() is None and len(pids_for_mountpoint(m.mnt)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        m.pids = pids_for_mountpoint(m.mnt) or m.pids
+        return m
 
     def unmount(self, m: Mount) -> dict:
         """Unmount; returns the daemon's last /proc figures (peak RSS in MiB, CPU seconds)."""
