@@ -66,6 +66,10 @@ def upload_files(s: Session, scale: dict) -> None:
         s.ctx.s3.multipart_put(s.ctx.bucket, key, local)
         log(f"- {key}: {size // MiB} MiB uploaded in {time.perf_counter() - t0:.1f}s")
         local.unlink()
+    # warm-up, untimed: a fresh server's first reads of a new object are slower, and the
+    # first job (s3fuse's) would pay for it alone
+    for which, key in KEYS.items():
+        s.ctx.s3.ranged_get(s.ctx.bucket, key, scale[which])
 
 
 def run_fio(s: Session, job: Job, scale: dict, target: str, tag: str) -> dict:
