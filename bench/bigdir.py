@@ -51,6 +51,7 @@ def parse_args(argv):
     add_common_args(ap, "s3fuse,s3fs")
     ap.add_argument("--count", type=int, default=100_000, help="objects in the directory")
     ap.add_argument("--put-threads", type=int, default=32)
+    ap.set_defaults(step_timeout=1800.0)    # a cold ls -l of 100,000 takes minutes on a loaded machine
     return ap.parse_args(argv)
 
 
