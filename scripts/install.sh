@@ -7,7 +7,7 @@
 #                                   man-db, pjdfstest's build tools, the aws CLI in a venv,
 #                                   tinyproxy and openssl for the proxy and HTTPS tests) and
 #                                   the Ceph RGW packages of the real-server test tier
-#   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone) and matplotlib
+#   scripts/install.sh --bench    + benchmark peers (s3fs-fuse, rclone), fio and matplotlib
 # SBIN_DIR and MAN_DIR (environment) move the helpers and the man page elsewhere
 # (default /sbin and /usr/local/share/man).
 set -euo pipefail
@@ -26,7 +26,7 @@ pkgs="fuse3 libfuse3-3 ca-certificates"
 # the conformance tier builds pjdfstest (../shared/tools) and runs it with prove (perl)
 [ $want_test = 1 ] && pkgs="$pkgs autoconf automake libtool gcc make perl"
 [ $want_test = 1 ] && pkgs="$pkgs tinyproxy openssl"     # the proxy and HTTPS tests
-[ $want_bench = 1 ] && pkgs="$pkgs libfuse2 s3fs procps"
+[ $want_bench = 1 ] && pkgs="$pkgs libfuse2 s3fs procps fio"     # fio: python3 -m bench.fio
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
