@@ -141,7 +141,8 @@ class AwsMount(Mount):
         return dict(self._env)
 
     def args(self):
-        opts = [f"log_file={self.log_file}", "log_level=info", f"cache_dir={self.cache_dir}"] + self.options
+        heal = [] if any(o.split("=")[0] == "heal" for o in self.options) else ["heal=0"]   # as Mount
+        opts = [f"log_file={self.log_file}", "log_level=info", f"cache_dir={self.cache_dir}"] + heal + self.options
         return [sys.executable, MOUNT_HELPER, self.bucket, self.path, "-o", ",".join(opts)]
 
     def try_mount(self):
@@ -440,12 +441,13 @@ def test_kms_like_part_etags_upload_and_resume_after_sigkill(aws, mount_aws, tmp
         data = os.urandom(40 * MiB)
         src = tmp_path / "src.bin"
         src.write_bytes(data)
-        proxy.part_delay = 0.4
+        proxy.part_delay = 1.0      # 8 parts, 2 at a time: 4 s to kill the daemon in
         cp = subprocess.Popen(["cp", str(src), m.p("killed.bin")], stderr=subprocess.DEVNULL)
 
-        def recorded():
-            return [r for r in journal_records(m.cache_dir) if r.get("key") == "killed.bin" and len(r["parts"]) >= 2]
-        wait_for(lambda: recorded(), 60, "two parts of killed.bin recorded")
+        def recorded():      # closed (cp is in close(), a loaded machine may take a while) with 2 parts in
+            return [r for r in journal_records(m.cache_dir) if r.get("key") == "killed.bin" and len(r["parts"]) >= 2
+                    and r.get("state") == "closed"]
+        wait_for(lambda: recorded(), 60, "killed.bin closed and two of its parts recorded")
         record = recorded()[0]
         for md5, etag in record["parts"].values():
             assert md5 != etag, "the ETag recorded is the server's, not the MD5"
