@@ -214,6 +214,10 @@ OPTIONS = {
     "attr_ttl": ("attr_ttl", _nonneg_float, "seconds attributes are trusted (default 60; 0 = ask every open)"),
     "dir_ttl": ("dir_ttl", _nonneg_float, "seconds a directory listing is trusted (default 60)"),
     "negative_ttl": ("negative_ttl", _nonneg_float, "seconds a missing name is remembered (default 5)"),
+    "meta_entries": ("meta_entries", _positive(int),
+                     "attributes kept in memory, and entries of all cached listings together (default 200000, "
+                     "about 0.5 KiB each); a directory of more entries is listed page by page from S3 and not "
+                     "cached"),
     "meta": ("meta", _choice("exact", "list"),
              "exact: POSIX metadata from object headers (HEAD where not known); list: listing only"),
     "part_size": ("part_size", _positive(parse_size), "multipart part size (default 8M; grows for huge files)"),
@@ -307,6 +311,7 @@ class MountConfig:
     dir_ttl: float = 60.0
     negative_ttl: float = 5.0
     meta: str = "exact"
+    meta_entries: int = 200_000
     part_size: int = 8 << 20
     upload_threads: int = 8
     multipart_threshold: Optional[int] = None

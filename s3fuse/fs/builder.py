@@ -136,7 +136,7 @@ def build(cfg: MountConfig, client) -> Parts:
     mapper = KeyMapper(cfg.prefix)
     file_mode, dir_mode = cfg.modes
     defaults = Defaults(uid=cfg.uid, gid=cfg.gid, file_mode=file_mode, dir_mode=dir_mode)
-    cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl)
+    cache = MetaCache(cfg.attr_ttl, cfg.dir_ttl, cfg.negative_ttl, cfg.meta_entries)
     known = KnownMetadata(layout.meta, client.bucket)
     ns = Namespace(client, mapper, cache, known, defaults, exact=(cfg.meta == "exact"))
     space = DiskSpace(layout.root, cfg.cache_min_free)

@@ -11,6 +11,7 @@ scheduler.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -110,23 +111,28 @@ class FileOps:
 
     def readdir(self, path: str):
         """(name, Attr) where exact attributes are known (READDIRPLUS may carry them), else
-        (name, S_IFDIR or S_IFREG)."""
-        listing = self.ns.list_dir(path)
+        (name, S_IFDIR or S_IFREG); a listing page at a time (``Namespace.iter_dir``)."""
+        chunks = self.ns.iter_dir(path)
+        first = next(chunks, [])         # a missing directory fails before any entry
         view = self.handles.dir_view(path)
         yield ".", stat.S_IFDIR
         yield "..", stat.S_IFDIR
         base = path.rstrip("/") + "/"
         # files whose delete is queued (writeback) and no new file took over
         queued = self.deletes.names_below(self.mapper.dir_prefix(path)) - set(view.new) if self.deletes else ()
-        entries = [(n, d) for n, d in listing.entries.items() if n not in view.hidden and (d or n not in queued)]
-        attrs = self.cache.get_attrs([base + name for name, _ in entries])
-        for (name, is_dir), attr in zip(entries, attrs):
-            if attr is not None and attr.exact and name not in view.writing:
-                yield name, attr
-            else:
-                yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
+        listed_new = set()
+        for chunk in itertools.chain((first,), chunks):
+            if view.new:
+                listed_new.update(n for n, _ in chunk if n in view.new)
+            entries = [(n, d) for n, d in chunk if n not in view.hidden and (d or n not in queued)]
+            attrs = self.cache.get_attrs([base + name for name, _ in entries])
+            for (name, is_dir), attr in zip(entries, attrs):
+                if attr is not None and attr.exact and name not in view.writing:
+                    yield name, attr
+                else:
+                    yield name, (stat.S_IFDIR if is_dir else stat.S_IFREG)
         for name in view.new:
-            if name not in listing.entries:
+            if name not in listed_new:
                 yield name, stat.S_IFREG
 
     def readlink(self, path: str) -> str:

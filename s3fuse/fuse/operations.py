@@ -9,6 +9,7 @@ keep_cache.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 
 from . import boundary
@@ -62,6 +63,16 @@ def stat_dict(attr) -> dict:
     }
 
 
+def _stat_entries(path, first, entries):
+    try:
+        for name, entry in itertools.chain((first,) if first is not None else (), entries):
+            yield name, ({"st_mode": entry} if isinstance(entry, int) else stat_dict(entry)), 0
+    except FuseOSError:
+        raise
+    except Exception as exc:
+        raise FuseOSError(boundary.to_errno("readdir", (path,), exc)) from None
+
+
 def statfs_dict(s) -> dict:
     return {"f_bsize": s.block_size, "f_frsize": s.block_size, "f_blocks": s.blocks, "f_bfree": s.blocks,
             "f_bavail": s.blocks, "f_files": s.files, "f_ffree": s.files, "f_favail": s.files,
@@ -99,8 +110,11 @@ class S3FuseOperations(Operations):
         return stat_dict(self.fs.getattr(path, _fh(fi)))
 
     def readdir(self, path, fh):
-        return [(name, {"st_mode": entry} if isinstance(entry, int) else stat_dict(entry), 0)
-                for name, entry in self.fs.readdir(path)]
+        """A generator: a big directory goes to libfuse entry by entry, never as a list
+        of stat dicts (errors while it runs get their errno here too)."""
+        entries = self.fs.readdir(path)
+        first = next(entries, None)       # a missing directory fails in the boundary above
+        return _stat_entries(path, first, entries)
 
     def readlink(self, path):
         return self.fs.readlink(path)

@@ -33,8 +33,10 @@ class Defaults:
     dir_mode: int = 0o755
 
 
-@dataclass
+@dataclass(slots=True)
 class Attr:
+    """Slotted: the attribute cache holds one per entry (docs/design/memory.md)."""
+
     mode: int                 # st_mode with type bits
     uid: int
     gid: int
@@ -77,8 +79,12 @@ def format_time_ns(ns: int) -> str:
     return f"{sign}{sec}" if frac == 0 else f"{sign}{sec}.{frac:09d}".rstrip("0")
 
 
+_MODES: dict = {}     # one int object per mode value: the attribute cache holds one per entry
+
+
 def default_attr(is_dir: bool, size: int, mtime: float, defaults: Defaults, etag: Optional[str] = None) -> Attr:
     mode = (stat.S_IFDIR | defaults.dir_mode) if is_dir else (stat.S_IFREG | defaults.file_mode)
+    mode = _MODES.setdefault(mode, mode)
     ns = int(mtime * NS)
     return Attr(mode=mode, uid=defaults.uid, gid=defaults.gid, size=size, mtime_ns=ns, atime_ns=ns,
                 ctime_ns=ns, etag=etag, modified=None if is_dir and not etag else mtime)

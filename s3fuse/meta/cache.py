@@ -7,11 +7,11 @@ Invariants
 - Every namespace change made through the mount updates all three (see ``forget``/``add``);
   a cached listing changes in place under the lock, so readers get copies (``get_dir``).
 
-Locking: one ``threading.Lock`` guards the three cachetools caches (which are not
-thread-safe).  It is a leaf lock: never call out (S3, disk) while holding it.
+Locking: one ``threading.Lock`` guards the three caches (which are not thread-safe).  It is a leaf lock: never call out (S3, disk) while holding it.
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Optional
@@ -31,6 +31,64 @@ class DirListing:
 
     def copy(self) -> "DirListing":
         return DirListing(self.entries, self.marker, self.fetched)
+
+
+class TimedLRU:
+    """A bounded map whose entries expire ``ttl`` seconds after they were stored: one
+    OrderedDict of key -> (expiry, value) - about half of cachetools.TTLCache's ~250
+    bytes per entry (three dicts and a link object each).  Storing moves a key to the
+    end, so the order is both least-recently-stored and expiry order: the oldest go
+    first when full, and expired ones are dropped from the front as new ones come.
+    Not thread-safe (``MetaCache._lock``).  A lookup after an eviction misses, so the
+    caller asks S3 again: eviction never answers wrong."""
+
+    __slots__ = ("maxsize", "ttl", "_data", "_clock")
+
+    def __init__(self, maxsize: int, ttl: float, clock=time.monotonic):
+        self.maxsize, self.ttl, self._clock = maxsize, ttl, clock
+        self._data: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key, default=None):
+        item = self._data.get(key)
+        if item is None:
+            return default
+        if item[0] <= self._clock():
+            del self._data[key]
+            return default
+        return item[1]
+
+    def __contains__(self, key) -> bool:
+        return self.get(key, _ABSENT) is not _ABSENT
+
+    def __setitem__(self, key, value):
+        data = self._data
+        now = self._clock()
+        data[key] = (now + self.ttl, value)
+        data.move_to_end(key)
+        while len(data) > self.maxsize:
+            data.popitem(last=False)
+        while data:      # expired entries at the front: a few per store, never a scan
+            first = next(iter(data.values()))
+            if first[0] > now:
+                break
+            data.popitem(last=False)
+
+    def pop(self, key, default=None):
+        item = self._data.pop(key, None)
+        return default if item is None else item[1]
+
+    def keys(self):
+        return self._data.keys()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_ABSENT = object()
+
+
+def _listing_size(listing: DirListing) -> int:
+    return len(listing.entries) + 1
 
 
 class _ChangeClock(cachetools.LRUCache):
@@ -59,11 +117,14 @@ class _ChangeClock(cachetools.LRUCache):
 
 class MetaCache:
     def __init__(self, attr_ttl: float, dir_ttl: float, negative_ttl: float, maxsize: int = 200_000):
+        """``maxsize`` (``-o meta_entries``): attributes kept, and entries of all cached
+        listings together; a listing of more is not cached (docs/design/memory.md)."""
         self._lock = threading.Lock()
+        self.max_entries = maxsize
         # cachetools rejects ttl=0; a tiny TTL makes "0" mean "ask S3 every time".
-        self.attrs = cachetools.TTLCache(maxsize, max(attr_ttl, 1e-9))
-        self.missing = cachetools.TTLCache(maxsize, max(negative_ttl, 1e-9))
-        self.dirs = cachetools.TTLCache(max(1000, maxsize // 100), max(dir_ttl, 1e-9))
+        self.attrs = TimedLRU(maxsize, max(attr_ttl, 1e-9))
+        self.missing = TimedLRU(maxsize, max(negative_ttl, 1e-9))
+        self.dirs = cachetools.TTLCache(maxsize + 1, max(dir_ttl, 1e-9), getsizeof=_listing_size)
         self._negative_ttl = negative_ttl
         self._changes = _ChangeClock(max(1000, maxsize // 10))
         # directory -> time (ns) an entry was last added or removed through the mount: its
@@ -159,6 +220,9 @@ class MetaCache:
         (the listing may miss that change).  Returns whether it was cached."""
         with self._lock:
             if started is not None and self._changes.changed_since(path, started):
+                return False
+            if _listing_size(listing) > self.dirs.maxsize:
+                self.dirs.pop(path, None)
                 return False
             self.dirs[path] = listing
             return True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import cachetools
@@ -52,7 +52,7 @@ class Namespace:
         self._heads = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="head")
         self._probes = ThreadPoolExecutor(max_workers=head_threads, thread_name_prefix="lookup")
         self._pending_lock = threading.Lock()   # leaf lock, guards _pending and _folder_markers
-        self._pending: dict = {}                 # path -> (Future[Attr], its _Batch): HEAD queued or in flight
+        self._pending: dict = {}                 # path -> its _Batch: HEAD queued or in flight
         self._warned: set = set()
         self._folder_markers = cachetools.LRUCache(100_000)    # dir path -> its "dir_$folder$" key
 
@@ -174,34 +174,28 @@ class Namespace:
     def _exact(self, path: str, attr: Attr) -> Attr:
         """Wait for (or make) the HEAD that gives ``path`` its exact POSIX attributes."""
         with self._pending_lock:
-            pending = self._pending.get(path)
-            if pending is None:
+            batch = self._pending.get(path)
+            if batch is None:
                 # A batch may have settled it between the caller's cache read and now.
                 settled = self.cache.get_attr(path)
                 if settled is not None and settled is not attr and settled.exact:
                     return settled
-            elif not pending[1].started:
+            elif not batch.started:
                 # Still queued behind a big listing's prefetch: do this one now instead
                 # (its batch skips it).
                 del self._pending[path]
+                batch = None
         try:
-            if pending is not None and pending[1].started:
-                return pending[0].result()
-            try:
-                exact = self._head_entry(path, attr)
-            except BaseException as exc:
-                if pending is not None:
-                    pending[0].set_exception(exc)
-                raise
-            if pending is not None:
-                pending[0].set_result(exact)
-            return exact
+            if batch is not None:
+                return batch.result(path)
+            return self._head_entry(path, attr)
         except errors.NotFound:
             self.cache.put_missing(path)
             raise
 
     def _prefetch(self, items: list):
-        """Queue HEADs for (path, listed attr) pairs, ``HEAD_BATCH`` per pipelined batch."""
+        """Queue HEADs for (path, listed attr) pairs, ``HEAD_BATCH`` per pipelined batch.
+        One Future per batch, not per entry: a listing of N entries queues N/16 of them."""
         batch = None
         with self._pending_lock:
             for path, attr in items:
@@ -211,9 +205,8 @@ class Namespace:
                     if batch is not None:
                         self._heads.submit(self._run_batch, batch)
                     batch = _Batch()
-                future: Future = Future()
-                batch.items.append((path, attr, future))
-                self._pending[path] = (future, batch)
+                batch.items.append((path, attr))
+                self._pending[path] = batch
         if batch is not None:
             self._heads.submit(self._run_batch, batch)
 
@@ -222,33 +215,34 @@ class Namespace:
     def _run_batch(self, batch: "_Batch"):
         with self._pending_lock:
             batch.started = True
-            items = [(p, a, f) for p, a, f in batch.items if self._pending.get(p, (None,))[0] is f]
+            items = [(p, a) for p, a in batch.items if self._pending.get(p) is batch]
+        results = batch.results
         try:
-            files = [(p, a, f) for p, a, f in items if not a.is_dir]
-            infos = self.client.head_many([self.mapper.key(p) for p, _, _ in files]) if files else []
+            files = [(p, a) for p, a in items if not a.is_dir]
+            infos = self.client.head_many([self.mapper.key(p) for p, _ in files]) if files else []
             answers = [info if isinstance(info, Exception) else
                        self._file_attr(info) for info in infos]
-            self.cache.settle([(path, listed, exact) for (path, listed, _), exact in zip(files, answers)
+            self.cache.settle([(path, listed, exact) for (path, listed), exact in zip(files, answers)
                                if not isinstance(exact, Exception)])
-            for (_, _, future), answer in zip(files, answers):
-                if isinstance(answer, Exception):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
-            for path, listed, future in items:
+            for (path, _), answer in zip(files, answers):
+                results[path] = answer
+            for path, listed in items:
                 if listed.is_dir:
-                    future.set_result(self._head_entry(path, listed))
+                    try:
+                        results[path] = self._head_entry(path, listed)
+                    except errors.FsError as exc:
+                        results[path] = exc
         except BaseException as exc:
             if not isinstance(exc, errors.FsError):
                 log.warning("HEAD batch failed", exc_info=True)
-            for _, _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
+            for path, _ in items:
+                results.setdefault(path, exc)
         finally:
             with self._pending_lock:
-                for path, _, future in items:
-                    if self._pending.get(path, (None,))[0] is future:
+                for path, _ in items:
+                    if self._pending.get(path) is batch:
                         del self._pending[path]
+            batch.done.set()
 
     def _head_entry(self, path: str, listed: Attr) -> Attr:
         if listed.is_dir:
@@ -263,42 +257,88 @@ class Namespace:
         return exact
 
     # -- listings -------------------------------------------------------------------------
+    CHUNK = 1000           # entries per chunk of a cached listing handed out
+
     def list_dir(self, path: str) -> DirListing:
-        listing = self.cache.get_dir(path)
-        if listing is not None:
-            return listing
+        """The whole listing of ``path`` (tests; readdir streams ``iter_dir``)."""
+        listing = DirListing()
+        for chunk in self.iter_dir(path, listing):
+            listing.entries.update(chunk)
+        return listing
+
+    def iter_dir(self, path: str, seen: Optional[DirListing] = None):
+        """The entries of ``path``, as lists of (name, is_dir): the cached listing in
+        chunks, else one list per ListObjectsV2 page as it comes, never the whole
+        directory at once.  A complete listing of at most ``cache.max_entries`` entries
+        is cached; a bigger one is not kept (docs/design/memory.md): only the names of
+        its directories, which hide files of the same name.  ``seen.marker`` is set
+        when a "dir/" marker object exists."""
+        cached = self.cache.get_dir(path)
+        if cached is not None:
+            if seen is not None:
+                seen.marker = cached.marker
+            items = list(cached.entries.items())
+            for i in range(0, len(items), self.CHUNK):
+                yield items[i:i + self.CHUNK]
+            return
         started = self.cache.listing_started()
         prefix = self.mapper.dir_prefix(path)
-        listing = DirListing()
-        files: dict = {}
+        listing: Optional[DirListing] = DirListing()      # None once too big to cache
+        dirs: set = set()
+        held: dict = {}          # file name -> its object: a "name/" may come on a later page
+        marker, count = False, 0
         for page in self.client.list_all(prefix):
+            out = []
             for name in self._names(prefix, page.prefixes, is_dir=True):
-                self._dir_entry(path, listing, name)
+                self._add_dir(path, name, dirs, held, out)
             for obj in page.objects:
                 if obj.key == prefix:
-                    listing.marker = True
+                    marker = True
                 elif obj.key.endswith(FOLDER_SUFFIX) and valid_name(obj.key[len(prefix):-len(FOLDER_SUFFIX)]):
                     # another tool's directory marker: a directory, the object hidden
                     name = obj.key[len(prefix):-len(FOLDER_SUFFIX)]
-                    self._dir_entry(path, listing, name)
+                    self._add_dir(path, name, dirs, held, out)
                     with self._pending_lock:
                         self._folder_markers[join(path, name)] = obj.key
                 else:
                     for name in self._names(prefix, [obj.key], is_dir=False):
-                        files[name] = obj
-            self._fill_files(path, listing, files)
-            files = {}
-        if not listing.entries and not listing.marker and path != "/":
+                        if name in dirs:
+                            self._warn_once(f"{obj.key!r} is hidden by the directory of the same name")
+                        else:
+                            held[name] = obj
+            # Keys come in order: a file whose "name/" sorts before this page's last key
+            # has no directory of its name.
+            last = max([o.key for o in page.objects[-1:]] + page.prefixes[-1:], default="")
+            done = [n for n in held if page.next_token is None or prefix + n + "/" < last]
+            files = {n: held.pop(n) for n in done}
+            self._fill_files(path, files)
+            out.extend((n, False) for n in files)
+            count += len(out)
+            if listing is not None:
+                listing.entries.update(out)
+                if len(listing.entries) > self.cache.max_entries:
+                    listing = None
+            if out:
+                yield out
+        if seen is not None:
+            seen.marker = marker
+        if not count and not marker and path != "/":
             # Nothing under the prefix: the directory exists only if lookup says so.
             attr = self.lookup(path)
             if not attr.is_dir:
                 raise errors.NotADirectory(path)
-        snapshot = listing.copy()          # the cached one changes under the cache's lock
-        self.cache.put_dir(path, listing, started)
-        return snapshot
+        if listing is not None:
+            listing.marker = marker
+            self.cache.put_dir(path, listing, started)
 
-    def _dir_entry(self, path: str, listing: DirListing, name: str):
-        listing.entries[name] = True
+    def _add_dir(self, path: str, name: str, dirs: set, held: dict, out: list):
+        if name in dirs:
+            return
+        dirs.add(name)
+        obj = held.pop(name, None)
+        if obj is not None:
+            self._warn_once(f"{obj.key!r} is hidden by the directory of the same name")
+        out.append((name, True))
         child = join(path, name)
         cached = self.cache.get_attr(child)
         if cached is None or not cached.is_dir:
@@ -319,13 +359,9 @@ class Namespace:
         with self._pending_lock:
             self._folder_markers.pop(path, None)
 
-    def _fill_files(self, path: str, listing: DirListing, files: dict):
+    def _fill_files(self, path: str, files: dict):
         wanted = []
         for name, obj in files.items():
-            if listing.entries.get(name):
-                self._warn_once(f"{obj.key!r} is hidden by the directory of the same name")
-                continue
-            listing.entries[name] = False
             child = join(path, name)
             cached = self.cache.get_attr(child)
             if cached is not None and cached.etag == obj.etag and cached.exact and \
@@ -354,9 +390,21 @@ class Namespace:
 
 
 class _Batch:
-    """HEADs sent together on one pipelined connection; ``started`` once a thread took it."""
-    __slots__ = ("items", "started")
+    """HEADs sent together on one pipelined connection; ``started`` once a thread took it,
+    ``done`` once ``results`` (path -> Attr or the exception of its HEAD) are all in."""
+    __slots__ = ("items", "started", "results", "done")
 
     def __init__(self):
-        self.items: list = []        # (path, listed Attr, Future)
+        self.items: list = []        # (path, listed Attr)
         self.started = False
+        self.results: dict = {}
+        self.done = threading.Event()
+
+    def result(self, path: str) -> Attr:
+        self.done.wait()
+        answer = self.results.get(path)
+        if answer is None:
+            raise errors.BackendError(f"{path}: its HEAD batch gave no answer")
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer

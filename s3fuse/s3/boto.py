@@ -14,14 +14,10 @@ as an error kind of ``s3fuse.errors``, with its ``status`` set: callers never se
 from __future__ import annotations
 
 import datetime
+import sys
 import threading
+import types
 from typing import Callable, Optional
-
-import boto3
-import botocore.auth
-import botocore.exceptions
-import botocore.handlers
-from botocore.config import Config
 
 from .. import errors
 from . import strict_http
@@ -37,27 +33,48 @@ strict_http.install()     # a response cut inside its headers is an error, not a
 SERVER_CLOCK_SIGNER = "s3fuse-s3v4"
 _OFFSET = "s3fuse_clock_offset"
 
-
-class ServerClockS3SigV4Auth(botocore.auth.S3SigV4Auth):
-    def _modify_request_before_signing(self, request):
-        offset = request.context.get(_OFFSET)
-        if offset:
-            stamp = datetime.datetime.strptime(request.context["timestamp"], botocore.auth.SIGV4_TIMESTAMP)
-            request.context["timestamp"] = (stamp + datetime.timedelta(seconds=offset)).strftime(
-                botocore.auth.SIGV4_TIMESTAMP)
-        super()._modify_request_before_signing(request)
+# boto3/botocore are imported on first use (``_lib``), not with this module: an idle
+# mount whose requests all go through the transport never pays their ~25 MiB.
+_lib_lock = threading.Lock()
+_LIB: Optional[types.SimpleNamespace] = None
 
 
-botocore.auth.AUTH_TYPE_MAPS.setdefault(SERVER_CLOCK_SIGNER, ServerClockS3SigV4Auth)
+def _lib() -> types.SimpleNamespace:
+    global _LIB
+    with _lib_lock:
+        if _LIB is None:
+            _LIB = _load()
+        return _LIB
 
-# Connection trouble, including a body cut after botocore handed it over.
-_UNREACHABLE = tuple(getattr(botocore.exceptions, name) for name in
-                     ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                      "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
-                      "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError")
-                     if hasattr(botocore.exceptions, name))
-_TIMEOUTS = tuple(getattr(botocore.exceptions, name) for name in ("ConnectTimeoutError", "ReadTimeoutError")
-                  if hasattr(botocore.exceptions, name))
+
+def _load() -> types.SimpleNamespace:
+    import boto3
+    import botocore.auth
+    import botocore.exceptions
+    import botocore.handlers
+    from botocore.config import Config
+
+    class ServerClockS3SigV4Auth(botocore.auth.S3SigV4Auth):
+        def _modify_request_before_signing(self, request):
+            offset = request.context.get(_OFFSET)
+            if offset:
+                stamp = datetime.datetime.strptime(request.context["timestamp"], botocore.auth.SIGV4_TIMESTAMP)
+                request.context["timestamp"] = (stamp + datetime.timedelta(seconds=offset)).strftime(
+                    botocore.auth.SIGV4_TIMESTAMP)
+            super()._modify_request_before_signing(request)
+
+    botocore.auth.AUTH_TYPE_MAPS.setdefault(SERVER_CLOCK_SIGNER, ServerClockS3SigV4Auth)
+    exc = botocore.exceptions
+    # Connection trouble, including a body cut after botocore handed it over.
+    unreachable = tuple(getattr(exc, name) for name in
+                        ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                         "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError",
+                         "ProxyConnectionError", "HTTPClientError", "SSLError", "ConnectionError")
+                        if hasattr(exc, name))
+    timeouts = tuple(getattr(exc, name) for name in ("ConnectTimeoutError", "ReadTimeoutError") if hasattr(exc, name))
+    return types.SimpleNamespace(boto3=boto3, exceptions=exc, handlers=botocore.handlers, Config=Config,
+                                 unreachable=unreachable, timeouts=timeouts)
+
 
 # A content header as botocore's request parameter.
 _PARAM = {"content-type": "ContentType", "cache-control": "CacheControl", "content-disposition": "ContentDisposition",
@@ -82,15 +99,15 @@ def content_headers(headers: dict) -> dict:
     return {name: headers[name] for name in CONTENT_HEADERS if headers.get(name)}
 
 
-def _status(exc: Exception) -> str:
+def _status(exc: Exception, lib) -> str:
     """The status of a failed botocore request, as metrics and logs give it: the HTTP
     status, or "timeout"/"unreachable" when no answer came."""
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, lib.exceptions.ClientError):
         return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                    or exc.response.get("Error", {}).get("Code") or "error")
-    if isinstance(exc, _TIMEOUTS):
+    if isinstance(exc, lib.timeouts):
         return "timeout"
-    if isinstance(exc, _UNREACHABLE):
+    if isinstance(exc, lib.unreachable):
         return "unreachable"
     return "error"
 
@@ -98,61 +115,113 @@ def _status(exc: Exception) -> str:
 def translate(exc: Exception, what: str) -> Exception:
     """A botocore exception as one of ours (the only place that knows botocore's), with
     its ``status`` set; any other exception unchanged."""
-    out = _kind_of(exc, what)
+    if "botocore.exceptions" not in sys.modules:
+        return exc          # botocore never imported: not one of its exceptions
+    lib = _lib()
+    out = _kind_of(exc, what, lib)
     if out is not exc:
-        out.status = _status(exc)
+        out.status = _status(exc, lib)
     return out
 
 
-def _kind_of(exc: Exception, what: str) -> Exception:
-    if isinstance(exc, botocore.exceptions.ClientError):
+def _kind_of(exc: Exception, what: str, lib) -> Exception:
+    if isinstance(exc, lib.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         out = error_kind(code, status)(f"{what}: {code or status} {err.get('Message', '')}".strip())
         refusal_time(out, http_headers(exc.response).get("date"), str(err.get("ServerTime") or ""))
         return out
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+    if isinstance(exc, lib.exceptions.NoCredentialsError):
         return errors.NoCredentials(f"{what}: no AWS credentials found (env, ~/.aws, instance role)")
-    if isinstance(exc, _UNREACHABLE):
+    if isinstance(exc, lib.unreachable):
         return errors.Unreachable(f"{what}: {exc}")
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
+    if isinstance(exc, lib.exceptions.BotoCoreError):
         return errors.BackendError(f"{what}: {exc}")
     return exc
 
 
 class Botocore:
-    """The session and the botocore clients of one bucket."""
+    """The session and the botocore clients of one bucket, made on first use.
+
+    ``static`` (``static_keys.Resolved``): credentials, region and CA bundle found
+    without botocore; then no session is made until a request needs botocore (a copy,
+    a batch delete, a fallback), and it gets the same keys.  Without it the session is
+    made at once: botocore's chain finds the credentials (roles, SSO, processes...)."""
 
     def __init__(self, bucket: str, *, profile=None, access_key=None, secret_key=None, region=None,
                  params: Optional[dict] = None, observe: Callable[[str, object, int], None] = None,
-                 clock_offset: Callable[[], float] = lambda: 0.0):
+                 clock_offset: Callable[[], float] = lambda: 0.0, static=None):
         self.bucket = bucket
         self._clock_offset = clock_offset     # seconds to add to the local clock when signing
         self._params = params or {}           # the mount's ObjectOptions as botocore parameters
         self._op_params: dict = {}            # operation -> the part of _params it takes
         self._observe = observe or (lambda op, status, sent: None)
-        self._lock = threading.Lock()         # guards the two clients (a region move replaces them)
+        self._lock = threading.Lock()         # guards the session and the two clients
+        self._profile, self._region = profile or None, region or None
+        self._keys = (access_key or None, secret_key or None, None)
+        self.static = static
+        self._session = None
+        self._where = None                    # connect()'s arguments: clients are made from them
+        self._clients = None                  # (everyday client, probe client)
+        self._generation = 0                  # connect() calls: clients made before the last one are stale
+        if static is not None:
+            c = static.credentials
+            self._keys = (c.access_key, c.secret_key, c.token)
+            self.credentials = Credentials(c, profile)    # never expire: refusals still said once
+            self.chain_ca_bundle = static.ca_bundle
+            self.region_name = self._region or static.region
+        else:
+            session = self.session
+            try:
+                found = session.get_credentials()
+                # every request path takes its keys from this one (refreshable) object
+                self.credentials = Credentials(found, profile) if found is not None else None
+                self.chain_ca_bundle = session._session.get_config_variable("ca_bundle")   # AWS_CA_BUNDLE, profile
+            except _lib().exceptions.BotoCoreError as exc:
+                raise errors.ConfigError(f"AWS configuration: {exc}") from None
+            self.region_name = session.region_name
+
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                self._session = self._make_session()
+            return self._session
+
+    def _make_session(self):
+        lib = _lib()
+        access, secret, token = self._keys
         try:
-            self.session = boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key or None,
-                                                 aws_secret_access_key=secret_key or None,
-                                                 region_name=region or None)
-        except botocore.exceptions.ProfileNotFound:
-            raise errors.ConfigError(f"profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials") from None
-        except botocore.exceptions.BotoCoreError as exc:
+            return lib.boto3.session.Session(profile_name=self._profile, aws_access_key_id=access,
+                                             aws_secret_access_key=secret, aws_session_token=token,
+                                             region_name=self._region)
+        except lib.exceptions.ProfileNotFound:
+            raise errors.ConfigError(f"profile {self._profile!r} is not in ~/.aws/config or ~/.aws/credentials") \
+                from None
+        except lib.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None
-        try:
-            found = self.session.get_credentials()
-            # every request path takes its keys from this one (refreshable) object
-            self.credentials = Credentials(found, profile) if found is not None else None
-            self.chain_ca_bundle = self.session._session.get_config_variable("ca_bundle")   # AWS_CA_BUNDLE, profile
-        except botocore.exceptions.BotoCoreError as exc:
-            raise errors.ConfigError(f"AWS configuration: {exc}") from None
-        self.region_name = self.session.region_name
-        self._client = self._probe_client = None
 
     def connect(self, endpoint, ca_bundle: Optional[str], timeouts: tuple, max_connections: int):
-        """(Re)make the clients for ``endpoint`` (``endpoint.Endpoint``) as it is now."""
+        """Make the clients for ``endpoint`` (``endpoint.Endpoint``) as it will be at their
+        first request (a region move calls this again: the clients are made anew)."""
+        with self._lock:
+            self._where = (endpoint, ca_bundle, timeouts, max_connections)
+            self._clients = None
+            self._generation += 1
+
+    @property
+    def _client(self):
+        return self._clients_now()[0]
+
+    def _clients_now(self) -> tuple:
+        session = self.session
+        with self._lock:
+            if self._clients is not None:
+                return self._clients
+            endpoint, ca_bundle, timeouts, max_connections = self._where
+            generation = self._generation
+        lib = _lib()
         connect_timeout, read_timeout = timeouts
         cfg = dict(max_pool_connections=max_connections, retries={"mode": "standard", "total_max_attempts": 1},
                    connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -160,17 +229,19 @@ class Botocore:
                    response_checksum_validation="when_required")
         kwargs = dict(endpoint_url=endpoint.url(), region_name=endpoint.region, verify=ca_bundle or None)
         try:
-            client = self.session.client("s3", config=Config(**cfg), **kwargs)
+            client = session.client("s3", config=lib.Config(**cfg), **kwargs)
             # The mount-time probe fails within seconds even against a server that accepts
             # connections and never answers.
-            probe = self.session.client("s3", config=Config(**dict(
+            probe = session.client("s3", config=lib.Config(**dict(
                 cfg, connect_timeout=min(connect_timeout, 3.0), read_timeout=min(read_timeout, 3.0))), **kwargs)
-        except botocore.exceptions.BotoCoreError as exc:
+        except lib.exceptions.BotoCoreError as exc:
             raise errors.ConfigError(f"AWS configuration: {exc}") from None
         for c in (client, probe):
             c.meta.events.register("choose-signer.s3", self._choose_signer)
         with self._lock:
-            self._client, self._probe_client = client, probe
+            if self._clients is None and self._generation == generation:
+                self._clients = (client, probe)
+            return self._clients or (client, probe)
 
     def _choose_signer(self, signing_name=None, signature_version=None, context=None, **kwargs):
         """botocore's choice of signer (its own handler decides first), but S3 SigV4 with
@@ -178,7 +249,7 @@ class Botocore:
         offset = self._clock_offset()
         if not offset or context is None:
             return None
-        chosen = botocore.handlers.set_operation_specific_signer(context=context, signing_name=signing_name) \
+        chosen = _lib().handlers.set_operation_specific_signer(context=context, signing_name=signing_name) \
             or signature_version
         if chosen != "s3v4":
             return chosen
@@ -198,8 +269,7 @@ class Botocore:
     def call(self, op: str, what: str, probe: bool = False, **kwargs) -> dict:
         """One botocore request (no retry: the caller's policy decides), counted through
         ``observe``; its failure raised as an error kind."""
-        with self._lock:
-            client = self._probe_client if probe else self._client
+        client = self._clients_now()[1 if probe else 0]
         for name, value in self._extra(client, op).items():
             kwargs.setdefault(name, value)
         body = kwargs.get("Body")

@@ -117,6 +117,26 @@ def error_code(body: bytes) -> str:
     return _element(body, b"Code")
 
 
+def answer_error(body: bytes, what: str):
+    """Raise the error inside a 200 answer (CompleteMultipartUpload and CopyObject may
+    fail that way after their headers went out), if there is one."""
+    code = error_code(body) if b"<Error" in body[:400] else ""
+    if code:
+        raise errors.with_status(error_kind(code, 500 if code == "InternalError" else 400)(f"{what}: 200 {code}"), 200)
+
+
+def xml_text(body: bytes, name: str) -> str:
+    """The text of the first element ``name`` (any namespace) of an XML answer, or ""."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return ""
+    for el in root.iter():
+        if el.tag == name or el.tag.endswith("}" + name):
+            return (el.text or "").strip()
+    return ""
+
+
 def error_server_time(body: bytes) -> str:
     """The <ServerTime> of an error document (AWS's RequestTimeTooSkewed), or ""."""
     return _element(body, b"ServerTime")

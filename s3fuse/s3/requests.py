@@ -13,6 +13,7 @@ from .boto import Botocore
 from .endpoint import Endpoint, Network, ca_bundle_from
 from .object_options import ObjectOptions
 from .retry import RetryPolicy
+from .static_keys import resolve as static_keys
 from .stats import RequestStats
 from .transport import Transport
 
@@ -33,9 +34,12 @@ class Requests:
         self.retry = RetryPolicy(attempts=max_attempts, budget=max_attempts * read_timeout)
         # The mount-time probe: 2 attempts of at most 3 s each.
         self.probe_retry = RetryPolicy(attempts=2, first_delay=0.5, budget=8.0)
+        # A static key pair found without botocore (static_keys.py) leaves boto3 unimported
+        # until a request needs it; anything else is botocore's chain.
         self.boto = Botocore(bucket, profile=profile, access_key=access_key, secret_key=secret_key, region=region,
                              params=self.options.params(), observe=self.stats.record,
-                             clock_offset=lambda: self.stats.signing_offset)
+                             clock_offset=lambda: self.stats.signing_offset,
+                             static=static_keys(profile, access_key, secret_key))
         self.endpoint = Endpoint.resolve(bucket, endpoint, region, path_style, self.boto.region_name)
         self.options.check_scheme(self.endpoint.scheme, self.endpoint.url())
         self.ca_bundle = ca_bundle_from(ca_bundle, self.boto.chain_ca_bundle)

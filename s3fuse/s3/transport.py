@@ -1,5 +1,6 @@
 """The data path of every endpoint, AWS or not: HEAD (also pipelined batches), ranged GET,
-ListObjectsV2, PutObject/UploadPart and DeleteObject, hand-signed (``sigv4``) over
+ListObjectsV2, PutObject/UploadPart and DeleteObject (and the POSTs and DELETE of a
+multipart upload, ``multipart.py``), hand-signed (``sigv4``) over
 pooled keep-alive ``http.client`` connections made by ``endpoint.Network`` (TLS with
 the CA bundle, ``HTTP(S)_PROXY``/``NO_PROXY``, a short connect timeout).
 
@@ -127,21 +128,22 @@ class Transport:
         url = path + ("?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in sorted(query.items())) if query else "")
         if self.network.absolute(ep.scheme, ep.connect_host):
             url = f"{ep.scheme}://{ep.host_header}{url}"
-        op = _operation(method, key, query)
+        op = _operation(method, key, query, headers)
         sent = dict(self.common_headers)
         if method in ("GET", "HEAD"):
             sent.update(self.read_headers)
         sent.update(headers or {})
-        payload = EMPTY_SHA256 if method != "PUT" else payload_hash(body, ep.https)
+        sends = method in ("PUT", "POST")
+        payload = payload_hash(body, ep.https) if sends else EMPTY_SHA256
         for attempt in (0, 1):
             conn = None
             try:
                 conn = self._fresh() if attempt else self._take(self._idle)
                 signed = self.signer.sign(ep.region, method, ep.host_header, path, query, sent, payload)
                 signed.update(getattr(conn, "proxy_headers", None) or {})
-                if method == "PUT":
+                if sends:
                     signed["content-length"] = str(len(body))
-                conn.request(method, url, body=body if method == "PUT" else None, headers=signed)
+                conn.request(method, url, body=body if sends else None, headers=signed)
                 resp = conn.getresponse()
             except errors.Unreachable as exc:       # no connection could be made
                 self.observe(op, getattr(exc, "status", "unreachable"), 0)
@@ -163,7 +165,7 @@ class Transport:
                 if conn is not None:
                     conn.close()
                 raise
-            self.observe(op, resp.status, len(body) if method == "PUT" else 0)
+            self.observe(op, resp.status, len(body) if sends else 0)
             if resp.status in ok:
                 return conn, resp
             self._fail(conn, resp, what)
@@ -280,15 +282,10 @@ class Transport:
         (content headers, SSE, storage class, ACL); returns (ETag as the server answered,
         the answer's Date header), or None for what botocore must send (non-ASCII
         metadata)."""
-        sent = {"content-md5": content_md5}
-        for name, value in (headers or {}).items():
-            if not str(value).isascii():
-                return None
-            sent[name] = value
-        for name, value in (metadata or {}).items():
-            if not str(value).isascii() or not str(name).isascii():
-                return None     # botocore knows how to send those
-            sent[f"x-amz-meta-{name}"] = value
+        sent = ascii_headers(metadata, headers)
+        if sent is None:
+            return None
+        sent["content-md5"] = content_md5
         _, answer, _ = self._request("PUT", key, query=query, headers=sent, body=body, ok=(200,))
         etag = answer.get("etag", "").strip('"')
         if not etag:
@@ -357,6 +354,21 @@ class Transport:
         return results
 
 
+def ascii_headers(metadata: Optional[dict], headers: Optional[dict]) -> Optional[dict]:
+    """``headers`` and ``metadata`` (as x-amz-meta-*) to send, or None if one is not
+    ASCII (botocore knows how to send those)."""
+    sent = {}
+    for name, value in (headers or {}).items():
+        if not str(value).isascii():
+            return None
+        sent[name] = value
+    for name, value in (metadata or {}).items():
+        if not str(value).isascii() or not str(name).isascii():
+            return None
+        sent[f"x-amz-meta-{name}"] = value
+    return sent
+
+
 def payload_hash(body: bytes, tls: bool) -> str:
     """x-amz-content-sha256 of a PUT: UNSIGNED-PAYLOAD over TLS (which protects the body;
     Content-MD5 guards it against corruption), its SHA-256 over plain http, where only
@@ -365,10 +377,16 @@ def payload_hash(body: bytes, tls: bool) -> str:
     return UNSIGNED if tls else hashlib.sha256(body).hexdigest()
 
 
-def _operation(method: str, key: Optional[str], query: dict) -> str:
+def _operation(method: str, key: Optional[str], query: dict, headers: Optional[dict] = None) -> str:
     """The S3 operation of a request, as botocore names it."""
+    if headers and "x-amz-copy-source" in headers:
+        return "copy_object"
     if method == "GET":
         return "get_object" if key is not None else "list_objects_v2"
     if method == "PUT":
         return "upload_part" if "partNumber" in query else "put_object"
+    if method == "POST":
+        return "create_multipart_upload" if "uploads" in query else "complete_multipart_upload"
+    if method == "DELETE" and "uploadId" in query:
+        return "abort_multipart_upload"
     return {"HEAD": "head_object", "DELETE": "delete_object"}.get(method, method.lower())
