@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -119,18 +120,46 @@ class CacheDir:
         return lock_cache_dir(self.root, holder)
 
 
+EXIT_GRACE = 30.0     # seconds a new mount waits for a holder that unmounted and is still exiting
+
+
+def _mounted(path: str) -> bool:
+    """``path`` is a mount point now (/proc/self/mounts escapes blanks as octal)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f if len(line.split()) > 1]
+    except OSError:
+        return True
+    return any(p.encode().decode("unicode_escape") == path for p in points)
+
+
+def _unmounted_holder(text: str) -> bool:
+    """The holder named ``text`` ("pid N, mounted on PATH") has unmounted: it is
+    exiting (finishing its uploads, closing its caches) and lets the lock go soon."""
+    _, sep, where = text.partition(", mounted on ")
+    return bool(sep) and not _mounted(where.strip())
+
+
 def lock_cache_dir(cache_dir: str, holder: str = ""):
+    """``umount`` then ``mount`` at once works: a holder whose mount is gone is waited for
+    (up to EXIT_GRACE); a holder still mounted fails the new mount at once."""
     fd = os.open(os.path.join(cache_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     f = os.fdopen(fd, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        other = f.read().strip()[:300]
-        f.close()
-        raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process"
-                          f"{' (' + other + ')' if other else ''}; give each mount its own cache_dir") from None
+    deadline = time.monotonic() + EXIT_GRACE
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            f.seek(0)
+            other = f.read().strip()[:300]
+            if _unmounted_holder(other) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            f.close()
+            raise ConfigError(f"cache_dir {cache_dir} is in use by another s3fuse process"
+                              f"{' (' + other + ')' if other else ''}; give each mount its own cache_dir") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}{', ' + holder if holder else ''}\n")

@@ -101,16 +101,21 @@ def test_a_retried_create_aborts_the_upload_of_its_lost_answer(client, s3, bucke
     the failed attempt left, keeping the one it returns.  Uploads are matched by key and
     initiation time (another writer's upload of the key may be older): RGW only, as moto
     reports every upload initiated on 2010-11-10."""
-    import botocore.exceptions
-    real = client.requests.boto._client.create_multipart_upload
+    from s3fuse import errors
+    from s3fuse.s3.objects import xml_text
+    fast = client.requests.fast
+    assert fast is not None, "CreateMultipartUpload goes through the hand-signed transport"
+    real = fast._request
     created = []
 
-    def lose_first_answer(**kwargs):
-        created.append(real(**kwargs)["UploadId"])
-        if len(created) == 1:
-            raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://lost")
-        return {"UploadId": created[-1]}
-    monkeypatch.setattr(client.requests.boto._client, "create_multipart_upload", lose_first_answer)
+    def lose_first_answer(method, key, *args, **kwargs):
+        answer = real(method, key, *args, **kwargs)
+        if method == "POST" and "uploads" in (kwargs.get("query") or {}):
+            created.append(xml_text(answer[2], "UploadId"))
+            if len(created) == 1:
+                raise errors.with_status(errors.Unreachable(f"POST {key!r}: timed out"), "timeout")
+        return answer
+    monkeypatch.setattr(fast, "_request", lose_first_answer)
     monkeypatch.setattr(client.requests.retry, "_sleep", lambda s: None)
     upload_id = client.create_multipart("k")
     assert len(created) == 2 and upload_id == created[1]
