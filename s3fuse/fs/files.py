@@ -70,8 +70,13 @@ class FileOps:
         f = self.handles.live_file(path)
         if f is not None:
             return f.attr
-        if self.handles.is_hidden(path) or (self.deletes is not None and self.deletes.hidden(self.mapper.key(path))):
+        if self.handles.is_hidden(path):
             raise errors.NotFound(path)
+        if self.deletes is not None and self.deletes.hidden(self.mapper.key(path)):
+            attr = self.ns.lookup(path)      # the file is going; a directory made since stays
+            if not attr.is_dir:
+                raise errors.NotFound(path)
+            return attr
         return self.ns.lookup(path)
 
     def exists(self, path: str) -> Optional[Attr]:

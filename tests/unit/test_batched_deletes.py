@@ -158,3 +158,18 @@ def test_without_writeback_an_unlink_deletes_at_once(make_fs):
     fs = make_fs(c)
     fs.unlink("/d/f000")
     assert set(c.objects) == {"d/f001"} and c.count("delete") == 1
+
+
+def test_mkdir_of_a_name_whose_file_delete_is_queued_shows_the_directory(make_fs):
+    """rm d/a then mkdir d/a (found by the model test on a slowed writeback mount): the
+    queued delete of the file "d/a" must not hide the new directory "d/a/"."""
+    c = _seeded(1)
+    c.seed("d/a", b"a file")
+    fs = make_fs(c, writeback=True)
+    fs.unlink("/d/a")
+    fs.mkdir("/d/a", 0o755, 0, 0)
+    assert fs.getattr("/d/a").is_dir
+    assert "a" in _names(fs, "/d")
+    fs.fsyncdir("/")
+    assert "d/a" not in c.objects and "d/a/" in c.objects     # the file deleted, the directory kept
+    assert fs.getattr("/d/a").is_dir
