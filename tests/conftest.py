@@ -25,6 +25,7 @@ import uuid
 
 import pytest
 
+from .support.faultproxy import FaultProxy
 from .support.mounts import Mount, in_ci, make_boto, wanted_servers
 from .support.report import collected_figures, figures_file
 from .support.servers import make_server, rgw_missing_binaries
@@ -217,3 +218,11 @@ def make_fs(tmp_path):
     yield make
     for fs in made:
         fs.close()
+
+
+@pytest.fixture
+def proxy(s3_server):
+    """A FaultProxy (tests/support/faultproxy.py) in front of the test's server."""
+    p = FaultProxy(s3_server.endpoint)
+    yield p
+    p.close()

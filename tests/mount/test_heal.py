@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ..support.faultproxy import FaultProxy, ProxiedServer
+from ..support.faultproxy import ProxiedServer
 from ..support.mounts import REPO, Mount, cleanup_dead_mount, is_mounted
 from ..support.probes import journal_records, md5, pid_alive, wait_for
 
@@ -76,13 +76,6 @@ def status_json(path: str) -> dict:
 
 def closed_record(m, key: str) -> bool:
     return any(r.get("key") == key and r.get("state") == "closed" for r in journal_records(m.cache_dir))
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from s3fuse.app import statusfile as status
+
+from ..support.probes import proc_status, settled_memory
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -22,22 +23,8 @@ IDLE_LIMIT = 35 * MIB
 FIXED = 4 * MIB         # what a listing costs whatever its size (pages in flight, arenas)
 
 
-def proc_status(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0]) * 1024
-    return out
-
-
 def settled_rss(m) -> tuple:
-    pid = m.daemon_pid()
-    assert pid, "no daemon process"
-    os.listdir(m.path)
-    time.sleep(1.0)
-    return pid, proc_status(pid)
+    return settled_memory(m)
 
 
 def seed(s3, bucket: str, prefix: str, n: int):

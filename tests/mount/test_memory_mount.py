@@ -15,27 +15,16 @@ import pytest
 
 from s3fuse.app import statusfile as status
 
+from ..support.probes import proc_status, settled_memory
+
 MIB = 1 << 20
 SIZE = int(os.environ.get("S3FUSE_MEMORY_TEST_MIB", "128")) * MIB
 BUDGET = 64 * MIB
 
 
-def proc_status(pid: int) -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0]) * 1024
-    return out
-
-
 def idle_baseline(m) -> tuple:
-    pid = m.daemon_pid()
-    assert pid, "no daemon process"
-    os.listdir(m.path)
-    time.sleep(1.0)
-    return pid, proc_status(pid)["VmRSS"]
+    pid, status = settled_memory(m)
+    return pid, status["VmRSS"]
 
 
 def make_local(path: str, size: int) -> str:

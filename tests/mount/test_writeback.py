@@ -12,20 +12,13 @@ import time
 
 import pytest
 
-from ..support.faultproxy import FaultProxy, ProxiedServer
+from ..support.faultproxy import ProxiedServer
 from ..support.mounts import Mount, cleanup_dead_mount
 from ..support.probes import bucket_keys, pid_alive, wait_for
 
 pytestmark = pytest.mark.servers("moto")     # the queue's logic, not the server, is under test
 
 BASE = ["writeback", "log_level=info", "negative_ttl=60", "dir_ttl=60", "request_timeout=10", "retries=2"]
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.close()
 
 
 @pytest.fixture

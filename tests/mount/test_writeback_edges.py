@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ..support.mounts import Mount
-from ..support.faultproxy import FaultProxy, ProxiedServer
+from ..support.faultproxy import ProxiedServer
 from ..support.mounts import cleanup_dead_mount
 from ..support.probes import journal_records, pid_alive, wait_for
 
@@ -22,13 +22,6 @@ pytestmark = pytest.mark.servers("moto")     # s3fuse's bookkeeping, not the ser
 
 BASE = ["log_level=info", "negative_ttl=60", "dir_ttl=60", "request_timeout=5", "retries=2", "retry_interval=1"]
 UPLOADS = {"PUT", "POST"}         # PutObject, UploadPart, CopyObject / Create, CompleteMultipartUpload
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.endpoint)
-    yield p
-    p.close()
 
 
 @pytest.fixture

@@ -199,3 +199,23 @@ def scrape(url: str) -> dict:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return parse_metrics(resp.read().decode())
+
+
+def proc_status(pid: int) -> dict:
+    """VmRSS and VmHWM (peak) of process ``pid``, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def settled_memory(m) -> tuple:
+    """(pid, proc_status) of mount ``m``'s daemon after one listing and a second's rest."""
+    pid = m.daemon_pid()
+    assert pid, "no daemon process"
+    os.listdir(m.path)
+    time.sleep(1.0)
+    return pid, proc_status(pid)
