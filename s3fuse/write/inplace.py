@@ -90,8 +90,11 @@ class InPlaceEdits:
                                    f"client): the edit cannot be applied") from exc
 
     def _reconcile_edit(self, entry: Entry, plan: list):
-        """Resume: keep the parts the server lists with the ETag recorded for a copy, or
-        with the MD5 of the local bytes for an upload."""
+        """Resume: keep the parts the server lists with the ETag recorded, an upload whose
+        ETag is the MD5 of the local bytes, and a copy the record lacks (killed between the
+        server's answer and the record) when its size is the planned one: the upload id is
+        this record's alone, each part number has one planned range, and every copy is
+        pinned to the source's ETag (CopySourceIfMatch), so such a part holds those bytes."""
         try:
             server = {p.number: p for p in self.uploader.client.list_parts(entry.key, entry.upload_id)}
         except errors.UploadGone:
@@ -109,6 +112,8 @@ class InPlaceEdits:
                 kept[str(n)] = part_record(part_md5(recorded), part.etag)
                 continue
             if copy:
+                if part.size == end - start:
+                    kept[str(n)] = part_record("", part.etag)
                 continue
             with open(entry.staging, "rb") as f:
                 local = hashlib.md5(os.pread(f.fileno(), end - start, start)).hexdigest()

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from .probes import wait_for
+from .probes import pid_alive, wait_for
 from .servers import KINDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,7 +163,14 @@ class Mount:
         return self
 
     def unmount(self):
+        """Unmount and wait (up to 30 s) until the daemon exited: the mountpoint goes from
+        /proc/mounts before the daemon finished its shutdown (the deletes worker, the
+        journal), which tests look at next."""
+        pids = self._pids()
         unmount(self.path)
+        deadline = time.monotonic() + 30
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def log(self) -> str:
         try:

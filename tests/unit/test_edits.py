@@ -220,6 +220,44 @@ def test_interrupted_edit_resumes_without_copying_again(world, tmp_path):
     assert world.journal.entries() == [] and not os.path.exists(rec.staging)
 
 
+def test_a_copy_made_but_not_recorded_is_kept_on_resume(tmp_path):
+    """The daemon dies between the server making copy part 3 and the record saying so
+    (seen on RGW under SIGKILL): the resume finds it in ListParts with the planned size
+    and does not copy it again."""
+    world = World(tmp_path, threads=1)
+    c = world.client
+    old = os.urandom(80 * MiB)
+    world.seed("big", old)
+    f = world.open("big")
+    f.write(len(old), b"tail")
+    made = []
+    real_copy = c.upload_part_copy
+
+    def copy_then_lose_the_third_answer(*args, **kwargs):
+        if len(made) >= 3:
+            raise errors.Unreachable("server gone")
+        made.append(real_copy(*args, **kwargs))
+        if len(made) == 3:
+            raise errors.Unreachable("answer lost")
+        return made[-1]
+    c.upload_part_copy = copy_then_lose_the_third_answer
+    with pytest.raises(errors.Unreachable):
+        f.commit()
+    f.discard()
+    [rec] = world.journal.entries()
+    recorded = [n for n, s, e, cp in rec.plan if cp and str(n) in rec.parts]
+    assert len(recorded) == 2
+    c.upload_part_copy = real_copy
+    c.calls.clear()
+    closed, _ = recovery.sort_out(Journal(world.journal.dir), str(world.staging), str(tmp_path / "recovery"))
+    recovery.resume(world.uploader, world.journal, closed[0])
+    assert c.objects["big"][0] == old + b"tail"
+    n_copies = sum(1 for p in rec.plan if p[3])
+    assert c.count("upload_part_copy") == n_copies - len(recorded) - 1, "the unrecorded copy was kept"
+    assert world.uploader.parts_reused == len(rec.parts) + 1
+    world.close()
+
+
 def test_concurrent_overwrite_fails_cleanly(world, tmp_path):
     c = world.client
     old = os.urandom(40 * MiB)
