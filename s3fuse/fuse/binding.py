@@ -78,11 +78,17 @@ class FUSE(_fuse.FUSE):
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
             """readdir, and READDIRPLUS when the kernel asks for it: entries whose exact
             attributes are known go with them (FUSE_FILL_DIR_PLUS), so ``ls -l`` needs no
-            LOOKUP per entry.  Entries given as {'st_mode': ...} only are sent plain."""
+            LOOKUP per entry.  Entries given as {'st_mode': ...} only are sent plain.
+            Every entry carries its offset: libfuse then sends what fits and asks again
+            from there, instead of buffering the whole directory (``dirstream``).  (In
+            READDIRPLUS libfuse counts a lookup of the entry that did not fit; that node
+            then outlives the kernel's FORGET: a few bytes per READDIR, bounded by the
+            directory's names.)"""
             plus = bool(flags & 1)                          # FUSE_READDIR_PLUS
             st = _fuse.c_stat()
             decoded = None if path is None else path.decode(self.encoding, self.errors)
-            for name, attrs, _ in self.operations.readdir(decoded, fip.contents.fh):
+
+            def take(name, attrs, next_offset):
                 ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
                 fill = 0
                 if plus and len(attrs) > 1:
@@ -90,8 +96,9 @@ class FUSE(_fuse.FUSE):
                     fill = 2                                # FUSE_FILL_DIR_PLUS
                 else:
                     st.st_mode = attrs["st_mode"]
-                if filler(buf, name.encode(self.encoding, self.errors), st, 0, fill) != 0:
-                    break
+                return filler(buf, name.encode(self.encoding, self.errors), st, next_offset, fill) == 0
+
+            self.operations.readdir_at(decoded, fip.contents.fh, offset, take)
             return 0
 
     @_guarded

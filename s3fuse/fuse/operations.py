@@ -15,6 +15,7 @@ import time
 from . import boundary
 from .. import metrics
 from .binding import FuseOSError, Operations, fuse_get_context
+from .dirstream import DirStream
 
 
 def _errno_boundary(method):
@@ -64,9 +65,10 @@ def stat_dict(attr) -> dict:
 
 
 def _stat_entries(path, first, entries):
+    """(name, stat dict) pairs: {"st_mode": ...} only where the exact attributes are not known."""
     try:
         for name, entry in itertools.chain((first,) if first is not None else (), entries):
-            yield name, ({"st_mode": entry} if isinstance(entry, int) else stat_dict(entry)), 0
+            yield name, ({"st_mode": entry} if isinstance(entry, int) else stat_dict(entry))
     except FuseOSError:
         raise
     except Exception as exc:
@@ -88,6 +90,8 @@ class S3FuseOperations(Operations):
         self.fs = fs
         self._fuse_config = fuse_config
         self._on_init = on_init
+        self._dirs: dict = {}                  # opendir handle -> DirStream
+        self._dir_ids = itertools.count(1)     # next() is atomic under the GIL
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn_info, config):
@@ -109,12 +113,36 @@ class S3FuseOperations(Operations):
     def getattr(self, path, fi=None):
         return stat_dict(self.fs.getattr(path, _fh(fi)))
 
+    def opendir(self, path):
+        """A handle of its own per open directory: its READDIRs go on where the last
+        one stopped (``dirstream``)."""
+        fh = next(self._dir_ids)
+        self._dirs[fh] = DirStream(functools.partial(self._entries, path))
+        return fh
+
+    def releasedir(self, path, fh):
+        stream = self._dirs.pop(fh, None)
+        if stream is not None:
+            stream.close()
+        return 0
+
     def readdir(self, path, fh):
-        """A generator: a big directory goes to libfuse entry by entry, never as a list
-        of stat dicts (errors while it runs get their errno here too)."""
+        """All entries as (name, stat dict, 0) (libfuse 2, tests): a generator, never a
+        list of stat dicts (errors while it runs get their errno here too)."""
         entries = self.fs.readdir(path)
         first = next(entries, None)       # a missing directory fails in the boundary above
-        return _stat_entries(path, first, entries)
+        return ((name, attrs, 0) for name, attrs in _stat_entries(path, first, entries))
+
+    def readdir_at(self, path, fh, offset, take):
+        """libfuse 3: the entries of handle ``fh`` from ``offset`` on, each given to
+        ``take(name, stat dict, next offset)`` until it answers False (buffer full)."""
+        stream = self._dirs.get(fh)
+        if stream is None:                # not opened through opendir: list it whole
+            stream = DirStream(functools.partial(self._entries, path))
+        stream.serve(offset, take)
+
+    def _entries(self, path):
+        return _stat_entries(path, None, self.fs.readdir(path))
 
     def readlink(self, path):
         return self.fs.readlink(path)

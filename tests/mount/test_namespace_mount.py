@@ -779,3 +779,51 @@ def test_open_rw_file_keeps_old_content_after_unlink_and_recreate(s3, bucket, mo
     finally:
         os.close(fd)
     assert s3.get_object(Bucket=bucket, Key="a")["Body"].read() == b"new"
+
+
+class Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
+                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+
+
+def test_a_big_directory_streams_by_offset_with_telldir_seekdir_rewinddir(s3, bucket, mounter):
+    """3,000 entries (3 LIST pages) go to the kernel one READDIR buffer at a time, each
+    entry with its offset: every name once, seekdir back to a telldir position reads the
+    same names again, and rewinddir lists anew (a file created meanwhile shows)."""
+    names = [f"e{i:05d}" for i in range(3000)]
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda n: s3.put_object(Bucket=bucket, Key=f"big/{n}", Body=n.encode()), names))
+    m = mounter(bucket)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.POINTER(Dirent)
+    libc.readdir.argtypes = libc.telldir.argtypes = libc.rewinddir.argtypes = libc.closedir.argtypes = [ctypes.c_void_p]
+    libc.telldir.restype = ctypes.c_long
+    libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    d = libc.opendir(os.fsencode(m.p("big")))
+    assert d, os.strerror(ctypes.get_errno())
+
+    def next_name():
+        ent = libc.readdir(d)
+        return ent.contents.d_name.decode() if ent else None
+    try:
+        seen, mark, after_mark = [], None, []
+        while (name := next_name()) is not None:
+            seen.append(name)
+            if len(seen) == 1500:
+                mark = libc.telldir(d)
+            elif mark is not None and len(after_mark) < 10:
+                after_mark.append(name)
+        assert sorted(seen) == sorted(names + [".", ".."]) and len(seen) == len(set(seen))
+        libc.seekdir(d, mark)
+        assert [next_name() for _ in range(10)] == after_mark
+        with open(m.p("big", "zz-new"), "w") as f:
+            f.write("new")
+        libc.rewinddir(d)
+        again = []
+        while (name := next_name()) is not None:
+            again.append(name)
+        assert "zz-new" in again and len(again) == len(seen) + 1
+    finally:
+        libc.closedir(d)
+    with os.scandir(m.p("big")) as it:
+        assert sum(1 for e in it if e.stat().st_size == 6) == 3000
