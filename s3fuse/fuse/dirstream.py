@@ -13,7 +13,9 @@ Invariants
   lists again, skipping to it.  An error while listing drops the listing: the next
   READDIR lists again from its offset instead of ending the directory early.
 - Only the entries from the last READDIR's offset on are kept (the one that did not fit,
-  the ones served since), never the directory.
+  the ones served since: the kernel may ask again from inside them), never the
+  directory, and kept as listed (a name and a reference to its cached attributes);
+  ``render`` makes the stat dict only when an entry is handed out.
 
 Lock: ``_lock`` (a leaf) serialises the READDIRs of one handle; the kernel sends them
 one at a time already.
@@ -27,8 +29,9 @@ _END = object()
 
 
 class DirStream:
-    def __init__(self, open_entries: Callable[[], Iterator]):
-        self._open = open_entries          # () -> iterator of (name, attrs)
+    def __init__(self, open_entries: Callable[[], Iterator], render: Callable = lambda entry: entry):
+        self._open = open_entries          # () -> iterator of (name, entry)
+        self._render = render              # entry -> what ``take`` gets
         self._lock = threading.Lock()
         self._entries: Optional[Iterator] = None
         self._base = 0                     # offset of _window[0]
@@ -58,14 +61,14 @@ class DirStream:
         i = 0
         while True:
             if i < len(self._window):
-                name, attrs = self._window[i]
+                name, entry = self._window[i]
             else:
                 item = next(self._entries, _END)
                 if item is _END:
                     return
                 self._window.append(item)
-                name, attrs = item
-            if not take(name, attrs, self._base + i + 1):
+                name, entry = item
+            if not take(name, self._render(entry), self._base + i + 1):
                 return
             i += 1
 

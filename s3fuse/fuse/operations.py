@@ -64,15 +64,25 @@ def stat_dict(attr) -> dict:
     }
 
 
-def _stat_entries(path, first, entries):
-    """(name, stat dict) pairs: {"st_mode": ...} only where the exact attributes are not known."""
+def _entry_stat(entry) -> dict:
+    """A readdir entry (an exact ``Attr``, or only a file type) as fusepy's stat dict."""
+    return {"st_mode": entry} if isinstance(entry, int) else stat_dict(entry)
+
+
+def _checked_entries(path, entries):
+    """``entries`` with any exception raised while listing turned into its errno."""
     try:
-        for name, entry in itertools.chain((first,) if first is not None else (), entries):
-            yield name, ({"st_mode": entry} if isinstance(entry, int) else stat_dict(entry))
+        yield from entries
     except FuseOSError:
         raise
     except Exception as exc:
         raise FuseOSError(boundary.to_errno("readdir", (path,), exc)) from None
+
+
+def _stat_entries(path, first, entries):
+    """(name, stat dict) pairs of ``first`` and then ``entries``."""
+    for name, entry in _checked_entries(path, itertools.chain((first,) if first is not None else (), entries)):
+        yield name, _entry_stat(entry)
 
 
 def statfs_dict(s) -> dict:
@@ -117,7 +127,7 @@ class S3FuseOperations(Operations):
         """A handle of its own per open directory: its READDIRs go on where the last
         one stopped (``dirstream``)."""
         fh = next(self._dir_ids)
-        self._dirs[fh] = DirStream(functools.partial(self._entries, path))
+        self._dirs[fh] = DirStream(functools.partial(self._entries, path), _entry_stat)
         return fh
 
     def releasedir(self, path, fh):
@@ -138,11 +148,11 @@ class S3FuseOperations(Operations):
         ``take(name, stat dict, next offset)`` until it answers False (buffer full)."""
         stream = self._dirs.get(fh)
         if stream is None:                # not opened through opendir: list it whole
-            stream = DirStream(functools.partial(self._entries, path))
+            stream = DirStream(functools.partial(self._entries, path), _entry_stat)
         stream.serve(offset, take)
 
     def _entries(self, path):
-        return _stat_entries(path, None, self.fs.readdir(path))
+        return _checked_entries(path, self.fs.readdir(path))
 
     def readlink(self, path):
         return self.fs.readlink(path)
