@@ -109,11 +109,12 @@ while time.monotonic() < deadline:
             os.rename(os.path.join(root, a), os.path.join(root, b))
         done[op] = done.get(op, 0) + 1
     except OSError as exc:
-        if exc.errno == errno.ESTALE and op == "chmod":
+        if exc.errno == errno.ESTALE and op in ("chmod", "append", "patch"):
             # the name was replaced by a rename between the kernel's lookup and the
-            # SETATTR (twice: the kernel retries once): libfuse's path-based API has no
-            # path for the old node (docs/SEMANTICS.md); the mode check at the end holds
-            done["chmod_stale"] = done.get("chmod_stale", 0) + 1
+            # SETATTR or OPEN (twice: the kernel retries once): libfuse's path-based API
+            # has no path for the old node (docs/SEMANTICS.md); nothing was changed, and
+            # the checks at the end hold
+            done[op + "_stale"] = done.get(op + "_stale", 0) + 1
         elif exc.errno != errno.ENOENT:     # another worker renamed the name away: expected
             errors.append(f"{op} {a} {b}: {errno.errorcode.get(exc.errno, exc.errno)} {exc}")
 print(json.dumps({"done": done, "errors": errors}))
