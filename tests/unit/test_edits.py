@@ -189,12 +189,25 @@ def test_small_object_keeps_the_single_put(world):
     f.discard()
 
 
-def test_interrupted_edit_resumes_without_copying_again(world, tmp_path):
-    c = world.client
+def _appended_80_mib(world):
+    """An OpenFile of an 80 MiB object "big" with b"tail" appended: (file, old bytes)."""
     old = os.urandom(80 * MiB)
     world.seed("big", old)
     f = world.open("big")
     f.write(len(old), b"tail")
+    return f, old
+
+
+def _resume_from_journal(world, tmp_path):
+    """What the next mount does: sort the journal out, resume its one closed record."""
+    world.client.calls.clear()
+    closed, _ = recovery.sort_out(Journal(world.journal.dir), str(world.staging), str(tmp_path / "recovery"))
+    recovery.resume(world.uploader, world.journal, closed[0])
+
+
+def test_interrupted_edit_resumes_without_copying_again(world, tmp_path):
+    c = world.client
+    f, old = _appended_80_mib(world)
     copies = []
 
     def fail_after_two(method, detail):
@@ -211,9 +224,7 @@ def test_interrupted_edit_resumes_without_copying_again(world, tmp_path):
     [rec] = world.journal.entries()
     assert rec.state == CLOSED and len([n for n, s, e, cp in rec.plan if cp and str(n) in rec.parts]) == 2
     c.fail_when = None
-    c.calls.clear()
-    closed, _ = recovery.sort_out(Journal(world.journal.dir), str(world.staging), str(tmp_path / "recovery"))
-    recovery.resume(world.uploader, world.journal, closed[0])
+    _resume_from_journal(world, tmp_path)
     assert c.objects["big"][0] == old + b"tail"
     n_copies = sum(1 for p in rec.plan if p[3])
     assert c.count("upload_part_copy") == n_copies - 2, "the two finished copies were not made again"
@@ -226,10 +237,7 @@ def test_a_copy_made_but_not_recorded_is_kept_on_resume(tmp_path):
     and does not copy it again."""
     world = World(tmp_path, threads=1)
     c = world.client
-    old = os.urandom(80 * MiB)
-    world.seed("big", old)
-    f = world.open("big")
-    f.write(len(old), b"tail")
+    f, old = _appended_80_mib(world)
     made = []
     real_copy = c.upload_part_copy
 
@@ -248,9 +256,7 @@ def test_a_copy_made_but_not_recorded_is_kept_on_resume(tmp_path):
     recorded = [n for n, s, e, cp in rec.plan if cp and str(n) in rec.parts]
     assert len(recorded) == 2
     c.upload_part_copy = real_copy
-    c.calls.clear()
-    closed, _ = recovery.sort_out(Journal(world.journal.dir), str(world.staging), str(tmp_path / "recovery"))
-    recovery.resume(world.uploader, world.journal, closed[0])
+    _resume_from_journal(world, tmp_path)
     assert c.objects["big"][0] == old + b"tail"
     n_copies = sum(1 for p in rec.plan if p[3])
     assert c.count("upload_part_copy") == n_copies - len(recorded) - 1, "the unrecorded copy was kept"
