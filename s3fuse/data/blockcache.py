@@ -37,7 +37,6 @@ served.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import queue
@@ -49,119 +48,14 @@ import cachetools
 import diskcache
 
 from .. import errors
+from .valuefiles import CacheFile, WholeWriteDisk, sweep_orphans
 
 log = logging.getLogger(__name__)
-
-
-def expected_size(filename: str) -> Optional[int]:
-    """The length a value file was written with ('ab/cdef...-4194304.val'), None for
-    names without it (caches written before the length was recorded)."""
-    stem = os.path.basename(filename)[:-len(".val")]
-    _, dash, size = stem.rpartition("-")
-    return int(size) if dash and size.isdigit() else None
-
-
-class WholeWriteDisk(diskcache.Disk):
-    """Value files for blocks.  diskcache writes a bytes value by iterating an io.BytesIO,
-    i.e. line by line (one write() per 256 bytes of random data), and calls makedirs
-    before every file; this writes the value at once into one of 256 directories.  The
-    file name carries the value's length, checked by ``fetch``."""
-
-    _bad = threading.local()   # the last fetch of this thread found a short or missing file
-
-    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
-        name = os.urandom(16).hex()
-        size = f"-{len(value)}" if isinstance(value, (bytes, bytearray)) else ""
-        filename = os.path.join(name[:2], name[2:] + size + ".val")
-        return filename, os.path.join(self._directory, filename)
-
-    def fetch(self, mode, filename, value, read):
-        self._bad.file = None
-        try:
-            data = super().fetch(mode, filename, value, read)
-        except FileNotFoundError:
-            self._bad.file = filename
-            raise
-        if mode == diskcache.core.MODE_BINARY:
-            want = expected_size(filename)
-            got = os.fstat(data.fileno()).st_size if read else len(data)
-            if want is not None and got != want:
-                if read:
-                    data.close()
-                self._bad.file = filename
-                raise IOError(f"{filename}: {got} bytes, written with {want}")
-        return data
-
-    def take_bad(self) -> Optional[str]:
-        """The value file the last fetch of this thread found torn or missing (once)."""
-        bad, self._bad.file = getattr(self._bad, "file", None), None
-        return bad
-
-    def store(self, value, read, key=diskcache.core.UNKNOWN):
-        if type(value) is bytearray and len(value) >= self.min_file_size:
-            # a block from a transport GET: a file like bytes (diskcache would pickle it)
-            filename, full_path = self.filename(key, value)
-            self._write(full_path, [value], "xb")
-            return len(value), diskcache.core.MODE_BINARY, filename, None
-        return super().store(value, read, key)
-
-    def _write(self, full_path, iterator, mode, encoding=None):
-        chunks = [iterator.getvalue()] if isinstance(iterator, io.BytesIO) else iterator
-        try:
-            f = open(full_path, mode, encoding=encoding)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            f = open(full_path, mode, encoding=encoding)
-        size = 0
-        try:
-            with f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    f.write(chunk)      # buffered: the whole chunk, or an exception
-        except BaseException:
-            # a full disk: no row will name this file, and a cut file must not stay behind
-            try:
-                os.remove(full_path)
-            except OSError:
-                pass
-            raise
-        return size
 
 
 def _disk_full(exc: BaseException) -> bool:
     """ENOSPC from a value file, or sqlite's own word for it."""
     return errors.is_no_space(exc) or "disk is full" in str(exc)
-
-
-def value_files(cache: diskcache.Cache) -> tuple:
-    """(files the rows name, value files on disk): relative paths.  Rows first, so a file
-    written between the two looks like an orphan only if its row is not committed yet."""
-    # diskcache has no public call for the file names of its rows (Cache.check would
-    # "fix" a short file by updating its row's size, i.e. serve it): its _sql, 5.x schema
-    named = {row[0] for row in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-    found = set()
-    with os.scandir(cache.directory) as top:
-        for sub in top:
-            if len(sub.name) == 2 and sub.is_dir(follow_symlinks=False):
-                with os.scandir(sub.path) as files:
-                    found.update(f"{sub.name}/{f.name}" for f in files if f.name.endswith(".val"))
-    return {n.replace(os.sep, "/") for n in named}, found
-
-
-def sweep_orphans(cache: diskcache.Cache) -> int:
-    """Remove value files no row names: a kill between writing a file and committing its
-    row (or between a cull's commit and its file removals) leaves them, invisible to the
-    size limit.  Runs in the writer thread before its first write, and one process holds
-    a cache_dir (``fs.cachedir.lock_cache_dir``), so no file here is a write in progress."""
-    named, found = value_files(cache)
-    removed = 0
-    for name in found - named:
-        try:
-            os.remove(os.path.join(cache.directory, name))
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 class BlockCache:
@@ -254,17 +148,31 @@ class BlockCache:
         if pool is None and part is None:
             return self._cache.get(k)
         f = self._cache.get(k, read=True)
-        if f is None or isinstance(f, (bytes, bytearray)):     # a small value kept in sqlite
+        if not isinstance(f, CacheFile):     # None, or a small value kept in sqlite
             return f if f is None or part is None else memoryview(f)[part[0]:part[1]]
-        with f:
-            if part is not None:
-                return os.pread(f.fileno(), part[1] - part[0], part[0])
-            if os.fstat(f.fileno()).st_size == pool.size:
-                buf = pool.get()
-                if f.readinto(buf) == pool.size:
-                    return buf
-                f.seek(0)
-            return f.read()
+        if part is not None:
+            return f.pread(part[1] - part[0], part[0])
+        if f.size == pool.size:
+            buf = pool.get()
+            if f.readinto(buf) == pool.size:
+                return buf
+        return f.pread(f.size, 0)
+
+    def open_block(self, key: str, etag: str, index: int):
+        """Block ``index`` unread: its buffer if it is in memory, its value file opened
+        (``CacheFile``: libfuse reads the bytes itself) if it is on disk, else None."""
+        k = self._k(key, etag, index)
+        with self._lock:
+            data = self._pending.get(k) or self._recent.get(k)
+            gone = k in self._gone
+        if data is None and not gone:
+            data = self._cache.get(k, read=True)
+            if data is None and self._cache.disk.take_bad() is not None:
+                self._forget_torn(k)
+        if data is not None:
+            with self._lock:
+                self.hits += 1          # a miss is counted by the ``get`` that follows it
+        return data
 
     def contains(self, key: str, etag: str, index: int) -> bool:
         k = self._k(key, etag, index)

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import errors
+from .valuefiles import CacheFile
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,13 @@ class BlockFetcher:
             return None
         return self.cache.get(obj.key, obj.etag, index, part=(lo, hi))
 
+    def open_block(self, obj: PinnedObject, index: int):
+        """Block ``index`` unread (``BlockCache.open_block``: a buffer, an opened
+        ``CacheFile``, or None), None too while a fetch of it is in flight."""
+        if self.in_flight(obj, index):
+            return None
+        return self.cache.open_block(obj.key, obj.etag, index)
+
     def in_flight(self, obj: PinnedObject, index: int) -> bool:
         with self._lock:
             return (obj.key, obj.etag, index) in self._inflight
@@ -198,6 +206,7 @@ class Reader:
         self._window = 0
         self._ahead_upto = -1      # highest block index already handed to prefetch
         self._current = (-1, b"")  # the last block served, kept for the next small read
+        self._file = (-1, None)    # the cache file of the last block served unread (regions)
         self._touched: dict = {}   # block index -> random reads seen (small-read policy)
         self._random = 0           # random reads of this handle (the whole-object fill)
         self._fill_next = -1       # the next block the fill hands to prefetch (-1: no fill)
@@ -206,6 +215,7 @@ class Reader:
     def forget_current(self) -> int:
         index, data = self._current
         self._current = (-1, b"")
+        self._file = (-1, None)
         return len(data) if index >= 0 else 0
 
     def read(self, offset: int, size: int) -> bytes:
@@ -216,11 +226,13 @@ class Reader:
             return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def read_pieces(self, offset: int, size: int) -> list:
+    def read_pieces(self, offset: int, size: int, regions: bool = False) -> list:
         """The bytes at [offset, offset + size) as a list of buffers in order, one per block
         touched (blocks or views of them, never copies): the FUSE adapter copies each into
         libfuse's buffer.  The kernel's 1 MiB requests start half a block in, so most
-        sequential reads span two blocks, and joining them would copy 1 MiB under the GIL."""
+        sequential reads span two blocks, and joining them would copy 1 MiB under the GIL.
+        With ``regions``, a block cached on disk comes as a ``FileRegion`` of its file, not
+        read at all: libfuse reads it from the file itself (fuse/bufvec.py)."""
         obj = self.obj
         if offset >= obj.size or size <= 0:
             return []
@@ -274,7 +286,12 @@ class Reader:
         for index in range(first, last + 1):
             lo = max(offset, index * bs) - index * bs
             hi = min(end, (index + 1) * bs) - index * bs
-            if not sequential and hi - lo < bs and self._current[0] != index:
+            if regions and self._current[0] != index:
+                piece = self._unread(index, lo, hi)
+                if piece is not None:
+                    pieces.append(piece)
+                    continue
+            elif not sequential and hi - lo < bs and self._current[0] != index:
                 part = self.fetcher.cached_part(obj, index, lo, hi)
                 if part is not None:
                     pieces.append(part)
@@ -313,6 +330,22 @@ class Reader:
         hi = min(obj.size, -(-end // self.PIECE_ALIGN) * self.PIECE_ALIGN)
         data = self.fetcher.fetch_piece(obj, lo, hi)
         return data[offset - lo:end - lo]
+
+    def _unread(self, index: int, lo: int, hi: int):
+        """Bytes [lo, hi) of cached block ``index`` unread: a region of its cache file (the
+        file is kept for the next read of the same block), or a view of it in memory; None
+        if it is not cached."""
+        held_index, held = self._file
+        if held_index != index:
+            held = self.fetcher.open_block(self.obj, index)
+            if held is None:
+                return None
+            if not isinstance(held, CacheFile):
+                return memoryview(held)[lo:hi] if (lo, hi) != (0, len(held)) else held
+            self._file = (index, held)
+        if hi > held.size:
+            return None
+        return held.region(lo, hi)
 
     def _block(self, index: int) -> bytes:
         cur_index, cur_data = self._current

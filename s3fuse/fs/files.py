@@ -273,14 +273,15 @@ class FileOps:
             return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def read_pieces(self, fh: int, size: int, offset: int) -> list:
+    def read_pieces(self, fh: int, size: int, offset: int, regions: bool = False) -> list:
         """``read`` as a list of buffers in order (views of cached blocks, no copies): what
-        the FUSE adapter copies into libfuse's buffer piece by piece."""
+        the FUSE adapter copies into libfuse's buffer piece by piece.  ``regions``: blocks
+        cached on disk may come as ``FileRegion``s, read by libfuse (not with -o verify)."""
         handle = self.handles.get(fh)
         if handle.file is not None:
             return [handle.file.read(offset, size)]
         try:
-            pieces = handle.reader.read_pieces(offset, size)
+            pieces = handle.reader.read_pieces(offset, size, regions and handle.verify is None)
         except errors.ObjectChanged:
             # The object changed on the server since open: the next open must look again.
             self.cache.invalidate(handle.path)

@@ -17,11 +17,16 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
     import fuse as _fuse
     BINDING = "fusepy"
 
-from . import boundary  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
+from . import boundary, bufvec  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
 from .. import errors  # noqa: E402
 from ..meta.attrs import xattr_name_stored  # noqa: E402
 
 _NOT_STORED = errors.errno_of(errors.NotSupported())
+
+# read_buf with fd buffers (fuse/bufvec.py) where the struct layout is known: libfuse 3.0-3.16.
+# S3FUSE_READ_BUF=0 keeps plain read (a comparison, or a kernel whose splice misbehaves).
+READ_BUF = (bufvec.layout_known(getattr(_fuse, "fuse_version_major", 2), getattr(_fuse, "fuse_version_minor", 0))
+            and os.environ.get("S3FUSE_READ_BUF", "1") != "0")
 
 _thread_pinned = threading.local()
 
@@ -124,6 +129,24 @@ class FUSE(_fuse.FUSE):
             ctypes.memmove(at + done, piece, n)
             done += n
         return done
+
+    if READ_BUF:
+        @_guarded
+        def read_buf(self, path, bufpp, size, offset, fip):
+            """read, answered as a fuse_bufvec: blocks cached on disk go to libfuse as fd
+            buffers of their cache files, which libfuse reads (or splices) itself."""
+            fh = fip.contents if self.raw_fi else fip.contents.fh
+            pieces = self.operations.read_buf(None if path is None else path.decode(self.encoding, self.errors),
+                                              size, offset, fh)
+            return bufvec.answer(bufpp, pieces or [], size)
+
+        def init_fuse_3(self, conn, config):
+            """Splice writes on: libfuse then moves an fd buffer's pages to /dev/fuse without
+            copying them through its own memory (it falls back to pread where a pipe
+            cannot hold a whole reply)."""
+            if conn and conn.contents.capable & bufvec.FUSE_CAP_SPLICE_WRITE:
+                conn.contents.want |= bufvec.FUSE_CAP_SPLICE_WRITE
+            return super().init_fuse_3(conn, config)
 
     @_guarded
     def write(self, path, buf, size, offset, fip):

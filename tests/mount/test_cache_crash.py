@@ -21,7 +21,8 @@ import time
 
 import diskcache
 
-from s3fuse.data.blockcache import BlockCache, WholeWriteDisk, value_files
+from s3fuse.data.blockcache import BlockCache
+from s3fuse.data.valuefiles import WholeWriteDisk, value_files
 
 from ..support.mounts import REPO, cleanup_dead_mount
 from ..support.probes import daemon_stats, kill_daemon, wait_for

@@ -11,13 +11,16 @@ import random
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 
+from s3fuse.fuse.binding import READ_BUF
+
 from ..support.mounts import MOUNT_HELPER
-from ..support.probes import daemon_stats, delta, put_many, requests, s3fs_meta
+from ..support.probes import daemon_stats, delta, put_many, requests, s3fs_meta, wait_for
 
 N_MANY = 2300
 BIG = 24 << 20
@@ -323,6 +326,64 @@ def test_big_object_sequential_read(big_object, mounter):
     with open(m.p("big.bin"), "rb") as f:
         assert hashlib.md5(f.read()).hexdigest() == md5.hexdigest()
     assert daemon_stats(m)["requests"]["get_object"] == before
+
+
+def _value_files_open(pid: int) -> int:
+    """How many of the daemon's descriptors are block cache value files."""
+    fds = f"/proc/{pid}/fd"
+    count = 0
+    for fd in os.listdir(fds):
+        try:
+            count += os.readlink(os.path.join(fds, fd)).endswith(".val")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.server_group("big-object")
+@pytest.mark.skipif(not READ_BUF, reason="read_buf needs libfuse 3.0-3.16")
+def test_reads_from_the_disk_cache_go_to_libfuse_as_files_and_close_them(big_object, mounter):
+    """Blocks on the cache disk are handed to libfuse as fd buffers of their value files
+    (read_buf), read by four threads at once after the page cache was dropped: the bytes
+    are right, the daemon does hold value files open while handles read (the path was
+    taken), and the descriptors are closed again (bounded by libfuse's worker threads)."""
+    name, data = big_object
+    m = mounter(name, name="fdbufs", options=("max_memory=16M",))   # 4 MiB of blocks in memory
+    with open(m.p("big.bin"), "rb") as f:
+        assert hashlib.md5(f.read()).hexdigest() == hashlib.md5(data).hexdigest()
+    pid = m.daemon_pid()
+    wait_for(lambda: daemon_stats(m)["cache"]["bytes"] >= BIG - MIB, 30, "the blocks written to the cache disk")
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+    fetched = daemon_stats(m)["bytes_fetched"]
+    errors_seen, held_while_open = [], []
+
+    def reader(seed):
+        rng = random.Random(seed)
+        fd = os.open(m.p("big.bin"), os.O_RDONLY)
+        try:
+            for i in range(150):
+                off = rng.randrange(BIG)
+                size = rng.choice([4096, 200_000, MIB, 3 * MIB])
+                if os.pread(fd, size, off) != data[off:off + size]:
+                    errors_seen.append((seed, off, size))
+            held_while_open.append(_value_files_open(pid))
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors_seen == [], f"wrong bytes: {errors_seen[:5]}"
+    assert max(held_while_open) >= 1, "no value file open: the reads did not take the fd path"
+    assert daemon_stats(m)["bytes_fetched"] == fetched, "all from the cache disk, no GET"
+    for i in range(40):                         # many more reads on fresh handles
+        with open(m.p("big.bin"), "rb") as f:
+            f.seek(i * 512 * 1024)
+            f.read(MIB)
+    assert _value_files_open(pid) <= 24, "value files left open: at most one read's per worker thread"
 
 
 def test_prefix_mount(s3, bucket, mounter):

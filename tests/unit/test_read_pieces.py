@@ -3,6 +3,8 @@ join), and the FUSE adapter copies the pieces into libfuse's buffer in order."""
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import os
 import random
 
 import pytest
@@ -10,7 +12,9 @@ import pytest
 from s3fuse import errors
 from s3fuse.data.blockcache import BlockCache
 from s3fuse.data.reader import BlockFetcher, PinnedObject, Reader
-from s3fuse.fuse.binding import FUSE
+from s3fuse.data.valuefiles import CacheFile, FileRegion
+from s3fuse.fuse import bufvec as bufvec_module
+from s3fuse.fuse.binding import FUSE, LIBFUSE_MAJOR, LIBFUSE_MINOR
 
 from ..support.fakes import FakeS3
 
@@ -118,3 +122,98 @@ def test_a_random_read_from_the_cache_reads_only_its_part(tmp_path):
     assert len(client.details("get_range")) == n, "served from the cache file"
     fetcher.close()
     cache.close()
+
+
+# ---------------------------------------------------------------------------------------
+# read_buf: blocks cached on disk go to libfuse as fd buffers of their cache files
+# ---------------------------------------------------------------------------------------
+def test_with_regions_a_block_on_disk_is_a_region_of_its_file_not_read(tmp_path):
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, 0)
+    assert reader.read(0, 4 * BS) == data[:4 * BS]               # blocks 0-3 cached
+    cache.flush()
+    cache._recent.clear()                                       # on disk only
+    reader.forget_current()
+    pieces = reader.read_pieces(BS // 2, 2 * BS, regions=True)
+    assert [type(p) for p in pieces] == [FileRegion] * 3, "one region per block, none read"
+    assert [(p.pos, p.size) for p in pieces] == [(BS // 2, BS // 2), (0, BS), (0, BS // 2)]
+    assert b"".join(p.tobytes() for p in pieces) == data[BS // 2:BS // 2 + 2 * BS]
+    again = reader.read_pieces(2 * BS + BS // 2, 100, regions=True)
+    assert again[0].file is pieces[2].file, "the file of the last block is kept for the next read"
+    n = len(client.details("get_range"))
+    uncached = reader.read_pieces(10 * BS, 100, regions=True)   # not cached: fetched, memory
+    assert b"".join(bytes(p) for p in uncached) == data[10 * BS:10 * BS + 100]
+    assert len(client.details("get_range")) > n
+    fetcher.close()
+    cache.close()
+
+
+def test_a_region_keeps_its_file_open_after_an_eviction_removed_it(tmp_path):
+    """A value file is never rewritten: a region still reads its bytes after the block was
+    evicted, and the descriptor is closed when the last reference goes."""
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, 0)
+    reader.read(0, BS)
+    cache.flush()
+    cache._recent.clear()
+    reader.forget_current()
+    region = reader.read_pieces(0, BS, regions=True)[0]
+    fd = region.fd
+    reader.forget_current()
+    cache.clear()                                               # the file is gone from the disk
+    assert region.tobytes() == data[:BS]
+    del region
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    fetcher.close()
+    cache.close()
+
+
+_libfuse3 = ctypes.util.find_library("fuse3")
+
+
+@pytest.mark.skipif(not (_libfuse3 and bufvec_module.layout_known(LIBFUSE_MAJOR, LIBFUSE_MINOR)),
+                    reason="needs libfuse 3.0-3.16")
+def test_the_bufvec_is_read_by_libfuse_itself_in_order(tmp_path):
+    """The vector is copied by libfuse 3's own fuse_buf_copy (what its reply does without
+    splice): the struct layout, fd buffers with their positions, and memory buffers."""
+    lib = ctypes.CDLL(_libfuse3)
+    lib.fuse_buf_size.restype = ctypes.c_size_t
+    lib.fuse_buf_size.argtypes = [ctypes.c_void_p]
+    lib.fuse_buf_copy.restype = ctypes.c_ssize_t
+    lib.fuse_buf_copy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    content = random.Random(11).randbytes(3 * BS)
+    path = tmp_path / "value"
+    path.write_bytes(content)
+    file = CacheFile(os.open(path, os.O_RDONLY), len(content))
+    block = bytearray(random.Random(12).randbytes(1000))
+    pieces = [b"head", file.region(BS, 2 * BS + 10), memoryview(block)[10:500],
+              memoryview(bytes(block))[:7], file.region(5, 9)]
+    want = b"head" + content[BS:2 * BS + 10] + bytes(block[10:500]) + bytes(block[:7]) + content[5:9]
+    bufpp = ctypes.c_void_p()
+    assert bufvec_module.answer(ctypes.byref(bufpp), pieces, len(want)) == 0
+    assert lib.fuse_buf_size(bufpp) == len(want)
+    out = ctypes.create_string_buffer(len(want))
+    dst = bufvec_module._vector_type(1)(count=1)
+    dst.buf[0].size, dst.buf[0].mem = len(want), ctypes.addressof(out)
+    assert lib.fuse_buf_copy(ctypes.byref(dst), bufpp, 0) == len(want)
+    assert out.raw == want
+    vector = bufvec_module._vector_type(len(pieces)).from_address(bufpp.value)
+    for i in range(vector.count):                              # what libfuse frees after its reply
+        if not vector.buf[i].flags & bufvec_module.FUSE_BUF_IS_FD:
+            bufvec_module._libc.free(vector.buf[i].mem)
+    bufvec_module._libc.free(bufpp.value)
+    fd = file.fd
+    del file, pieces
+    os.fstat(fd)                                                # held until the next answer
+    empty = ctypes.c_void_p()
+    bufvec_module.answer(ctypes.byref(empty), [], 10)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert lib.fuse_buf_size(empty) == 0
+    bufvec_module._libc.free(empty.value)
+
+
+def test_an_answer_longer_than_the_request_fails_and_sets_nothing():
+    bufpp = ctypes.c_void_p()
+    with pytest.raises(errors.FsError):
+        bufvec_module.answer(ctypes.byref(bufpp), [b"x" * 8, b"y" * 8], 10)
+    assert bufpp.value is None

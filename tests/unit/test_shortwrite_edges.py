@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 
 from s3fuse import errors
-from s3fuse.data import blockcache as blockcache_module
+from s3fuse.data import valuefiles as valuefiles_module
 from s3fuse.data.blockcache import BlockCache
 from s3fuse.data.diskspace import DiskSpace, pwrite_all, write_file
 from s3fuse.data.reader import BlockFetcher, PinnedObject
@@ -335,13 +335,13 @@ class TestBlockCache:
             def __exit__(self, *exc):
                 self.f.close()
 
-        monkeypatch.setattr(blockcache_module, "open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
+        monkeypatch.setattr(valuefiles_module, "open", lambda *a, **k: FullFile(real_open(*a, **k)), raising=False)
         cache = BlockCache(str(tmp_path / "blocks"), 1 << 30, "b")
         try:
             cache.put("obj", "etag", 0, bytearray(os.urandom(MiB)))
             assert cache.flush(10)
             assert cache.not_cached == 1
-            named, found = blockcache_module.value_files(cache._cache)
+            named, found = valuefiles_module.value_files(cache._cache)
             assert named == set() and found == set(), "no cut value file left behind"
         finally:
             cache.close()
@@ -368,7 +368,7 @@ class TestBlockCache:
         try:
             fill_cache(cache, 6)
             assert cache.not_cached == 6 and cache.volume() < MiB
-            named, found = blockcache_module.value_files(cache._cache)
+            named, found = valuefiles_module.value_files(cache._cache)
             assert found == set()
         finally:
             cache.close()
