@@ -74,6 +74,10 @@ class BlockCache:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._recent = cachetools.FIFOCache(maxsize=max(memory, 1), getsizeof=len)
+        # value files opened for reads, by block: a hit on one is no sqlite query and no
+        # open().  Safe after an eviction (a value file is never rewritten: the descriptor
+        # reads the block's bytes); ``drop`` and ``clear`` forget them (-o verify).
+        self._open_files = cachetools.LRUCache(maxsize=self.OPEN_FILES)
         self._pending: dict = {}
         self._max_pending = max_pending
         self._queue: queue.Queue = queue.Queue()
@@ -90,6 +94,8 @@ class BlockCache:
         # the writer starts last: its first pass sets ``orphans`` (it was reset after it ran)
         self._writer = threading.Thread(target=self._write_loop, name="block-writer", daemon=True)
         self._writer.start()
+
+    OPEN_FILES = 64
 
     def _k(self, key: str, etag: str, index: int) -> str:
         return f"{self._bucket}\0{key}\0{etag}\0{index}"
@@ -136,6 +142,7 @@ class BlockCache:
             k = self._k(key, etag, index)
             with self._lock:
                 self._recent.pop(k, None)
+                self._open_files.pop(k, None)
             try:
                 dropped += bool(self._cache.delete(k))
             except Exception:
@@ -159,16 +166,24 @@ class BlockCache:
         return f.pread(f.size, 0)
 
     def open_block(self, key: str, etag: str, index: int):
-        """Block ``index`` unread: its buffer if it is in memory, its value file opened
-        (``CacheFile``: libfuse reads the bytes itself) if it is on disk, else None."""
+        """Block ``index`` unread: its value file opened (``CacheFile``: libfuse reads the
+        bytes itself, no copy in the interpreter) if it is on disk, else its buffer if it
+        is in memory, else None.  A block in memory that is on disk too comes as its file:
+        its page cache is warm, and a region costs the read callback less than a copy."""
         k = self._k(key, etag, index)
         with self._lock:
-            data = self._pending.get(k) or self._recent.get(k)
+            data = self._pending.get(k) or self._open_files.get(k)
             gone = k in self._gone
         if data is None and not gone:
             data = self._cache.get(k, read=True)
-            if data is None and self._cache.disk.take_bad() is not None:
+            if isinstance(data, CacheFile):
+                with self._lock:
+                    self._open_files[k] = data
+            elif data is None and self._cache.disk.take_bad() is not None:
                 self._forget_torn(k)
+        if data is None:
+            with self._lock:
+                data = self._recent.get(k)    # not stored: the disk had no room
         if data is not None:
             with self._lock:
                 self.hits += 1          # a miss is counted by the ``get`` that follows it
@@ -177,7 +192,7 @@ class BlockCache:
     def contains(self, key: str, etag: str, index: int) -> bool:
         k = self._k(key, etag, index)
         with self._lock:
-            if k in self._pending or k in self._recent:
+            if k in self._pending or k in self._recent or k in self._open_files:
                 return True
         return k in self._cache
 
@@ -300,6 +315,8 @@ class BlockCache:
                     if self._delete_row(key, filename):
                         freed += size or 0
                         deleted += 1
+                        with self._lock:     # its open descriptor would keep the space taken
+                            self._open_files.pop(key, None)
                 with self._lock:
                     self.evicted += deleted
                 if not deleted:
@@ -346,6 +363,7 @@ class BlockCache:
         self.flush()
         with self._lock:
             self._recent.clear()
+            self._open_files.clear()
         self._cache.clear()
 
     def volume(self) -> int:

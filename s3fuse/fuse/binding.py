@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
 from . import boundary, bufvec  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
 from .. import errors  # noqa: E402
 from ..meta.attrs import xattr_name_stored  # noqa: E402
+from ..data.valuefiles import FileRegion  # noqa: E402
 
 _NOT_STORED = errors.errno_of(errors.NotSupported())
 
@@ -110,7 +111,8 @@ class FUSE(_fuse.FUSE):
     def read(self, path, buf, size, offset, fip):
         """As fusepy's, but the answer is any buffer (bytes, bytearray, memoryview) or a list
         of them in order: each is copied into libfuse's buffer once (ctypes.memmove, which
-        releases the GIL), never sliced or joined first."""
+        releases the GIL), never sliced or joined first.  A ``FileRegion`` (a block on the
+        cache disk, where ``read_buf`` is not used) is preadv'd straight into it."""
         fh = fip.contents if self.raw_fi else fip.contents.fh
         data = self.operations.read(None if path is None else path.decode(self.encoding, self.errors),
                                     size, offset, fh)
@@ -120,9 +122,15 @@ class FUSE(_fuse.FUSE):
         at = ctypes.cast(buf, ctypes.c_void_p).value
         done = 0
         for piece in pieces:
-            n = len(piece) if type(piece) is bytes else memoryview(piece).nbytes
+            n = len(piece) if type(piece) in (bytes, FileRegion) else memoryview(piece).nbytes
             if done + n > size:
                 raise errors.FsError(f"read of {size} bytes answered {done + n}")
+            if type(piece) is FileRegion:
+                got = os.preadv(piece.fd, [(ctypes.c_char * n).from_address(at + done)], piece.pos)
+                if got != n:
+                    raise errors.FsError(f"cache file read {got} of {n} bytes")
+                done += n
+                continue
             if type(piece) is not bytes:
                 view = memoryview(piece)
                 piece = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)

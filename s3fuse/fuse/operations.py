@@ -174,7 +174,7 @@ class S3FuseOperations(Operations):
     def read(self, path, size, offset, fi):
         """A list of buffers (``Filesystem.read_pieces``): ``binding.FUSE.read`` copies
         them into libfuse's buffer one after the other."""
-        return self.fs.read_pieces(fi.fh, size, offset)
+        return self.fs.read_pieces(fi.fh, size, offset, regions=True)
 
     if READ_BUF:
         def read_buf(self, path, size, offset, fi):

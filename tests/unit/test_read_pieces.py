@@ -196,7 +196,8 @@ def test_the_bufvec_is_read_by_libfuse_itself_in_order(tmp_path):
     dst.buf[0].size, dst.buf[0].mem = len(want), ctypes.addressof(out)
     assert lib.fuse_buf_copy(ctypes.byref(dst), bufpp, 0) == len(want)
     assert out.raw == want
-    vector = bufvec_module._vector_type(len(pieces)).from_address(bufpp.value)
+    vector = bufvec_module._vector_type(4).from_address(bufpp.value)   # head, region, 3 memory, region
+    assert vector.count == 4, "a run of memory pieces is one buffer"
     for i in range(vector.count):                              # what libfuse frees after its reply
         if not vector.buf[i].flags & bufvec_module.FUSE_BUF_IS_FD:
             bufvec_module._libc.free(vector.buf[i].mem)
@@ -217,3 +218,29 @@ def test_an_answer_longer_than_the_request_fails_and_sets_nothing():
     with pytest.raises(errors.FsError):
         bufvec_module.answer(ctypes.byref(bufpp), [b"x" * 8, b"y" * 8], 10)
     assert bufpp.value is None
+
+
+def test_the_plain_fuse_read_preads_a_region_into_libfuses_buffer(tmp_path):
+    content = random.Random(13).randbytes(BS)
+    path = tmp_path / "value"
+    path.write_bytes(content)
+    file = CacheFile(os.open(path, os.O_RDONLY), len(content))
+    n, got = _fuse_read([b"ab", file.region(100, 5000), b"cd"], 6000)
+    assert (n, got) == (4904, b"ab" + content[100:5000] + b"cd")
+
+
+def test_an_opened_value_file_serves_the_next_reads_of_its_block_without_sqlite(tmp_path):
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, 0)
+    reader.read(0, 2 * BS)
+    cache.flush()
+    cache._recent.clear()
+    queries = []
+    real_get = cache._cache.get
+    cache._cache.get = lambda *a, **k: queries.append(a[0]) or real_get(*a, **k)
+    first = cache.open_block("obj", reader.obj.etag, 1)
+    again = cache.open_block("obj", reader.obj.etag, 1)
+    assert isinstance(first, CacheFile) and again is first and len(queries) == 1
+    cache.drop("obj", reader.obj.etag, 2)                       # -o verify found the version wrong
+    assert cache.open_block("obj", reader.obj.etag, 1) is None, "a dropped block is not served"
+    fetcher.close()
+    cache.close()
