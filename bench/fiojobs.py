@@ -17,7 +17,11 @@ FIO_SCALES = {
     "full": dict(big=256 * MiB, small=5 * MiB, runtime=8, create_jobs=10, create_files=100),
     "small": dict(big=32 * MiB, small=5 * MiB, runtime=2, create_jobs=10, create_files=10),
 }
-WRITE_SIZE_FACTOR = 16     # seq_write: a file of up to 16 x big (mountpoint-s3: 100 GiB), time based
+# seq_write: a file of up to 8 x big (mountpoint-s3: 100 GiB), time based.  At 8 s s3fuse
+# writes about 1.6 GiB; s3fs-fuse writes its local cache file at disk speed and uploads it
+# all at close, so this is its upload size: 2 GiB each keeps an in-RAM test server (RGW
+# memstore, 6 GiB) from filling while deleted objects wait for its garbage collection.
+WRITE_SIZE_FACTOR = 8
 
 
 @dataclass(frozen=True)

@@ -95,14 +95,18 @@ class S3:
             list(ex.map(one, range(0, size, part)))
         return buf
 
-    def delete_bucket(self, bucket: str) -> None:
-        keys = list(self.list_prefix(bucket, ""))
+    def delete_prefix(self, bucket: str, prefix: str) -> None:
+        """Delete the objects under ``prefix`` and abort its unfinished multipart uploads."""
+        keys = list(self.list_prefix(bucket, prefix))
         for i in range(0, len(keys), 1000):
             self.c.delete_objects(Bucket=bucket, Delete={
                 "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
         try:
-            for u in self.c.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            for u in self.c.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
                 self.c.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
         except Exception:
             pass
+
+    def delete_bucket(self, bucket: str) -> None:
+        self.delete_prefix(bucket, "")
         self.c.delete_bucket(Bucket=bucket)

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - exercised only where mfusepy is absent
     import fuse as _fuse
     BINDING = "fusepy"
 
-from . import boundary, bufvec  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
+from . import boundary, bufvec, pieces  # noqa: E402  (after the FUSE_LIBRARY_NAME choice above)
 from .. import errors  # noqa: E402
 from ..meta.attrs import xattr_name_stored  # noqa: E402
 from ..data.valuefiles import FileRegion  # noqa: E402
@@ -118,23 +118,15 @@ class FUSE(_fuse.FUSE):
                                     size, offset, fh)
         if not data:
             return 0
-        pieces = data if type(data) is list else (data,)
         at = ctypes.cast(buf, ctypes.c_void_p).value
         done = 0
-        for piece in pieces:
-            n = len(piece) if type(piece) in (bytes, FileRegion) else memoryview(piece).nbytes
-            if done + n > size:
-                raise errors.FsError(f"read of {size} bytes answered {done + n}")
+        for piece, n in pieces.sized(data if type(data) is list else (data,), size):
             if type(piece) is FileRegion:
                 got = os.preadv(piece.fd, [(ctypes.c_char * n).from_address(at + done)], piece.pos)
                 if got != n:
                     raise errors.FsError(f"cache file read {got} of {n} bytes")
-                done += n
-                continue
-            if type(piece) is not bytes:
-                view = memoryview(piece)
-                piece = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
-            ctypes.memmove(at + done, piece, n)
+            else:
+                ctypes.memmove(at + done, pieces.memmove_source(piece, n), n)
             done += n
         return done
 

@@ -36,8 +36,8 @@ import ctypes
 import threading
 import time
 
-from .. import errors
 from ..data.valuefiles import FileRegion
+from .pieces import memmove_source, sized
 
 FUSE_BUF_IS_FD = 1 << 1
 FUSE_BUF_FD_SEEK = 1 << 2
@@ -88,21 +88,16 @@ def _vector_type(count: int):
 def _groups(pieces: list, size: int) -> list:
     """The pieces as libfuse buffers: each region alone, runs of memory pieces together
     (one buffer per run: a reply of one memory buffer is sent without another copy)."""
-    groups, run, done = [], None, 0
-    for piece in pieces:
+    groups, run = [], None
+    for piece, n in sized(pieces, size):
         if type(piece) is FileRegion:
-            n = piece.size
             groups.append(piece)
             run = None
         else:
-            n = len(piece) if type(piece) is bytes else memoryview(piece).nbytes
             if run is None:
                 run = []
                 groups.append(run)
             run.append((piece, n))
-        done += n
-        if done > size:
-            raise errors.FsError(f"read of {size} bytes answered {done}")
     return groups
 
 
@@ -114,10 +109,7 @@ def _copy_to_malloc(run: list) -> tuple:
         raise MemoryError(f"malloc({total}) for a read reply")
     at = mem
     for piece, n in run:
-        if type(piece) is not bytes:
-            view = memoryview(piece)
-            piece = bytes(view) if view.readonly else (ctypes.c_char * n).from_buffer(view)
-        ctypes.memmove(at, piece, n)
+        ctypes.memmove(at, memmove_source(piece, n), n)
         at += n
     return mem, total
 
