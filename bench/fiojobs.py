@@ -18,9 +18,10 @@ FIO_SCALES = {
     "small": dict(big=32 * MiB, small=5 * MiB, runtime=2, create_jobs=10, create_files=10),
 }
 # seq_write: a file of up to 8 x big (mountpoint-s3: 100 GiB), time based.  At 8 s s3fuse
-# writes about 1.6 GiB; s3fs-fuse writes its local cache file at disk speed and uploads it
-# all at close, so this is its upload size: 2 GiB each keeps an in-RAM test server (RGW
-# memstore, 6 GiB) from filling while deleted objects wait for its garbage collection.
+# writes about 1.8 GiB; s3fs-fuse writes its local cache file at disk speed and uploads it
+# all at close, so the cap is its upload size.  An in-RAM test server must hold that plus
+# the deleted writes of the jobs before (they wait for RGW's garbage collection): the
+# bench starts RGW with a 16 GiB memstore; 6 GiB (rgw.sh's default) filled and hung it.
 WRITE_SIZE_FACTOR = 8
 
 

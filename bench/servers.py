@@ -36,6 +36,10 @@ def start_rgw(args, workdir: Path) -> Callable[[], None]:
     # Our own run dir and port: never touch a cluster that tests may be using
     # in the default /tmp/s3fuse-rgw on 7480.
     rgw_env = dict(os.environ, S3FUSE_RGW_DIR=str(workdir / "rgw"))  # used by start AND stop
+    # Benchmarks write GiBs (bench.fio's seq_write: 2 GiB per file system), and deleted
+    # objects wait for RGW's garbage collection: a 6 GiB memstore (rgw.sh's default, about
+    # 3 GiB of objects) filled and hung the server.  RAM is only used for what is stored.
+    rgw_env.setdefault("S3FUSE_RGW_MEMSTORE_BYTES", str(16 << 30))
     port = str(free_port())
     t0 = time.perf_counter()
 
