@@ -118,8 +118,8 @@ def run_one(s: Session, fs_name: str, job: Job, scale: dict) -> dict:
         cell.update(s.unmount(m))
     if "prefix" in cell and "error" not in cell:
         cell["objects_after_unmount"] = len(s.ctx.s3.list_prefix(s.ctx.bucket, cell["prefix"]))
-    # what a job wrote is deleted at once: seq_write writes up to 16 x the big file per
-    # file system, which fills an in-RAM test server (RGW memstore) within a few jobs
+    # what a job wrote is deleted at once: seq_write writes up to 8 x the big file per file
+    # system, which fills an in-RAM test server (RGW memstore) within a few jobs
     if not job.file:
         s.ctx.s3.delete_prefix(s.ctx.bucket, tag + (".dat" if job.rw == "write" else "/"))
     return cell

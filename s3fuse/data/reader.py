@@ -271,6 +271,7 @@ class Reader:
                 if fill:
                     fill_from = self._fill_next
                     self._fill_next += self.FILL_SPANS * self.fetcher.span_blocks
+                    fill_to = self._fill_next - 1
         if ahead_to >= ahead_from:
             # The blocks this read needs go first, then the read-ahead window; the blocks
             # between were handed out before (each check may be an sqlite query).
@@ -280,7 +281,7 @@ class Reader:
             piece = self._small_random_read(first, offset, end)
             if piece is not None:
                 if fill:
-                    self.fetcher.prefetch(obj, fill_from, fill_from + self.FILL_SPANS * self.fetcher.span_blocks - 1)
+                    self.fetcher.prefetch(obj, fill_from, fill_to)
                 return [piece]
         pieces = []
         for index in range(first, last + 1):
@@ -306,7 +307,7 @@ class Reader:
             # the last ones are in), so a read whose block is not cached yet waits behind
             # FILL_SPANS spans at most, never the whole object.  First reads of a block do not
             # wait at all: they GET their own 64 KiB on the calling thread.
-            self.fetcher.prefetch(obj, fill_from, fill_from + self.FILL_SPANS * self.fetcher.span_blocks - 1)
+            self.fetcher.prefetch(obj, fill_from, fill_to)
         return pieces
 
     SMALL_READ = 128 << 10
