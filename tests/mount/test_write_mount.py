@@ -476,13 +476,16 @@ def test_server_down_during_upload_loses_nothing(tmp_path):
                     f.close()
                 except OSError:
                     pass
-        recs = journal_records(m.cache_dir)
+        # the release after close retries once more (its new record is saved before the old
+        # one goes, so two can be seen meanwhile), then the record waits for the retry loop
+        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
+                 "the release-time attempt to give up")
+        # (the background retry can be in the same window: one record again at once after it)
+        recs = wait_for(lambda: (lambda r: r if len(r) == 1 else None)(journal_records(m.cache_dir)), 10,
+                        "one journal record")
         assert [r["state"] for r in recs] == ["closed"] and recs[0]["size"] == len(data)
         with open(recs[0]["staging"], "rb") as st:
             assert st.read() == data, "the staging file still holds every byte"
-        # the release after close retries once more, then the record waits for the retry loop
-        wait_for(lambda: re.search(r"release '[^']*': upload failed", m.log()), 60,
-                 "the release-time attempt to give up")
         server.start()                          # same port, empty
         s3.create_bucket(Bucket="down")
         t1 = time.monotonic()
