@@ -146,7 +146,17 @@ class FUSE(_fuse.FUSE):
             cannot hold a whole reply)."""
             if conn and conn.contents.capable & bufvec.FUSE_CAP_SPLICE_WRITE:
                 conn.contents.want |= bufvec.FUSE_CAP_SPLICE_WRITE
+            if conn:
+                conn.contents.max_read = self.max_read      # as the mount option (libfuse checks)
             return super().init_fuse_3(conn, config)
+
+    def __init__(self, operations, mountpoint, **kwargs):
+        """With ``read_buf``, reads are at most ``bufvec.splice_max_read()`` (mount option and
+        init, both): their replies then fit libfuse's pipe and are spliced, not copied."""
+        if READ_BUF:
+            kwargs.setdefault("max_read", bufvec.splice_max_read())
+        self.max_read = kwargs.get("max_read", 0)
+        super().__init__(operations, mountpoint, **kwargs)
 
     @_guarded
     def write(self, path, buf, size, offset, fip):

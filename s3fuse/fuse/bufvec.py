@@ -16,11 +16,12 @@ Invariants (libfuse 3.14 ``fuse_lib_read``):
 - A reply with fd buffers that does not fit libfuse's per-thread pipe is copied by
   libfuse into a posix_memalign'ed buffer (pread, then writev).  A pipe holds 1 MiB
   (pipe-max-size) unless the daemon has CAP_SYS_RESOURCE, and a 1 MiB read needs a bit
-  more, so that is the common case of sequential reads.  glibc keeps the holes those
-  aligned buffers leave between other allocations: RSS grew from 60 to 160 MiB in 8 s of
-  4-thread reads.  So free heap memory is given back (malloc_trim) at most every
-  ``TRIM_EVERY`` seconds while fd replies are made: RSS then stays at 60-70 MiB, with
-  peaks of 75-90 in the first seconds (plain ``read``: 58-65).
+  more, so the mount asks for reads of at most ``splice_max_read()`` (1 MiB - 32 KiB):
+  every reply of fd buffers is then spliced (fio seq_read_4t_small 4150 -> 4500 MiB/s,
+  peak RSS 49 -> 38 MiB).  Where a reply is still copied (more pieces, a smaller pipe),
+  glibc keeps the holes those aligned buffers leave between other allocations (RSS grew
+  from 60 to 160 MiB in 8 s of 4-thread 1 MiB reads); so free heap memory is given back
+  (malloc_trim) at most every ``TRIM_EVERY`` seconds while fd replies are made.
 - The pread of such a reply runs in libfuse after the callback returned, not inside it:
   no GIL to take back after the syscall.  That, not the splice, is most of the gain here
   (fio seq_read_4t: 3.8-4.2 GiB/s with regions preadv'd inside ``read``, 4.3-5.2 with
@@ -64,6 +65,27 @@ if _malloc_trim is not None:
 
 TRIM_EVERY = 0.1
 _trim = {"next": 0.0, "fd_answers": 0}
+
+# libfuse splices a reply only if its pipe can hold it with room to spare: one page per
+# iovec and buffer, plus one (fuse_send_data_iov: ``pagesize * (iov_count + buf->count
+# + 1) + out->len``), else it preads the fd buffers into a posix_memalign'ed buffer and
+# writes that (two copies more, and the RSS of those buffers).  The pipe cannot outgrow
+# pipe-max-size (1 MiB by default) without CAP_SYS_RESOURCE, so a 1 MiB read never fits.
+SPLICE_SLACK_PAGES = 8         # the header, the reply header and up to 5 pieces (1 MiB blocks: 2), one page each, + 1
+_PAGE = 4096
+
+
+def splice_max_read(pipe_max_path: str = "/proc/sys/fs/pipe-max-size") -> int:
+    """The read size (``max_read``) whose replies fit libfuse's pipe: the smaller of 1 MiB
+    and pipe-max-size, less ``SPLICE_SLACK_PAGES`` pages (1 MiB - 32 KiB by default)."""
+    try:
+        with open(pipe_max_path) as f:
+            pipe_max = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pipe_max = 1 << 20
+    limit = min(1 << 20, pipe_max) - SPLICE_SLACK_PAGES * _PAGE
+    return max(32 * _PAGE, limit - limit % _PAGE)
+
 
 def layout_known(major: int, minor: int) -> bool:
     """Whether ``FuseBuf`` is libfuse's ``struct fuse_buf`` (3.0-3.16)."""

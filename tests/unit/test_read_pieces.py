@@ -147,6 +147,43 @@ def test_with_regions_a_block_on_disk_is_a_region_of_its_file_not_read(tmp_path)
     cache.close()
 
 
+def test_a_long_read_of_the_block_in_memory_comes_from_its_file_once_it_is_on_disk(tmp_path):
+    """The block a reader holds (its last one read) is copied three times as a memory piece
+    (into a malloc'ed buffer, into libfuse's pipe, to the kernel) and once as a region: a
+    read of 64 KiB or more of it comes from its file when the file is there, a short one
+    from memory (no fd buffer for a few bytes)."""
+    client, cache, fetcher, reader, data = _random_reader(tmp_path, 0)
+    assert reader.read(0, 2 * BS) == data[:2 * BS]
+    cache.flush()
+    held, _ = reader._current
+    long_read = reader.read_pieces(held * BS, BS, regions=True)
+    assert [type(p) for p in long_read] == [FileRegion]
+    assert long_read[0].tobytes() == data[held * BS:(held + 1) * BS]
+    short = reader.read_pieces(held * BS + 10, 100, regions=True)
+    assert [type(p) for p in short] != [FileRegion] and bytes(short[0]) == data[held * BS + 10:held * BS + 110]
+    fetcher.close()
+    cache.close()
+
+
+def test_reads_are_sized_so_that_their_replies_fit_libfuses_pipe(tmp_path):
+    """libfuse splices a reply only if ``pagesize * (1 + pieces + 1) + 16 + size`` fits its
+    pipe (fuse_send_data_iov); else it copies the fd buffers through its own memory."""
+    def limit(text):
+        path = tmp_path / "pipe-max-size"
+        path.write_text(text)
+        return bufvec_module.splice_max_read(str(path))
+
+    for pipe in (1 << 20, 4 << 20):
+        size = limit(f"{pipe}\n")
+        assert size % 4096 == 0 and size > 900 << 10
+        for pieces in range(1, 6):            # 1 MiB blocks: at most 2
+            assert 4096 * (1 + pieces + 1) + 16 + size <= min(pipe, 1 << 20)
+    assert limit("1048576") == (1 << 20) - (32 << 10)
+    assert limit("262144") == (256 - 32) << 10, "a smaller pipe: smaller reads"
+    assert limit("4096") == 128 << 10, "never below 128 KiB (libfuse 2's size)"
+    assert bufvec_module.splice_max_read(str(tmp_path / "absent")) == (1 << 20) - (32 << 10)
+
+
 def test_a_region_keeps_its_file_open_after_an_eviction_removed_it(tmp_path):
     """A value file is never rewritten: a region still reads its bytes after the block was
     evicted, and the descriptor is closed when the last reference goes."""
