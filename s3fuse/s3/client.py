@@ -66,6 +66,15 @@ class ObjectClient:
     def server_now(self) -> float:
         return self.requests.stats.server_now()
 
+    @property
+    def signs_bodies(self) -> bool:
+        """Whether every request body is signed by its SHA-256, which the server checks
+        (plain http, on both request paths: sigv4.py, botocore).  Then a Content-MD5
+        beside it guards against nothing more, and a part is sent without one: an MD5
+        pass over every byte less.  Over https bodies go UNSIGNED-PAYLOAD and
+        Content-MD5 is their check."""
+        return not self.endpoint.https
+
     # -- mount-time check --------------------------------------------------------------
     def probe(self):
         """Fail fast (seconds) if the bucket cannot be used: no such bucket, bad
@@ -293,7 +302,7 @@ class ObjectClient:
                          headers: Optional[dict] = None) -> str:
         return self._multipart.create_multipart(key, metadata, headers)
 
-    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: Optional[str]) -> str:
         return self._multipart.upload_part(key, upload_id, number, body, content_md5)
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, src: str, start: int, end: int,

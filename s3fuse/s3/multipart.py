@@ -60,8 +60,9 @@ class MultipartRequests:
         except errors.FsError:
             log.warning("could not look for uploads of %r left by a failed attempt", key, exc_info=True)
 
-    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
-        """UploadPart with Content-MD5 (the server checks the bytes).  Returns the part's
+    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: Optional[str]) -> str:
+        """UploadPart with Content-MD5 (the server checks the bytes; None where the
+        signature covers them: ``ObjectClient.signs_bodies``).  Returns the part's
         ETag as the server answered: an MD5 of the part only on some servers and for
         some encryptions (not SSE-KMS or SSE-C on AWS)."""
         def once():
@@ -71,8 +72,9 @@ class MultipartRequests:
                                         query={"partNumber": str(number), "uploadId": upload_id})
                 if answer is not None:
                     return answer[0]
+            kwargs = dict(ContentMD5=content_md5) if content_md5 else {}
             resp = self.requests.call("upload_part", f"upload part {number} of {key!r}", Key=key, UploadId=upload_id,
-                              PartNumber=number, Body=body, ContentMD5=content_md5)
+                                      PartNumber=number, Body=body, **kwargs)
             return strip_etag(resp.get("ETag"))
         return self.requests.run("upload_part", f"upload part {number} of {key!r}", once)
 

@@ -276,7 +276,7 @@ class Transport:
         """DeleteObject (S3 answers 204 for a key that does not exist too)."""
         self._request("DELETE", key, ok=(200, 204))
 
-    def put(self, key: str, body: bytes, content_md5: str, metadata: Optional[dict] = None,
+    def put(self, key: str, body: bytes, content_md5: Optional[str], metadata: Optional[dict] = None,
             headers: Optional[dict] = None, query: Optional[dict] = None) -> Optional[tuple]:
         """PutObject (or UploadPart with ``query``) with user ``metadata`` and ``headers``
         (content headers, SSE, storage class, ACL); returns (ETag as the server answered,
@@ -285,7 +285,8 @@ class Transport:
         sent = ascii_headers(metadata, headers)
         if sent is None:
             return None
-        sent["content-md5"] = content_md5
+        if content_md5:
+            sent["content-md5"] = content_md5
         _, answer, _ = self._request("PUT", key, query=query, headers=sent, body=body, ok=(200,))
         etag = answer.get("etag", "").strip('"')
         if not etag:

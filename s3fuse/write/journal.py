@@ -48,7 +48,9 @@ class Entry:
     headers: dict = field(default_factory=dict)     # content headers (objects.CONTENT_HEADERS)
     upload_id: Optional[str] = None
     part_size: int = 0
-    parts: dict = field(default_factory=dict)      # str(part number) -> [md5 hex, server ETag] (part_md5/part_etag)
+    # str(part number) -> [md5 hex, server ETag] (part_md5/part_etag); the MD5 is "" where
+    # none was computed (a copied part; a part whose body the signature covered)
+    parts: dict = field(default_factory=dict)
     uploaded_metadata: Optional[dict] = None        # what CreateMultipartUpload was given
     created: float = 0.0
     verify_md5: bool = False       # staging not fsynced: check it against ``md5`` after a restart

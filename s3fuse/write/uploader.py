@@ -1,7 +1,8 @@
 """Uploads of staging files: one PutObject for small files, parallel multipart for large
 ones, and resume of interrupted multipart uploads from the journal.
 
-Every request carries Content-MD5: the server checks the bytes it got.  ETags are never
+Every body is checked by the server: by its Content-MD5, or over plain http, where its
+SHA-256 is signed, by that alone (``signs_bodies``: parts skip an MD5 pass).  ETags are never
 taken for MD5s (with SSE-KMS or SSE-C on AWS no ETag is one): each part's ETag is
 recorded as the server answered it and CompleteMultipartUpload sends those; resume keeps
 a part the server lists with the recorded ETag.  The whole-object MD5 goes in the
@@ -165,15 +166,18 @@ class Uploader:
         data = read_range(entry.staging, start, end)
         if len(data) != end - start:
             raise errors.WriteFailed(f"staging file {entry.staging} is short")
-        digest = hashlib.md5(data)
-        # Content-MD5 makes the server refuse damaged bytes; the ETag it answers may be
-        # anything (SSE-KMS, SSE-C): it is what CompleteMultipartUpload must name.
-        etag = self.client.upload_part(entry.key, entry.upload_id, number, data, md5_header(digest))
+        # Content-MD5 makes the server refuse damaged bytes, unless the signature already
+        # covers them (plain http: their SHA-256 is signed and checked); the ETag it
+        # answers may be anything (SSE-KMS, SSE-C): it is what CompleteMultipartUpload
+        # must name.
+        digest = None if self.client.signs_bodies else hashlib.md5(data)
+        etag = self.client.upload_part(entry.key, entry.upload_id, number, data,
+                                       md5_header(digest) if digest else None)
         if not etag:
             raise errors.BackendError(f"part {number} of {entry.key!r}: the server answered no ETag")
 
         def record(e):
-            e.parts[str(number)] = part_record(digest.hexdigest(), etag)
+            e.parts[str(number)] = part_record(digest.hexdigest() if digest else "", etag)
             self.parts_sent += 1
             progress = self.progress.get(e.id)
             if progress:

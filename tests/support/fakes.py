@@ -47,6 +47,9 @@ S3_OPERATION = {"list_page": "list_objects_v2", "head": "head_object", "get_rang
 
 
 class FakeS3:
+    # ObjectClient.signs_bodies: True stands for plain http, where parts go without Content-MD5
+    signs_bodies = False
+
     def __init__(self, bucket="fake", page_size=1000, get_delay=0.0):
         self.bucket = bucket
         self.objects: dict = {}          # key -> (data, metadata, etag)

@@ -3,6 +3,7 @@ the Uploader (against a fake S3 client that counts calls, checks Content-MD5 and
 sizes like S3 does, and injects failures), OpenFile streaming/commit and crash recovery."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -266,6 +267,30 @@ class TestUploader:
         assert etag.endswith(f"-{nparts}")
         assert up.parts_sent == nparts
         assert set(j.load(e.id).parts) == {str(n) for n in range(1, nparts + 1)}, "every part journaled"
+
+    @pytest.mark.parametrize("signed", [False, True])
+    def test_a_part_carries_content_md5_unless_the_signature_covers_its_body(self, tmp_path, signed):
+        """Over plain http every body's SHA-256 is signed (signs_bodies): the parts go
+        without Content-MD5, one MD5 pass less; the whole-object MD5 is still there."""
+        c = FakeWriteClient()
+        c.signs_bodies = signed
+        sent = []
+        real = c.upload_part
+        c.upload_part = lambda key, uid, n, body, content_md5: sent.append(content_md5) or real(key, uid, n, body,
+                                                                                                 content_md5)
+        up, j = make_uploader(c, tmp_path)
+        data = os.urandom(11 * MiB)
+        e = closed_entry(j, "big", staged(tmp_path, data), data)
+        up.upload(e)
+        assert len(sent) == 3
+        if signed:
+            assert sent == [None] * 3
+        else:
+            size = e.part_size        # the parts go in parallel: their order is not known
+            assert sorted(sent) == sorted(base64.b64encode(hashlib.md5(data[i * size:(i + 1) * size]).digest())
+                                          .decode() for i in range(3))
+        body, meta, _ = c.objects["big"]
+        assert body == data and meta[MD5_HEADER] == md5(data)
 
     def test_a_part_that_failed_for_good_keeps_the_record(self, tmp_path):
         """The client's retry layer gave up on part 3: the uploader does not retry on top
