@@ -274,7 +274,11 @@ class SnapshotClient:
     def create_multipart(self, key: str, metadata: Optional[dict] = None, headers: Optional[dict] = None) -> str:
         self._refuse(f"upload {key!r}")
 
-    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: str) -> str:
+    @property
+    def signs_bodies(self) -> bool:
+        return self.inner.signs_bodies
+
+    def upload_part(self, key: str, upload_id: str, number: int, body, content_md5: Optional[str]) -> str:
         self._refuse(f"upload {key!r}")
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, src: str, start: int, end: int,
